@@ -1,0 +1,24 @@
+"""se_kernels: the Squeeze-and-Excitation block fused into single kernels.
+
+    import se_kernels
+    y = se_kernels.fused_se(x, w1, w2)          # x: (N, C, H, W), w1: (Cr, C), w2: (C, Cr)
+    se = se_kernels.SqueezeExcitation(256)      # an nn.Module over fused_se
+    se_kernels.available_backends()             # e.g. ['reference', 'cpu']
+"""
+
+from se_kernels._extension import LOAD_ERROR as EXTENSION_LOAD_ERROR
+from se_kernels.nn import FusedSE, SqueezeExcitation
+from se_kernels.ops import BackendUnavailableError, available_backends, fused_se
+from se_kernels.reference import se_reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "fused_se",
+    "available_backends",
+    "BackendUnavailableError",
+    "SqueezeExcitation",
+    "FusedSE",
+    "se_reference",
+    "EXTENSION_LOAD_ERROR",
+]

@@ -1,0 +1,2 @@
+"""The Triton backend (work in progress)."""
+LOAD_ERROR = "the Triton backend is not built yet"

@@ -1,0 +1,46 @@
+"""Test configuration shared by every test file.
+
+On a machine without a CUDA device the Triton kernels run under Triton's interpreter on CPU
+tensors: TRITON_INTERPRET=1 must be set before Triton kernels are defined, so before
+se_kernels is imported. torch.cuda.is_available() asks the driver for a device count and
+creates no context.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import se_kernels  # noqa: E402,F401
+
+
+def pytest_report_header(config):
+    from se_kernels import EXTENSION_LOAD_ERROR, available_backends
+
+    lines = [f"se_kernels backends: {available_backends()}",
+             f"torch {torch.__version__}, CUDA device: {torch.cuda.is_available()}, "
+             f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}"]
+    if EXTENSION_LOAD_ERROR:
+        lines.append(f"se_kernels._C not loaded: {EXTENSION_LOAD_ERROR}")
+    return lines
+
+
+@pytest.fixture
+def poison():
+    """Fill every freshly allocated tensor with NaN (torch's deterministic mode with
+    fill_uninitialized_memory), so an output element a kernel forgets to write fails the
+    comparison instead of passing on leftover memory."""
+    import torch.utils.deterministic as det
+
+    prev_det, prev_fill = torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    det.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+        det.fill_uninitialized_memory = prev_fill
