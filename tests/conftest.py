@@ -44,3 +44,17 @@ def poison():
     finally:
         torch.use_deterministic_algorithms(prev_det)
         det.fill_uninitialized_memory = prev_fill
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run tests marked slow (ImageNet-size models, long fuzzing)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="marked slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
