@@ -161,7 +161,8 @@ def check_backend(backend: str, inp: SEInputs, squeeze: str, activation: str, ga
     # grad_out is rounded to x's dtype first, so that the oracle differentiates at exactly the
     # values the kernel sees (rounding it inside the comparison would be amplified by
     # cancellation in the sums over H*W and blamed on the kernel).
-    grad_out = torch.randn(x.shape, dtype=torch.float64).to(x.dtype).double() if grads else None
+    grad_out = (torch.randn(x.shape, dtype=torch.float64).to(x.dtype).double().to(x.device)
+                if grads else None)
     y, g = _run(backend, inp, squeeze, activation, gate, grad_out)
     assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
     fmt = se_kernels.ops.memory_format_of(x)

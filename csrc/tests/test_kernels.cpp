@@ -1,9 +1,15 @@
 // Standalone test of the se_kernels C++ ops (run by ctest; see CMakeLists.txt).
 //
-// For every kernel registered in this build (CPU always; CUDA where the build has CUDA
-// kernels and a GPU is present) it runs se_forward and se_backward on random inputs over a
-// matrix of shapes, dtypes, layouts and options, and compares every output with a plain
-// C++ reference computed in double on the same (rounded) inputs. The tolerance is the
+// First, on any machine, the invariants of the CUDA kernels' work decomposition
+// (se_kernels/cuda_plan.h): ticket order, tiles, cluster shapes.
+//
+// Then, for every kernel registered in this build (CPU always; CUDA where the build has CUDA
+// kernels and a GPU is present, once per forward path: SE_KERNELS_CUDA_PATH=auto, persistent,
+// and cluster on sm_90) it runs se_forward and se_backward on random inputs over a matrix of
+// shapes (the SE-ResNet-50 stage shapes included), dtypes, layouts (and misaligned storage,
+// for the scalar paths) and options, with outputs poisoned (NaN-filled allocations), and
+// compares every output with a plain C++ reference computed in double on the same (rounded)
+// inputs. The tolerance is the
 // dtype's (1e-5 float, 2e-2 half/bfloat16), or twice the error of the same reference run in
 // float and rounded to the dtype, whichever is larger (sums that cancel, and results
 // rounded to 8 or 11 bits, are not the kernel's fault). Exit code 0 = all passed.
@@ -12,11 +18,18 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <optional>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#ifdef SE_KERNELS_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#include "se_kernels/cuda_plan.h"
 #include "se_kernels/options.h"
 
 namespace {
@@ -159,8 +172,20 @@ using BackwardFn =
         const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
         const at::Tensor&, int64_t, int64_t, int64_t);
 
+// A copy of t (NCHW or channels_last) whose data starts one element past a 16-byte boundary.
+at::Tensor misaligned_copy(const at::Tensor& t, bool channels_last) {
+  auto buf = at::empty({t.numel() + 1}, t.options()).narrow(0, 1, t.numel());
+  auto out = channels_last
+                 ? buf.view({t.size(0), t.size(2), t.size(3), t.size(1)}).permute({0, 3, 1, 2})
+                 : buf.view(t.sizes());
+  out.copy_(t);
+  return out;
+}
+
 // Runs one case on one device/dtype/layout; returns the number of failed comparisons.
-int run_case(const Case& k, at::Device device, at::ScalarType dtype, bool channels_last) {
+// `label` names the forward path in messages.
+int run_case(const Case& k, at::Device device, at::ScalarType dtype, bool channels_last,
+             bool misaligned, const char* label) {
   static auto fwd = c10::Dispatcher::singleton()
                         .findSchemaOrThrow("se_kernels::se_forward", "")
                         .typed<ForwardFn>();
@@ -182,6 +207,11 @@ int run_case(const Case& k, at::Device device, at::ScalarType dtype, bool channe
   }
   if (k.residual) r = rnd({k.N, k.C, k.H, k.W}, 1.0).contiguous(fmt);
   auto dy = rnd({k.N, k.C, k.H, k.W}, 1.0).contiguous(fmt);
+  if (misaligned) {
+    x = misaligned_copy(x, channels_last);
+    dy = misaligned_copy(dy, channels_last);
+    if (r) r = misaligned_copy(*r, channels_last);
+  }
 
   auto [y, z, hpre, gpre] = fwd.call(x, w1, w2, b1, b2, r, k.squeeze, k.act, k.gate);
   std::optional<at::Tensor> y_for_mask;
@@ -204,10 +234,11 @@ int run_case(const Case& k, at::Device device, at::ScalarType dtype, bool channe
                            : std::max(dtype_tol, 2 * rel_err(rounded(baseline, dtype), want, atol));
     const double e = rel_err(to_vec(got), want, atol);
     if (!(e <= tol)) {
-      std::printf("FAIL %s on %s %s %s N=%ld C=%ld Cr=%ld H=%ld W=%ld sq=%ld act=%ld gate=%ld "
-                  "bias=%d res=%d: rel err %.3e > %.1e\n",
-                  name, device.str().c_str(), c10::toString(dtype),
-                  channels_last ? "NHWC" : "NCHW", long(k.N), long(k.C), long(k.Cr), long(k.H),
+      std::printf("FAIL %s on %s (%s) %s %s%s N=%ld C=%ld Cr=%ld H=%ld W=%ld sq=%ld act=%ld "
+                  "gate=%ld bias=%d res=%d: rel err %.3e > %.1e\n",
+                  name, device.str().c_str(), label, c10::toString(dtype),
+                  channels_last ? "NHWC" : "NCHW", misaligned ? " misaligned" : "", long(k.N),
+                  long(k.C), long(k.Cr), long(k.H),
                   long(k.W), long(k.squeeze), long(k.act), long(k.gate), int(k.bias),
                   int(k.residual), e, tol);
       ++failures;
@@ -229,15 +260,151 @@ int run_case(const Case& k, at::Device device, at::ScalarType dtype, bool channe
   return failures;
 }
 
+// ---- the CUDA kernels' work decomposition (se_kernels/cuda_plan.h), checked on the CPU -----
+
+int plan_failure(const std::string& what) {
+  std::printf("FAIL plan: %s\n", what.c_str());
+  return 1;
+}
+
+// Every ticket decodes to a distinct item; every apply item of sample n comes after every
+// reduce item of n's FC group (the persistent kernels' deadlock-freedom argument); tail items
+// come last.
+int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tail) {
+  namespace P = se_kernels::cuda_plan;
+  const P::Schedule s = P::make_schedule(N, tiles, G, lag, tail);
+  std::vector<int64_t> last_reduce((N + G - 1) / G, -1);
+  std::set<std::tuple<int, int64_t, int64_t>> seen;
+  std::vector<std::pair<int64_t, int64_t>> applies;  // (ticket, sample)
+  bool tail_started = false;
+  const std::string where = "schedule N=" + std::to_string(N) + " tiles=" + std::to_string(tiles) +
+                            " G=" + std::to_string(G) + " lag=" + std::to_string(lag);
+  for (int64_t t = 0; t < s.total(); ++t) {
+    const P::Item it = s.decode(t);
+    if (!seen.insert({it.kind, it.sample, it.index}).second) return plan_failure(where + ": repeat");
+    if (it.kind == P::kItemTail) {
+      if (it.index < 0 || it.index >= tail) return plan_failure(where + ": tail index");
+      tail_started = true;
+      continue;
+    }
+    if (tail_started) return plan_failure(where + ": work after the tail");
+    if (it.sample < 0 || it.sample >= N || it.index < 0 || it.index >= tiles)
+      return plan_failure(where + ": item out of range");
+    if (it.kind == P::kItemReduce) last_reduce[it.sample / G] = t;
+    else applies.emplace_back(t, it.sample);
+  }
+  if (int64_t(seen.size()) != 2 * N * tiles + tail) return plan_failure(where + ": items missing");
+  for (const auto& [t, n] : applies)
+    if (last_reduce[n / G] > t) return plan_failure(where + ": apply before its group's reduce");
+  return 0;
+}
+
+// Tiles cover the slab exactly once, keep vector alignment and the NHWC width bound.
+int check_tiles(int64_t C, int64_t HW, bool nhwc, int64_t target, int64_t vec) {
+  namespace P = se_kernels::cuda_plan;
+  const P::Tiles t = P::make_tiles(C, HW, nhwc, target, vec);
+  const std::string where = "tiles C=" + std::to_string(C) + " HW=" + std::to_string(HW) +
+                            (nhwc ? " NHWC" : " NCHW") + " target=" + std::to_string(target) +
+                            " vec=" + std::to_string(vec);
+  std::vector<int> cover(size_t(C * HW), 0);
+  for (int64_t i = 0; i < t.count(); ++i) {
+    int64_t c0, nc, p0, np, pb;
+    t.get(i, c0, nc, p0, np, pb);
+    if (nc < 1 || np < 1 || pb != p0 / t.tp) return plan_failure(where + ": empty tile");
+    if (nhwc && (nc > P::kThreads * vec || nc > P::kMaxTileChannels))
+      return plan_failure(where + ": NHWC tile too wide");
+    if (nhwc && C % vec == 0 && (c0 % vec != 0 || nc % vec != 0))
+      return plan_failure(where + ": NHWC tile misaligned");
+    if (!nhwc && HW % vec == 0 && (p0 % vec != 0 || np % vec != 0))
+      return plan_failure(where + ": NCHW tile misaligned");
+    for (int64_t c = c0; c < c0 + nc; ++c)
+      for (int64_t p = p0; p < p0 + np; ++p) ++cover[size_t(c * HW + p)];
+  }
+  for (int v : cover)
+    if (v != 1) return plan_failure(where + ": not covered exactly once");
+  return 0;
+}
+
+// A planned cluster fits the device, gives every CTA channels, keeps vectors aligned.
+int check_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, bool nhwc,
+                  bool expect_ok) {
+  namespace P = se_kernels::cuda_plan;
+  const P::ClusterLimits h100{227 << 10, 228 << 10, 132, 16};
+  const int64_t vec = 16 / esize;
+  const P::ClusterShape s = P::plan_cluster(N, C, HW, Cr, esize, 4, nhwc, vec, 2 * C * Cr * esize, h100);
+  const std::string where = "cluster N=" + std::to_string(N) + " C=" + std::to_string(C) +
+                            " HW=" + std::to_string(HW) + " esize=" + std::to_string(esize) +
+                            (nhwc ? " NHWC" : " NCHW");
+  if (s.ok != expect_ok) return plan_failure(where + (expect_ok ? ": no plan" : ": unexpected plan"));
+  if (!s.ok) return 0;
+  const P::ClusterSmem m = P::cluster_smem(s.G, s.Cc, HW, Cr, esize, 4, nhwc, vec);
+  if (m.total != s.smem || s.smem > h100.smem_per_block) return plan_failure(where + ": smem");
+  for (int64_t o : {m.slab, m.z, m.s, m.hpart, m.h, m.scratch})
+    if (o % 16 != 0) return plan_failure(where + ": smem offset not 16-byte aligned");
+  if ((s.K - 1) * s.Cc >= C || s.Cc % vec != 0 || (nhwc && s.Cc / vec > P::kThreads))
+    return plan_failure(where + ": channel split");
+  if (s.G < 1 || s.G > P::kMaxGroup || s.G > std::max<int64_t>(N, 1)) return plan_failure(where + ": G");
+  return 0;
+}
+
+int check_plans() {
+  int f = 0;
+  for (int64_t N : {1, 2, 3, 5, 17})
+    for (int64_t tiles : {1, 2, 7})
+      for (int64_t G : {1, 2, 3, 8})
+        for (int64_t lag : {1, 2, 4, 9, 40})
+          for (int64_t tail : {0, 5}) f += check_schedule(N, tiles, G, lag, tail);
+  for (bool nhwc : {false, true})
+    for (int64_t vec : {1, 2, 4, 8})
+      for (const auto& [C, HW] : std::vector<std::pair<int64_t, int64_t>>{
+               {1, 1}, {3, 221}, {19, 35}, {64, 49}, {256, 3136}, {2048, 49}, {4104, 8}, {16, 12544}})
+        for (int64_t target : {1, 100, 4096, 32768}) f += check_tiles(C, HW, nhwc, target, vec);
+  // the SE-ResNet-50 stages fit a cluster in bf16 and float32, at N = 1 and 256
+  for (bool nhwc : {false, true})
+    for (int64_t N : {1, 256})
+      for (int64_t esize : {2, 4}) {
+        f += check_cluster(N, 256, 3136, 16, esize, nhwc, true);
+        f += check_cluster(N, 512, 784, 32, esize, nhwc, true);
+        f += check_cluster(N, 1024, 196, 64, esize, nhwc, true);
+        f += check_cluster(N, 2048, 49, 128, esize, nhwc, true);
+        f += check_cluster(N, 64, 112 * 112, 4, esize, nhwc, false);  // 1.6 / 3.2 MB: too big
+      }
+  std::printf("plan checks: %d failed\n", f);
+  return f;
+}
+
+// Sets SE_KERNELS_CUDA_PATH for the CUDA ops ("" unsets it).
+void set_path(const std::string& path) {
+  if (path.empty()) {
+    unsetenv("SE_KERNELS_CUDA_PATH");
+  } else {
+    setenv("SE_KERNELS_CUDA_PATH", path.c_str(), 1);
+  }
+}
+
 }  // namespace
 
 int main() {
+  int failures = check_plans();
   at::manual_seed(0);
-  std::vector<at::Device> devices = {at::kCPU};
+  // Poison: every allocation is NaN-filled, so an output element a kernel forgets to write
+  // fails the comparison.
+  at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/true);
+  at::globalContext().setDeterministicFillUninitializedMemory(true);
+  std::vector<std::pair<at::Device, std::string>> runs = {{at::kCPU, ""}};
   const auto& fwd_op = c10::Dispatcher::singleton().findSchemaOrThrow("se_kernels::se_forward", "");
   if (fwd_op.hasKernelForDispatchKey(c10::DispatchKey::CUDA)) {
     if (at::globalContext().hasCUDA()) {
-      devices.emplace_back(at::kCUDA);
+      runs.emplace_back(at::kCUDA, "auto");
+      runs.emplace_back(at::kCUDA, "persistent");
+#ifdef SE_KERNELS_WITH_CUDA
+      cudaDeviceProp prop{};
+      if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.major >= 9) {
+        runs.emplace_back(at::kCUDA, "cluster");
+      } else {
+        std::printf("note: the cluster path needs sm_90; not tested on this device\n");
+      }
+#endif
     } else {
       std::printf("note: CUDA kernels are built but no GPU is present; testing the CPU only\n");
     }
@@ -245,21 +412,42 @@ int main() {
   const std::vector<std::vector<int64_t>> shapes = {
       // N, C, Cr, H, W
       {3, 19, 4, 5, 7}, {1, 1, 1, 1, 1}, {2, 64, 8, 7, 7}, {0, 16, 4, 3, 3}, {5, 3, 1, 13, 17},
-      {2, 130, 9, 3, 3}, {1, 256, 16, 56, 56}, {2, 2048, 128, 7, 7}};
+      {2, 130, 9, 3, 3}, {40, 64, 8, 7, 7}, {1, 16, 4, 112, 112}, {9, 2048, 128, 7, 7},
+      // the SE-ResNet-50 stages
+      {1, 256, 16, 56, 56}, {1, 512, 32, 28, 28}, {1, 1024, 64, 14, 14}, {2, 2048, 128, 7, 7}};
   const std::vector<at::ScalarType> dtypes = {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble};
-  int failures = 0, cases = 0;
-  for (const auto& device : devices)
+  int cases = 0, skipped = 0;
+  for (const auto& [device, path] : runs) {
+    set_path(path);
+    const char* label = device.is_cpu() ? "cpu" : path.c_str();
     for (const auto& sh : shapes)
       for (auto dtype : dtypes)
         for (bool cl : {false, true})
           for (int64_t sq : {0, 1})
-            for (int64_t gate : {0, 1, 2, 3}) {
-              const int64_t act = (gate + sq) % 2;  // both activations across the matrix
-              const bool bias = (gate % 2) == 0, res = gate >= 2;
-              Case k{sh[0], sh[1], sh[2], sh[3], sh[4], sq, act, gate, bias, res};
-              failures += run_case(k, device, dtype, cl);
-              ++cases;
-            }
-  std::printf("%d cases, %d failed comparisons\n", cases, failures);
+            for (int64_t gate : {0, 1, 2, 3})
+              for (bool mis : {false, true}) {
+                if (mis && gate % 3 != 0) continue;  // misaligned storage: gates 0 and 3 only
+                if (path == "cluster" && dtype == at::kDouble) continue;  // no float64 cluster
+                const int64_t act = (gate + sq) % 2;  // both activations across the matrix
+                const bool bias = (gate % 2) == 0, res = gate >= 2;
+                Case k{sh[0], sh[1], sh[2], sh[3], sh[4], sq, act, gate, bias, res};
+                try {
+                  failures += run_case(k, device, dtype, cl, mis, label);
+                  ++cases;
+                } catch (const c10::Error& e) {
+                  const std::string msg = e.what_without_backtrace();
+                  if (path == "cluster" && msg.find("cluster path cannot run") != std::string::npos) {
+                    std::printf("note: %s (N=%ld C=%ld H=%ld W=%ld %s)\n", msg.c_str(), long(k.N),
+                                long(k.C), long(k.H), long(k.W), c10::toString(dtype));
+                    ++skipped;
+                  } else {
+                    std::printf("FAIL %s on %s: %s\n", label, c10::toString(dtype), msg.c_str());
+                    ++failures;
+                  }
+                }
+              }
+  }
+  set_path("");
+  std::printf("%d cases (%d skipped), %d failed comparisons\n", cases, skipped, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -1,0 +1,269 @@
+// Backward: one persistent launch, any architecture, deterministic.
+//
+// The ticket order of cuda_plan::Schedule, with these items:
+//   reduce item (sample n, tile): partials of ds = sum g x (g = dy, masked by y > 0 when the
+//       residual was fused) and, for max squeeze, of the tie counts #(x == z) -> workspace.
+//       The CTA that completes an FC group runs the FC backward of the group:
+//         dpre = ds gate'(gpre), dh = dpre W2, dhpre = dh act'(hpre), dz = dhpre W1,
+//         coef = dz / HW (avg) or dz / count (max); keeps dpre, dhpre, h = act(hpre) per sample
+//       in the workspace, then raises the group's ready flag and counts the group done;
+//   write item (sample n, tile): waits for the flag, then dx = g s + coef (avg) or
+//       g s + [x == z] coef (max), dres = g, re-reading dy, x, y while they are in L2;
+//   tail items, after every write item: wait until every group is done, then the weight
+//       gradients as sums over the batch in a fixed order: dW2 = dpre^T h, dW1 = dhpre^T z,
+//       db2 = sum dpre, db1 = sum dhpre, tile by tile.
+// No floating-point atomics anywhere: the gradients are bitwise reproducible, so the
+// deterministic-algorithms mode needs no other path.
+#include <c10/cuda/CUDAException.h>
+
+#include "dispatch.cuh"
+#include "fc.cuh"
+#include "kernels.h"
+#include "tiles.cuh"
+
+namespace se_kernels {
+namespace cuda {
+namespace detail {
+
+template <typename T, bool kMax>
+__device__ void backward_fc(const BackwardArgs& a, const PersistentConfig& c, int64_t n0, int G,
+                            acc_t<T>* sm) {
+  using A = acc_t<T>;
+  const T* w1 = static_cast<const T*>(a.w1);
+  const T* w2 = static_cast<const T*>(a.w2);
+  const A* hpre = static_cast<const A*>(a.hpre);
+  const A* gpre = static_cast<const A*>(a.gpre);
+  A* ws = static_cast<A*>(c.ws);
+  const A* pds = ws + c.off.partial;
+  const A* pcnt = ws + c.off.cnt;
+  A* dpre = ws + c.off.dpre;
+  A* s = ws + c.off.s;
+  A* coef = ws + c.off.coef;
+  A* dhpre = ws + c.off.dhpre;
+  A* h = ws + c.off.h;
+  const int64_t C = a.C, Cr = a.Cr, npb = c.tiles.npb;
+
+  // dpre and s; the tie counts wait in coef
+  for (int64_t i = threadIdx.x; i < G * C; i += kThreads) {
+    const int64_t n = n0 + i / C, ch = i % C, o = n * C + ch;
+    A ds = A(0);
+    for (int64_t b = 0; b < npb; ++b) ds += load_cg(pds + (n * npb + b) * C + ch);
+    const A v = gpre[o];
+    dpre[o] = ds * gate_grad(a.gate, v);
+    s[o] = gate_fwd(a.gate, v);
+    if constexpr (kMax) {
+      A k = A(0);
+      for (int64_t b = 0; b < npb; ++b) k += load_cg(pcnt + (n * npb + b) * C + ch);
+      coef[o] = k;
+    }
+  }
+  __syncthreads();
+  // dh[g, j] = sum_c dpre[g, c] W2[c, j]
+  cols_dot(w2, Cr, int(C), int(Cr), dpre + n0 * C, C, G, sm, [&](int g, int j, A v) {
+    const int64_t o = (n0 + g) * Cr + j;
+    const A hp = hpre[o];
+    dhpre[o] = v * activation_grad(a.act, hp);
+    h[o] = activation_fwd(a.act, hp);
+  });
+  // dz[g, c] = sum_j dhpre[g, j] W1[j, c]
+  cols_dot(w1, C, int(Cr), int(C), dhpre + n0 * Cr, Cr, G, sm, [&](int g, int ch, A v) {
+    const int64_t o = (n0 + g) * C + ch;
+    coef[o] = kMax ? v / load_cg(coef + o) : v / A(a.HW);
+  });
+}
+
+template <typename T>
+__device__ void weight_grads(const BackwardArgs& a, const PersistentConfig& c, int64_t e,
+                             acc_t<T>* sm) {
+  using A = acc_t<T>;
+  const A* ws = static_cast<const A*>(c.ws);
+  const A* dpre = ws + c.off.dpre;
+  const A* dhpre = ws + c.off.dhpre;
+  const A* h = ws + c.off.h;
+  const A* z = static_cast<const A*>(a.z);
+  const int C = int(a.C), Cr = int(a.Cr);
+  const cuda_plan::WeightGradItems wg{a.C, a.Cr};
+  const int64_t tw = wg.tiles_w2();
+  if (e < tw) {  // dW2 (C x Cr) = dpre^T h
+    const int64_t qt = cuda_plan::ceil_div(Cr, cuda_plan::kGemmTile);
+    gemm_tn_tile(dpre, h, a.N, C, Cr, int(e / qt), int(e % qt), static_cast<T*>(a.dw2), sm);
+    return;
+  }
+  e -= tw;
+  if (e < tw) {  // dW1 (Cr x C) = dhpre^T z
+    const int64_t qt = cuda_plan::ceil_div(C, cuda_plan::kGemmTile);
+    gemm_tn_tile(dhpre, z, a.N, Cr, C, int(e / qt), int(e % qt), static_cast<T*>(a.dw1), sm);
+    return;
+  }
+  e -= tw;
+  if (e < wg.blocks_b2()) {
+    column_sums(dpre, a.N, C, int(e), static_cast<T*>(a.db2), sm);
+    return;
+  }
+  e -= wg.blocks_b2();
+  column_sums(dhpre, a.N, Cr, int(e), static_cast<T*>(a.db1), sm);
+}
+
+// hot-kernel: se_bwd_persistent_kernel
+template <typename T, bool kNHWC, bool kMax, bool kRes>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
+    se_bwd_persistent_kernel(const BackwardArgs a, const PersistentConfig c) {
+  using A = acc_t<T>;
+  constexpr int V = kHasVecPath<T> ? kVec<T> : 1;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  A* sm = reinterpret_cast<A*>(smem_raw);
+  __shared__ counter_t s_ticket;
+  __shared__ int s_last;
+
+  const T* dy = static_cast<const T*>(a.dy);
+  const T* x = static_cast<const T*>(a.x);
+  const T* y = static_cast<const T*>(a.y);
+  const A* z = static_cast<const A*>(a.z);
+  T* dx = static_cast<T*>(a.dx);
+  T* dres = static_cast<T*>(a.dres);
+  A* ws = static_cast<A*>(c.ws);
+  const Counters cnt{c.counters, c.groups};
+  const int64_t N = a.N, C = a.C, HW = a.HW, G = c.G, tiles = c.tiles.count();
+  const int64_t total = c.sched.total();
+  const int64_t tc = c.tiles.tc;
+
+  for (;;) {
+    if (threadIdx.x == 0) s_ticket = atomicAdd(cnt.ticket(), counter_t(1));
+    __syncthreads();
+    const int64_t t = int64_t(s_ticket);
+    __syncthreads();  // every thread has read the ticket; shared memory is free
+    if (t >= total) break;
+    const cuda_plan::Item it = c.sched.decode(t);
+    if (it.kind == cuda_plan::kItemTail) {
+      cta_wait_at_least(cnt.fc_done(), counter_t(c.groups));
+      weight_grads<T>(a, c, it.index, sm);
+      continue;
+    }
+    const int64_t n = it.sample, grp = n / G;
+    int64_t c0, nc, p0, np, pb;
+    c.tiles.get(it.index, c0, nc, p0, np, pb);
+    const A* zc = z + n * C + c0;
+
+    if (it.kind == cuda_plan::kItemReduce) {
+      A* pds = ws + c.off.partial + (n * c.tiles.npb + pb) * C + c0;
+      A* pcn = ws + c.off.cnt + (n * c.tiles.npb + pb) * C + c0;
+      if constexpr (!kNHWC) {
+        const int64_t o = (n * C + c0) * HW + p0;
+        const T* yo = kRes ? y + o : nullptr;
+        auto emit = [&](int r, A ds, A k) {
+          pds[r] = ds;
+          if constexpr (kMax) pcn[r] = k;
+        };
+        if (kHasVecPath<T> && a.vec) {
+          grad_reduce_rows<kMax, kRes, V>(dy + o, x + o, yo, HW, int(nc), int(np), zc, emit);
+        } else {
+          grad_reduce_rows<kMax, kRes, 1>(dy + o, x + o, yo, HW, int(nc), int(np), zc, emit);
+        }
+      } else {
+        const int64_t o = (n * HW + p0) * C + c0;
+        const T* yo = kRes ? y + o : nullptr;
+        auto emit_ds = [&](int ch, A v) { pds[ch] = v; };
+        auto emit_cnt = [&](int ch, A v) { pcn[ch] = v; };
+        if (kHasVecPath<T> && a.vec) {
+          grad_reduce_nhwc<kMax, kRes, V>(dy + o, x + o, yo, C, int(np), int(nc), zc, sm, emit_ds,
+                                          emit_cnt);
+        } else {
+          grad_reduce_nhwc<kMax, kRes, 1>(dy + o, x + o, yo, C, int(np), int(nc), zc, sm, emit_ds,
+                                          emit_cnt);
+        }
+      }
+      cta_release_fence();
+      if (threadIdx.x == 0) {
+        const counter_t prev = atomicAdd(cnt.arrive() + grp, counter_t(1));
+        s_last = prev + 1 == counter_t(cuda_plan::group_size(N, G, grp) * tiles);
+      }
+      __syncthreads();
+      if (s_last) {  // uniform: this CTA finished the group
+        __threadfence();
+        backward_fc<T, kMax>(a, c, grp * G, int(cuda_plan::group_size(N, G, grp)), sm);
+        cta_release_fence();
+        if (threadIdx.x == 0) {
+          store_release(cnt.ready() + grp, 1);
+          atomicAdd(cnt.fc_done(), counter_t(1));
+        }
+      }
+    } else {
+      cta_wait_at_least(cnt.ready() + grp, 1);
+      const A* s = ws + c.off.s + n * C + c0;
+      const A* cf = ws + c.off.coef + n * C + c0;
+      for (int i = threadIdx.x; i < nc; i += kThreads) {
+        sm[i] = load_cg(s + i);
+        sm[tc + i] = load_cg(cf + i);
+        if constexpr (kMax) sm[2 * tc + i] = zc[i];
+      }
+      __syncthreads();
+      if constexpr (!kNHWC) {
+        const int64_t o = (n * C + c0) * HW + p0;
+        const T* yo = kRes ? y + o : nullptr;
+        T* ro = kRes ? dres + o : nullptr;
+        if (kHasVecPath<T> && a.vec) {
+          grad_write_rows<kMax, kRes, V>(dy + o, x + o, yo, dx + o, ro, HW, int(nc), int(np), sm,
+                                         sm + tc, sm + 2 * tc);
+        } else {
+          grad_write_rows<kMax, kRes, 1>(dy + o, x + o, yo, dx + o, ro, HW, int(nc), int(np), sm,
+                                         sm + tc, sm + 2 * tc);
+        }
+      } else {
+        const int64_t o = (n * HW + p0) * C + c0;
+        const T* yo = kRes ? y + o : nullptr;
+        T* ro = kRes ? dres + o : nullptr;
+        if (kHasVecPath<T> && a.vec) {
+          grad_write_nhwc<kMax, kRes, V>(dy + o, x + o, yo, dx + o, ro, C, int(np), int(nc), sm,
+                                         sm + tc, sm + 2 * tc);
+        } else {
+          grad_write_nhwc<kMax, kRes, 1>(dy + o, x + o, yo, dx + o, ro, C, int(np), int(nc), sm,
+                                         sm + tc, sm + 2 * tc);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace detail
+
+namespace {
+
+using namespace detail;
+
+using Kernel = void (*)(BackwardArgs, PersistentConfig);
+
+Kernel pick(const BackwardArgs& a) {
+  return with_kernel_flags(a.dtype, a.nhwc, a.max_squeeze, a.y != nullptr,
+                           [](auto tt, auto nh, auto mx, auto rs) -> Kernel {
+                             using T = typename decltype(tt)::type;
+                             return &se_bwd_persistent_kernel<T, decltype(nh)::value,
+                                                              decltype(mx)::value,
+                                                              decltype(rs)::value>;
+                           });
+}
+
+void set_smem(Kernel k, int64_t smem) {
+  C10_CUDA_CHECK(
+      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+}
+
+}  // namespace
+
+int backward_persistent_blocks_per_sm(const BackwardArgs& a, int64_t smem) {
+  const Kernel k = pick(a);
+  set_smem(k, smem);
+  int blocks = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k, kThreads, size_t(smem)));
+  return blocks;
+}
+
+void launch_backward_persistent(const BackwardArgs& a, const PersistentConfig& c,
+                                cudaStream_t stream) {
+  const Kernel k = pick(a);
+  set_smem(k, c.smem);
+  k<<<dim3(unsigned(c.grid)), dim3(kThreads), size_t(c.smem), stream>>>(a, c);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace cuda
+}  // namespace se_kernels

@@ -1,0 +1,344 @@
+// CTA-wide operations on one tile of a sample's slab, shared by the cluster and persistent
+// kernels. A tile is a block of channels x pixels read either from global memory or from the
+// slab the cluster kernel keeps in shared memory.
+//
+//   NCHW: `rows` channel rows of `len` contiguous pixels, row r at src + r * rs. Groups of L
+//         lanes (a power of two, ~4 vectors per lane) share a row; rows go round the groups.
+//   NHWC: `np` pixels of `nc` contiguous channels, pixel q at src + q * ps. For reductions a
+//         thread owns one vector column (VEC channels) and a phase of the pixels; the
+//         per-thread partials meet in shared memory. Element-wise passes run flat.
+//
+// VEC is the elements per access: 16 bytes' worth (kVec<T>) when every row/pixel start is
+// 16-byte aligned and len / nc are multiples of it (the planner's `vec` flag), else 1.
+// Every reduction runs in a fixed order: results are bitwise reproducible.
+// Every function is called by all threads of the CTA (they contain warp shuffles/barriers).
+#pragma once
+
+#include "device.cuh"
+
+namespace se_kernels {
+namespace cuda {
+
+// ---- NCHW rows -----------------------------------------------------------------------------
+
+// emit(r, v): v = sum (or max) of row r.
+template <bool kMax, int VEC, typename T, typename Emit>
+__device__ __forceinline__ void reduce_rows(const T* src, int64_t rs, int rows, int len,
+                                            Emit&& emit) {
+  using A = acc_t<T>;
+  const int nv = len / VEC;
+  const int L = cuda_plan::lanes_for(nv);
+  const int groups = kThreads / L;
+  const int sub = threadIdx.x / L, sl = threadIdx.x % L;
+  for (int rb = 0; rb < rows; rb += groups) {
+    const int r = rb + sub;
+    A acc = identity<kMax, A>();
+    if (r < rows) {
+      const T* p = src + int64_t(r) * rs;
+      A a[VEC];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) a[e] = identity<kMax, A>();
+#pragma unroll 4
+      for (int k = sl; k < nv; k += L) {
+        const Pack<T, VEC> v = load_pack<VEC>(p + int64_t(k) * VEC);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) a[e] = combine<kMax>(a[e], to_acc(v.v[e]));
+      }
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc = combine<kMax>(acc, a[e]);
+    }
+    acc = group_reduce<kMax>(acc, L);
+    if (r < rows && sl == 0) emit(r, acc);
+  }
+}
+
+// The gradient flowing into x * s: dy, or dy masked where the fused relu was off (y <= 0;
+// NaN passes), as csrc/cpu/se_cpu.cpp.
+template <bool kRes, typename A>
+__device__ __forceinline__ A upstream(A dy, A y) {
+  if constexpr (kRes) {
+    return y <= A(0) ? A(0) : dy;
+  } else {
+    return dy;
+  }
+}
+
+// emit(r, ds, cnt): ds = sum over the row of g * x; cnt = #(x == zr[r]) (max squeeze only).
+template <bool kMax, bool kRes, int VEC, typename T, typename Emit>
+__device__ __forceinline__ void grad_reduce_rows(const T* dy, const T* x, const T* y, int64_t rs,
+                                                 int rows, int len, const acc_t<T>* zr,
+                                                 Emit&& emit) {
+  using A = acc_t<T>;
+  const int nv = len / VEC;
+  const int L = cuda_plan::lanes_for(nv);
+  const int groups = kThreads / L;
+  const int sub = threadIdx.x / L, sl = threadIdx.x % L;
+  for (int rb = 0; rb < rows; rb += groups) {
+    const int r = rb + sub;
+    A ds = A(0), cnt = A(0);
+    if (r < rows) {
+      const int64_t o = int64_t(r) * rs;
+      const A zv = kMax ? zr[r] : A(0);
+#pragma unroll 2
+      for (int k = sl; k < nv; k += L) {
+        const int64_t i = o + int64_t(k) * VEC;
+        const Pack<T, VEC> vd = load_pack<VEC>(dy + i);
+        const Pack<T, VEC> vx = load_pack<VEC>(x + i);
+        Pack<T, VEC> vy;
+        if constexpr (kRes) vy = load_pack<VEC>(y + i);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const A xv = to_acc(vx.v[e]);
+          const A g = upstream<kRes>(to_acc(vd.v[e]), kRes ? to_acc(vy.v[e]) : A(0));
+          ds += g * xv;
+          if constexpr (kMax) cnt += xv == zv ? A(1) : A(0);
+        }
+      }
+    }
+    ds = group_reduce<false>(ds, L);
+    if constexpr (kMax) cnt = group_reduce<false>(cnt, L);
+    if (r < rows && sl == 0) emit(r, ds, cnt);
+  }
+}
+
+// y = x * s[r], or relu(x * s[r] + residual). x, residual and y share the offsets.
+template <bool kRes, int VEC, typename T>
+__device__ __forceinline__ void scale_rows(const T* x, const T* res, T* y, int64_t rs, int rows,
+                                           int len, const acc_t<T>* s) {
+  using A = acc_t<T>;
+  const int nv = len / VEC;
+  const int L = cuda_plan::lanes_for(nv);
+  const int groups = kThreads / L;
+  const int sub = threadIdx.x / L, sl = threadIdx.x % L;
+  for (int rb = 0; rb < rows; rb += groups) {
+    const int r = rb + sub;
+    if (r >= rows) continue;
+    const A sv = s[r];
+    const int64_t o = int64_t(r) * rs;
+#pragma unroll 2
+    for (int k = sl; k < nv; k += L) {
+      const int64_t i = o + int64_t(k) * VEC;
+      const Pack<T, VEC> vx = load_pack<VEC>(x + i);
+      Pack<T, VEC> vr, out;
+      if constexpr (kRes) vr = load_pack<VEC>(res + i);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        A v = to_acc(vx.v[e]) * sv;
+        if constexpr (kRes) v = relu(v + to_acc(vr.v[e]));
+        out.v[e] = from_acc<T>(v);
+      }
+      store_pack<VEC>(y + i, out);
+    }
+  }
+}
+
+// dx = g * s[r] + coef[r] (avg) or g * s[r] + [x == zr[r]] * coef[r] (max); dres = g.
+template <bool kMax, bool kRes, int VEC, typename T>
+__device__ __forceinline__ void grad_write_rows(const T* dy, const T* x, const T* y, T* dx,
+                                                T* dres, int64_t rs, int rows, int len,
+                                                const acc_t<T>* s, const acc_t<T>* coef,
+                                                const acc_t<T>* zr) {
+  using A = acc_t<T>;
+  const int nv = len / VEC;
+  const int L = cuda_plan::lanes_for(nv);
+  const int groups = kThreads / L;
+  const int sub = threadIdx.x / L, sl = threadIdx.x % L;
+  for (int rb = 0; rb < rows; rb += groups) {
+    const int r = rb + sub;
+    if (r >= rows) continue;
+    const A sv = s[r], cv = coef[r], zv = kMax ? zr[r] : A(0);
+    const int64_t o = int64_t(r) * rs;
+#pragma unroll 2
+    for (int k = sl; k < nv; k += L) {
+      const int64_t i = o + int64_t(k) * VEC;
+      const Pack<T, VEC> vd = load_pack<VEC>(dy + i);
+      Pack<T, VEC> vx, vy, out, og;
+      if constexpr (kMax) vx = load_pack<VEC>(x + i);
+      if constexpr (kRes) vy = load_pack<VEC>(y + i);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const A g = upstream<kRes>(to_acc(vd.v[e]), kRes ? to_acc(vy.v[e]) : A(0));
+        A d;
+        if constexpr (kMax) {
+          // mask * coef as arithmetic, so that 0 * inf gives NaN as the reference does
+          d = g * sv + (to_acc(vx.v[e]) == zv ? A(1) : A(0)) * cv;
+        } else {
+          d = g * sv + cv;
+        }
+        out.v[e] = from_acc<T>(d);
+        if constexpr (kRes) og.v[e] = from_acc<T>(g);
+      }
+      store_pack<VEC>(dx + i, out);
+      if constexpr (kRes) store_pack<VEC>(dres + i, og);
+    }
+  }
+}
+
+// ---- NHWC ----------------------------------------------------------------------------------
+
+// emit(c, v) for c < nc, where v combines column c of scratch (P rows, row stride `stride`):
+// groups of L lanes per column, each lane a strided subset of the rows, then a butterfly.
+template <bool kMax, typename A, typename Emit>
+__device__ __forceinline__ void combine_columns(const A* scratch, int P, int nc, int stride,
+                                                Emit&& emit) {
+  int L = 1;
+  while (L < 32 && 2 * L <= P) L *= 2;
+  const int groups = kThreads / L;
+  const int sub = threadIdx.x / L, sl = threadIdx.x % L;
+  for (int cb = 0; cb < nc; cb += groups) {
+    const int c = cb + sub;
+    A r = identity<kMax, A>();
+    if (c < nc)
+      for (int q = sl; q < P; q += L) r = combine<kMax>(r, scratch[q * stride + c]);
+    r = group_reduce<kMax>(r, L);
+    if (c < nc && sl == 0) emit(c, r);
+  }
+}
+
+// emit(c, v): v = sum (or max) of channel c over np pixels. nc / VEC <= kThreads.
+// scratch: cuda_plan::nhwc_scratch_elems(VEC) elements.
+template <bool kMax, int VEC, typename T, typename Emit>
+__device__ __forceinline__ void reduce_nhwc(const T* src, int64_t ps, int np, int nc,
+                                            acc_t<T>* scratch, Emit&& emit) {
+  using A = acc_t<T>;
+  if (nc <= 0) return;  // uniform
+  const int V = nc / VEC;
+  const int P = kThreads / V;
+  const int v = threadIdx.x % V, pp = threadIdx.x / V;
+  const int stride = nc | 1;  // odd: the column reads of combine_columns avoid bank conflicts
+  if (pp < P) {
+    A a[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) a[e] = identity<kMax, A>();
+    const T* p = src + v * VEC;
+#pragma unroll 4
+    for (int q = pp; q < np; q += P) {
+      const Pack<T, VEC> vv = load_pack<VEC>(p + int64_t(q) * ps);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) a[e] = combine<kMax>(a[e], to_acc(vv.v[e]));
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) scratch[pp * stride + v * VEC + e] = a[e];
+  }
+  __syncthreads();
+  combine_columns<kMax>(scratch, P, nc, stride, emit);
+  __syncthreads();
+}
+
+// emit_ds(c, ds) and emit_cnt(c, cnt) (max only) over np pixels; zc: z of the nc channels.
+// scratch: 2 * cuda_plan::nhwc_scratch_elems(VEC) elements.
+template <bool kMax, bool kRes, int VEC, typename T, typename EmitDs, typename EmitCnt>
+__device__ __forceinline__ void grad_reduce_nhwc(const T* dy, const T* x, const T* y, int64_t ps,
+                                                 int np, int nc, const acc_t<T>* zc,
+                                                 acc_t<T>* scratch, EmitDs&& emit_ds,
+                                                 EmitCnt&& emit_cnt) {
+  using A = acc_t<T>;
+  if (nc <= 0) return;  // uniform
+  const int V = nc / VEC;
+  const int P = kThreads / V;
+  const int v = threadIdx.x % V, pp = threadIdx.x / V;
+  const int stride = nc | 1;
+  A* sc_ds = scratch;
+  A* sc_cnt = scratch + P * stride;
+  // Two pixels in flight, except with max squeeze and the residual mask, whose 3 x VEC
+  // accumulators and three loads leave no registers for a second pixel under 64 a thread.
+  constexpr int kUnroll = (kMax && kRes) ? 1 : 2;
+  if (pp < P) {
+    A ds[VEC], cnt[VEC], zv[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      ds[e] = A(0);
+      cnt[e] = A(0);
+      zv[e] = kMax ? zc[v * VEC + e] : A(0);
+    }
+#pragma unroll kUnroll
+    for (int q = pp; q < np; q += P) {
+      const int64_t i = int64_t(q) * ps + v * VEC;
+      const Pack<T, VEC> vd = load_pack<VEC>(dy + i);
+      const Pack<T, VEC> vx = load_pack<VEC>(x + i);
+      Pack<T, VEC> vy;
+      if constexpr (kRes) vy = load_pack<VEC>(y + i);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const A xv = to_acc(vx.v[e]);
+        const A g = upstream<kRes>(to_acc(vd.v[e]), kRes ? to_acc(vy.v[e]) : A(0));
+        ds[e] += g * xv;
+        if constexpr (kMax) cnt[e] += xv == zv[e] ? A(1) : A(0);
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      sc_ds[pp * stride + v * VEC + e] = ds[e];
+      if constexpr (kMax) sc_cnt[pp * stride + v * VEC + e] = cnt[e];
+    }
+  }
+  __syncthreads();
+  combine_columns<false>(sc_ds, P, nc, stride, emit_ds);
+  if constexpr (kMax) combine_columns<false>(sc_cnt, P, nc, stride, emit_cnt);
+  __syncthreads();
+}
+
+// y = x * s[c] (+ residual, relu) over np pixels x nc channels; x at xs with pixel stride
+// xps (global or the cluster's shared slab), residual and y at pixel stride gps.
+template <bool kRes, int VEC, typename T>
+__device__ __forceinline__ void scale_nhwc(const T* xs, int64_t xps, const T* res, T* y,
+                                           int64_t gps, int np, int nc, const acc_t<T>* s) {
+  using A = acc_t<T>;
+  if (nc <= 0) return;
+  const int V = nc / VEC;
+  const int total = np * V;  // a tile: < 2^31 elements
+#pragma unroll 2
+  for (int i = threadIdx.x; i < total; i += kThreads) {
+    const int q = i / V, v = i - (i / V) * V;
+    const Pack<T, VEC> vx = load_pack<VEC>(xs + int64_t(q) * xps + v * VEC);
+    const int64_t go = int64_t(q) * gps + v * VEC;
+    Pack<T, VEC> vr, out;
+    if constexpr (kRes) vr = load_pack<VEC>(res + go);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      A val = to_acc(vx.v[e]) * s[v * VEC + e];
+      if constexpr (kRes) val = relu(val + to_acc(vr.v[e]));
+      out.v[e] = from_acc<T>(val);
+    }
+    store_pack<VEC>(y + go, out);
+  }
+}
+
+// dx = g * s[c] + coef[c] (avg) or + [x == zc[c]] * coef[c] (max); dres = g. Pixel stride ps.
+template <bool kMax, bool kRes, int VEC, typename T>
+__device__ __forceinline__ void grad_write_nhwc(const T* dy, const T* x, const T* y, T* dx,
+                                                T* dres, int64_t ps, int np, int nc,
+                                                const acc_t<T>* s, const acc_t<T>* coef,
+                                                const acc_t<T>* zc) {
+  using A = acc_t<T>;
+  if (nc <= 0) return;
+  const int V = nc / VEC;
+  const int total = np * V;
+#pragma unroll 2
+  for (int i = threadIdx.x; i < total; i += kThreads) {
+    const int q = i / V, v = i - (i / V) * V;
+    const int64_t o = int64_t(q) * ps + v * VEC;
+    const Pack<T, VEC> vd = load_pack<VEC>(dy + o);
+    Pack<T, VEC> vx, vy, out, og;
+    if constexpr (kMax) vx = load_pack<VEC>(x + o);
+    if constexpr (kRes) vy = load_pack<VEC>(y + o);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const int c = v * VEC + e;
+      const A g = upstream<kRes>(to_acc(vd.v[e]), kRes ? to_acc(vy.v[e]) : A(0));
+      A d;
+      if constexpr (kMax) {
+        d = g * s[c] + (to_acc(vx.v[e]) == zc[c] ? A(1) : A(0)) * coef[c];
+      } else {
+        d = g * s[c] + coef[c];
+      }
+      out.v[e] = from_acc<T>(d);
+      if constexpr (kRes) og.v[e] = from_acc<T>(g);
+    }
+    store_pack<VEC>(dx + o, out);
+    if constexpr (kRes) store_pack<VEC>(dres + o, og);
+  }
+}
+
+}  // namespace cuda
+}  // namespace se_kernels

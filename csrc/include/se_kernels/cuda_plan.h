@@ -1,0 +1,286 @@
+// How the CUDA kernels cut the work: tiles, the ticket order of the persistent kernels, the
+// shared-memory carve-up of the cluster kernel, and the choice of cluster shape.
+//
+// Plain C++ usable from host and device code, with no CUDA header, so that the C++ test
+// program (csrc/tests/test_kernels.cpp) checks these invariants on any machine: every work
+// item is handed out exactly once, no apply item is handed out before all the reduce items
+// it waits for (the deadlock-freedom argument of the persistent kernels), tiles cover every
+// element once, and a planned cluster fits in shared memory.
+#pragma once
+
+#include <cstdint>
+
+#include "se_kernels/options.h"
+
+namespace se_kernels {
+namespace cuda_plan {
+
+constexpr int kThreads = 512;           // threads per CTA, every kernel
+constexpr int kMaxGroup = 8;            // samples per FC group (register accumulators)
+constexpr int kFcChunk = 512;           // FC input vectors are staged in chunks of this length
+constexpr int64_t kMaxTileChannels = 1024;  // widest NHWC tile of the persistent kernels
+constexpr int kGemmTile = 64;           // weight-gradient output tile (kGemmTile x kGemmTile)
+constexpr int kGemmK = 32;              // batch rows staged per step of the weight gradients
+constexpr int kMaxCluster = 16;         // CTAs per cluster (more than 8 is non-portable)
+
+SE_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+SE_HOST_DEVICE int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+SE_HOST_DEVICE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+SE_HOST_DEVICE int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+SE_HOST_DEVICE int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// Lanes (a power of two <= 32) that share one row of `n` vectors: about 4 vectors per lane.
+SE_HOST_DEVICE int lanes_for(int64_t n) {
+  int l = 1;
+  while (l < 32 && int64_t(l) * 4 < n) l *= 2;
+  return l;
+}
+
+// Shared-memory elements (accumulation type) the NHWC reduction needs for one array of
+// per-thread partials: P pixel phases x a padded row of nc channels, P = kThreads / (nc / vec).
+// Bounded for every nc <= kThreads * vec by kThreads * (vec + 1).
+SE_HOST_DEVICE int64_t nhwc_scratch_elems(int64_t vec) { return int64_t(kThreads) * (vec + 1); }
+
+// ---- tiles ---------------------------------------------------------------------------------
+
+// A sample's slab (C channels x HW pixels) cut into tiles of tc channels x tp pixels. Tiles
+// are numbered in memory order: channel-block-major for NCHW, pixel-block-major for NHWC.
+struct Tiles {
+  int64_t C, HW;
+  int64_t tc, tp;    // tile extent: channels, pixels
+  int64_t ncb, npb;  // channel blocks, pixel blocks
+  bool nhwc;
+
+  SE_HOST_DEVICE int64_t count() const { return ncb * npb; }
+  // Tile t: channels [c0, c0 + nc), pixels [p0, p0 + np), pixel block pb.
+  SE_HOST_DEVICE void get(int64_t t, int64_t& c0, int64_t& nc, int64_t& p0, int64_t& np,
+                          int64_t& pb) const {
+    int64_t cb;
+    if (nhwc) {
+      pb = t / ncb;
+      cb = t % ncb;
+    } else {
+      cb = t / npb;
+      pb = t % npb;
+    }
+    c0 = cb * tc;
+    nc = min64(tc, C - c0);
+    p0 = pb * tp;
+    np = min64(tp, HW - p0);
+  }
+};
+
+// Tiles of about `target` elements. `vec` is the vector width in elements the kernel will use
+// (1 on the scalar path): tile widths along the contiguous dimension stay multiples of it, and
+// an NHWC tile is at most kThreads * vec channels wide (one vector column per thread).
+inline Tiles make_tiles(int64_t C, int64_t HW, bool nhwc, int64_t target, int64_t vec) {
+  Tiles t{};
+  t.C = C;
+  t.HW = HW;
+  t.nhwc = nhwc;
+  target = max64(target, 1);
+  if (nhwc) {
+    t.tc = min64(C, min64(kMaxTileChannels, int64_t(kThreads) * vec));
+    t.tp = clamp64(target / t.tc, 1, HW);
+  } else if (HW <= target) {
+    t.tp = HW;
+    t.tc = clamp64(target / HW, 1, C);
+  } else {
+    t.tc = 1;
+    t.tp = min64(HW, max64(vec, target / vec * vec));
+  }
+  t.ncb = ceil_div(C, t.tc);
+  t.npb = ceil_div(HW, t.tp);
+  return t;
+}
+
+// ---- the ticket order of the persistent kernels --------------------------------------------
+
+enum ItemKind : int { kItemReduce = 0, kItemApply = 1, kItemTail = 2 };
+
+struct Item {
+  int kind;
+  int64_t sample;  // reduce / apply: the sample
+  int64_t index;   // reduce / apply: the tile; tail: the index among the tail items
+};
+
+// Work items of a persistent kernel, in the order tickets hand them out. Every sample has
+// `tiles` reduce items and `tiles` apply items; the apply items of sample n come `lag`
+// samples after its reduce items:
+//   R(0) .. R(lag-1) | R(lag) A(0) | R(lag+1) A(1) | ... | A(N-lag) .. A(N-1) | tail
+// then `tail` items (the weight gradients of the backward kernel) that need every sample.
+// An apply item of sample n waits for the FC of its group of G samples, computed by the last
+// reduce item of the group to finish. With lag >= G - 1 every reduce item of that group has
+// an earlier ticket, so it was handed to a running CTA that never waits on anything: no
+// deadlock, whatever the grid size and however many CTAs are resident.
+struct Schedule {
+  int64_t N, tiles, lag, tail;
+
+  SE_HOST_DEVICE int64_t total() const { return 2 * N * tiles + tail; }
+
+  SE_HOST_DEVICE Item decode(int64_t t) const {
+    const int64_t T = tiles;
+    const int64_t head = lag * T;
+    const int64_t mid = (N - lag) * 2 * T;
+    if (t < head) return Item{kItemReduce, t / T, t % T};
+    t -= head;
+    if (t < mid) {
+      const int64_t b = lag + t / (2 * T), r = t % (2 * T);
+      return r < T ? Item{kItemReduce, b, r} : Item{kItemApply, b - lag, r - T};
+    }
+    t -= mid;
+    if (t < lag * T) return Item{kItemApply, N - lag + t / T, t % T};
+    t -= lag * T;
+    return Item{kItemTail, 0, t};
+  }
+};
+
+// lag >= G (and >= 1), at most N.
+inline Schedule make_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tail) {
+  Schedule s{};
+  s.N = N;
+  s.tiles = tiles;
+  s.lag = clamp64(max64(lag, G), 1, max64(N, 1));
+  s.tail = tail;
+  return s;
+}
+
+// Samples of FC group g (groups of G samples; the last may be short).
+SE_HOST_DEVICE int64_t group_size(int64_t N, int64_t G, int64_t g) { return min64(G, N - g * G); }
+
+// The tail items of the backward kernel: output tiles of dW2 (C x Cr), then of dW1 (Cr x C),
+// then blocks of kGemmTile columns of db2 (C), then of db1 (Cr).
+struct WeightGradItems {
+  int64_t C, Cr;
+  SE_HOST_DEVICE int64_t tiles_w2() const {
+    return ceil_div(C, kGemmTile) * ceil_div(Cr, kGemmTile);
+  }
+  SE_HOST_DEVICE int64_t blocks_b2() const { return ceil_div(C, kGemmTile); }
+  SE_HOST_DEVICE int64_t blocks_b1() const { return ceil_div(Cr, kGemmTile); }
+  SE_HOST_DEVICE int64_t count() const { return 2 * tiles_w2() + blocks_b2() + blocks_b1(); }
+};
+
+// ---- the cluster kernel --------------------------------------------------------------------
+
+// Byte offsets into the cluster kernel's dynamic shared memory (each 16-byte aligned):
+//   slab    G samples x Cc channels x HW pixels of x, in x's layout ([Cc][HW] or [HW][Cc])
+//   z, s    G x Cc  squeeze and gate of this CTA's channels (accumulation type)
+//   hpart   G x Cr  this CTA's part of the first FC, read by the whole cluster (DSMEM)
+//   h       G x Cr  the hidden vector, summed over the cluster
+//   scratch         per-thread partials of the NHWC reduction
+struct ClusterSmem {
+  int64_t slab, z, s, hpart, h, scratch, total;
+};
+
+SE_HOST_DEVICE ClusterSmem cluster_smem(int64_t G, int64_t Cc, int64_t HW, int64_t Cr,
+                                        int64_t esize, int64_t asize, bool nhwc, int64_t vec) {
+  ClusterSmem m{};
+  int64_t o = 0;
+  m.slab = o;
+  o += round_up(G * Cc * HW * esize, 16);
+  m.z = o;
+  o += round_up(G * Cc * asize, 16);
+  m.s = o;
+  o += round_up(G * Cc * asize, 16);
+  m.hpart = o;
+  o += round_up(G * Cr * asize, 16);
+  m.h = o;
+  o += round_up(G * Cr * asize, 16);
+  m.scratch = o;
+  o += nhwc ? round_up(nhwc_scratch_elems(vec) * asize, 16) : 0;
+  m.total = o;
+  return m;
+}
+
+// A cluster shape: K CTAs per cluster share G samples; CTA r owns channels [r Cc, r Cc + Cc).
+struct ClusterShape {
+  int K = 0, G = 0;
+  int64_t Cc = 0, smem = 0;
+  bool ok = false;
+};
+
+struct ClusterLimits {
+  int64_t smem_per_block;  // opt-in shared memory per block (bytes)
+  int64_t smem_per_sm;     // shared memory per SM (bytes)
+  int64_t sms;             // multiprocessors
+  int max_k;               // 8, or 16 where non-portable cluster sizes are allowed
+};
+
+// Cc for K CTAs, or 0 when some CTA would get no channel or a too-wide NHWC row.
+SE_HOST_DEVICE int64_t cluster_channels(int64_t C, int K, int64_t vec, bool nhwc) {
+  const int64_t Cc = round_up(ceil_div(C, K), vec);
+  if ((K - 1) * Cc >= C) return 0;
+  if (nhwc && Cc / vec > kThreads) return 0;
+  return Cc;
+}
+
+inline ClusterShape cluster_shape(int64_t C, int64_t HW, int64_t Cr, int64_t esize,
+                                  int64_t asize, bool nhwc, int64_t vec, int K, int G,
+                                  const ClusterLimits& lim) {
+  ClusterShape s;
+  if (K < 1 || K > lim.max_k || G < 1 || G > kMaxGroup) return s;
+  s.K = K;
+  s.G = G;
+  s.Cc = cluster_channels(C, K, vec, nhwc);
+  if (s.Cc == 0) return s;
+  s.smem = cluster_smem(G, s.Cc, HW, Cr, esize, asize, nhwc, vec).total;
+  s.ok = s.smem <= lim.smem_per_block;
+  return s;
+}
+
+// The heuristic (tune on a GPU; benchmarks/cuda_paths.py sweeps K and G):
+//  * G, samples per cluster, so the weights (read once per cluster) cost at most half the
+//    slab: G = ceil(2 |W| / slab), at most kMaxGroup and N;
+//  * few samples (fewer clusters of 8 than SMs): each sample as wide as possible, the largest
+//    K that fits, for latency;
+//  * otherwise the smallest K whose CTAs fit two per SM (one loads while the other stores),
+//    else the smallest K that fits at all; G shrinks until something fits.
+inline ClusterShape plan_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize,
+                                 int64_t asize, bool nhwc, int64_t vec, int64_t weight_bytes,
+                                 const ClusterLimits& lim) {
+  const int64_t slab = C * HW * esize;
+  int64_t G = clamp64(ceil_div(2 * weight_bytes, max64(slab, 1)), 1, kMaxGroup);
+  G = min64(G, max64(N, 1));
+  const int ks[] = {1, 2, 4, 8, 16};
+  if (ceil_div(N, 1) * 8 < lim.sms) {
+    for (int i = 4; i >= 0; --i) {
+      ClusterShape s = cluster_shape(C, HW, Cr, esize, asize, nhwc, vec, ks[i], 1, lim);
+      if (s.ok) return s;
+    }
+    return ClusterShape{};
+  }
+  const int64_t half = lim.smem_per_sm / 2 - 1024;  // the runtime reserves 1 KiB per CTA
+  for (; G >= 1; --G) {
+    for (int k : ks) {
+      ClusterShape s = cluster_shape(C, HW, Cr, esize, asize, nhwc, vec, k, int(G), lim);
+      if (s.ok && s.smem <= half) return s;
+    }
+    for (int k : ks) {
+      ClusterShape s = cluster_shape(C, HW, Cr, esize, asize, nhwc, vec, k, int(G), lim);
+      if (s.ok) return s;
+    }
+  }
+  return ClusterShape{};
+}
+
+// ---- shared memory of the persistent kernels (elements of the accumulation type) -----------
+
+inline int64_t persistent_forward_smem_elems(const Tiles& t, int64_t G, int64_t vec) {
+  int64_t e = t.tc;                                   // the gate of an apply tile
+  e = max64(e, t.nhwc ? nhwc_scratch_elems(vec) : 0);  // the NHWC reduction
+  e = max64(e, G * kFcChunk);                         // FC input staging
+  return e;
+}
+
+inline int64_t persistent_backward_smem_elems(const Tiles& t, int64_t G, int64_t vec) {
+  int64_t e = 3 * t.tc;                                    // s, coef, z of a write tile
+  e = max64(e, t.nhwc ? 2 * nhwc_scratch_elems(vec) : 0);  // the NHWC reductions
+  e = max64(e, G * kFcChunk + int64_t(kThreads) * kMaxGroup);  // FC staging + column partials
+  e = max64(e, 2 * int64_t(kGemmK) * kGemmTile);               // weight-gradient tiles
+  return e;
+}
+
+}  // namespace cuda_plan
+}  // namespace se_kernels

@@ -1,0 +1,383 @@
+"""The CUDA C++ backend on a GPU, against the float64 reference: every option, dtype and layout,
+forward and all gradients, outputs poisoned; each forward path forced in turn
+(SE_KERNELS_CUDA_PATH=auto | persistent | cluster, the last on sm_90 only); the SE-ResNet-50
+stage shapes at N = 1 and 256; misaligned storage (the scalar paths); determinism; streams;
+more than 2**31 elements; torch.compile(fullgraph=True); opcheck.
+
+Every test skips, with the reason, on a machine without a CUDA device or without the CUDA
+kernels. Nothing touches the GPU at import or collection.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import se_kernels
+from helpers import (LAYOUTS, TOLERANCES, SEInputs, check_backend, make_inputs, option_id,
+                     option_matrix, reference64, rel_err)
+
+
+def _skip_reason():
+    if not torch.cuda.is_available():
+        return "needs a CUDA device (none visible)"
+    why = se_kernels.ops._unavailable_reason("cuda", "cuda")
+    return None if why is None else f"the cuda backend cannot run: {why}"
+
+
+_REASON = _skip_reason()
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
+
+PATHS = ["auto", "persistent", "cluster"]
+
+
+def _cluster_capable() -> bool:
+    return torch.cuda.get_device_capability() >= (9, 0)
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """Forces a forward path for the test (the launcher reads the variable at every call)."""
+    if request.param == "cluster" and not _cluster_capable():
+        pytest.skip("the cluster path needs sm_90")
+    monkeypatch.setenv("SE_KERNELS_CUDA_PATH", request.param)
+    return request.param
+
+
+def _skip_unsupported(path, dtype):
+    if path == "cluster" and dtype == torch.float64:
+        pytest.skip("no float64 cluster kernel (float64 takes the persistent path)")
+
+
+def _cuda(inp: SEInputs) -> SEInputs:
+    """The same inputs on the GPU, as leaves that require grad."""
+    out = SEInputs(*(None if t is None else t.detach().cuda() for t in  # keeps dense layouts
+                     (inp.x, inp.w1, inp.w2, inp.b1, inp.b2, inp.residual)))
+    for t in out.tensors():
+        t.requires_grad_(True)
+    return out
+
+
+def _make(n, c, h, w, cr, *, seed, **kw) -> SEInputs:
+    gen = torch.Generator().manual_seed(seed)
+    inp = make_inputs(n, c, h, w, cr, generator=gen, **kw)
+    return _cuda(inp) if kw.get("layout") != "strided" else _cuda_strided(inp)
+
+
+def _cuda_strided(inp: SEInputs) -> SEInputs:
+    """Strided views stay strided on the GPU (fused_se must copy them to a dense layout)."""
+    def move(t):
+        if t is None:
+            return None
+        wide = torch.cat([t.detach(), torch.zeros_like(t)], dim=3).cuda()
+        return wide[..., : t.shape[3]]
+    out = SEInputs(move(inp.x), inp.w1.detach().cuda(), inp.w2.detach().cuda(),
+                   None if inp.b1 is None else inp.b1.detach().cuda(),
+                   None if inp.b2 is None else inp.b2.detach().cuda(), move(inp.residual))
+    for t in out.tensors():
+        t.requires_grad_(True)
+    return out
+
+
+# ---- the matrix of test_cpu.py, on the GPU, per path ---------------------------------------
+
+@pytest.mark.parametrize("shape", [(3, 19, 5, 7, 4), (2, 64, 8, 8, 8)], ids=str)
+@pytest.mark.parametrize("opts", option_matrix(), ids=option_id)
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_every_option(shape, opts, dtype, layout, path, poison):
+    """(3, 19, 5, 7, 4): odd sizes, the scalar paths; (2, 64, 8, 8, 8): the vector paths."""
+    _skip_unsupported(path, dtype)
+    squeeze, act, gate, bias, res = opts
+    n, c, h, w, cr = shape
+    inp = _make(n, c, h, w, cr, seed=hash((shape, opts, str(dtype), layout)) % 2**31,
+                dtype=dtype, layout=layout, bias=bias, residual=res)
+    check_backend("cuda", inp, squeeze, act, gate)
+
+
+# N in {0, 1, 3, 64}; C in {1, 3, 16, 100, 2048}; H*W in {1x1, 7x7, 13x17, 56x56}; plus
+# shapes that make the persistent kernels split rows (112x112), use several channel blocks
+# (C = 2048 NHWC), several FC groups with a short last one (N = 9, C = 2048) and a long
+# schedule (N = 64).
+SHAPES = [
+    (0, 16, 7, 7, 4), (1, 1, 1, 1, 1), (1, 3, 13, 17, 2), (3, 16, 1, 1, 4), (3, 100, 13, 17, 7),
+    (64, 3, 7, 7, 1), (1, 2048, 7, 7, 128), (2, 256, 56, 56, 16), (3, 64, 56, 56, 4),
+    (2, 37, 9, 11, 5), (4, 130, 3, 3, 9), (1, 16, 112, 112, 4), (9, 2048, 7, 7, 128),
+    (64, 64, 7, 7, 8),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("squeeze", ["avg", "max"])
+def test_cuda_shapes(shape, layout, dtype, squeeze, path, poison):
+    n, c, h, w, cr = shape
+    inp = _make(n, c, h, w, cr, seed=sum(shape), dtype=dtype, layout=layout, bias=True,
+                residual=True)
+    check_backend("cuda", inp, squeeze, "relu", "sigmoid")
+
+
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    """t's values, in storage starting one element past a 16-byte boundary, same layout."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:]
+    if t.is_contiguous():
+        out = buf.view(t.shape)
+    else:
+        n, c, h, w = t.shape
+        out = buf.view(n, h, w, c).permute(0, 3, 1, 2)
+    out.copy_(t)
+    assert out.data_ptr() % 16 != 0
+    return out
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("squeeze", ["avg", "max"])
+def test_cuda_misaligned_storage(layout, dtype, squeeze, path, poison):
+    """Sizes that allow 16-byte vectors, in storage that does not: the scalar paths."""
+    inp = _make(2, 64, 8, 8, 8, seed=7, dtype=dtype, layout=layout, bias=True, residual=True)
+    inp = SEInputs(*(t if t is None or t.dim() != 4 else _misaligned(t.detach())
+                     for t in (inp.x, inp.w1, inp.w2, inp.b1, inp.b2, inp.residual)))
+    for t in inp.tensors():
+        t.requires_grad_(True)
+    check_backend("cuda", inp, squeeze, "silu", "hardsigmoid")
+
+
+def test_cuda_max_ties_split_evenly():
+    x = torch.tensor([[[[1.0, 3.0], [3.0, 2.0]]]], device="cuda", requires_grad=True)
+    w1 = torch.tensor([[0.5]], device="cuda")
+    w2 = torch.tensor([[0.25]], device="cuda")
+    grads = {}
+    for backend in ("cuda", "reference"):
+        y = se_kernels.fused_se(x, w1, w2, squeeze="max", backend=backend)
+        (grads[backend],) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grads["cuda"], grads["reference"])
+
+
+# ---- the SE-ResNet-50 stages ---------------------------------------------------------------
+
+STAGES = [(256, 56, 16), (512, 28, 32), (1024, 14, 64), (2048, 7, 128)]  # C, H = W, Cr
+
+
+def _gpu_close(out, ref, dtype, what, baseline=None):
+    """helpers.assert_close, computed on the GPU (these tensors have up to 2 * 10^8 elements)."""
+    tol = TOLERANCES[dtype]
+    out, ref = out.detach().double(), ref.detach().double()
+
+    def err(a):
+        d = ref.norm().item()
+        return (a.double() - ref).norm().item() / (d if d > 0 else 1.0)
+
+    if baseline is not None:
+        tol = max(tol, 2 * err(baseline.detach()))
+    e = err(out)
+    assert e <= tol, f"{what}: relative error {e:.3e} > {tol:.1e} ({dtype})"
+    scale = ref.abs().max().clamp_min(1e-30)
+    far = int(((out - ref).abs() / scale > 20 * tol).sum().item())
+    assert far <= max(1, ref.numel() // 100_000), f"{what}: {far} elements far off"
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: f"C{s[0]}-{s[1]}x{s[1]}")
+@pytest.mark.parametrize("n", [1, 256])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_seresnet50_stage(stage, n, layout, path):
+    """bfloat16, the SE-ResNet block tail (biases, residual): y and every gradient."""
+    c, hw, cr = stage
+    torch.manual_seed(n + c)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    dt = torch.bfloat16
+    x = torch.randn(n, c, hw, hw, device="cuda", dtype=dt).contiguous(memory_format=fmt)
+    r = torch.randn(n, c, hw, hw, device="cuda", dtype=dt).contiguous(memory_format=fmt)
+    w1 = (torch.randn(cr, c, device="cuda") * 2 / c ** 0.5).to(dt)
+    w2 = (torch.randn(c, cr, device="cuda") * 2 / cr ** 0.5).to(dt)
+    b1 = (torch.randn(cr, device="cuda") * 0.5).to(dt)
+    b2 = (torch.randn(c, device="cuda") * 0.5).to(dt)
+    leaves = [t.requires_grad_(True) for t in (x, w1, w2, b1, b2, r)]
+    dy = torch.randn(x.shape, device="cuda", dtype=dt).contiguous(memory_format=fmt)
+
+    def run(backend, ts):
+        y = se_kernels.fused_se(*ts[:5], residual=ts[5], backend=backend)
+        return y, torch.autograd.grad(y, ts, dy.to(y.dtype))
+
+    y, grads = run("cuda", leaves)
+    assert y.is_contiguous(memory_format=fmt)
+    base_y, base_g = run("reference", leaves)
+    ref_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    ref_y, ref_g = run("reference", ref_leaves)
+    _gpu_close(y, ref_y, dt, "y", base_y)
+    for name, a, b, base in zip(["dx", "dw1", "dw2", "db1", "db2", "dresidual"], grads, ref_g,
+                                base_g):
+        _gpu_close(a, b, dt, name, base)
+
+
+# ---- determinism, streams, devices, sizes --------------------------------------------------
+
+@pytest.mark.parametrize("squeeze", ["avg", "max"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_bitwise_deterministic(squeeze, layout, path):
+    """Outputs and gradients are bitwise identical across runs (no floating-point atomics)."""
+    inp = _make(24, 256, 14, 14, 16, seed=3, dtype=torch.bfloat16, layout=layout, bias=True,
+                residual=True)
+    dy = torch.randn(inp.x.shape, device="cuda").to(inp.x.dtype)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(3):
+            y = se_kernels.fused_se(*inp.args(), residual=inp.residual, squeeze=squeeze,
+                                    backend="cuda")
+            runs.append((y, *torch.autograd.grad(y, inp.tensors(), dy)))
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
+def test_cuda_current_stream(path):
+    """Kernels and their counter reset run on the current stream: work queued before them on a
+    non-default stream (behind a long sleep) is complete when they read it."""
+    inp = _make(8, 256, 28, 28, 16, seed=5, dtype=torch.float32, layout="channels_last",
+                bias=True, residual=True)
+    with torch.no_grad():
+        want = se_kernels.fused_se(*inp.args(), residual=inp.residual, backend="cuda")
+        x = inp.x.detach()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(100_000_000)  # ~0.05-0.1 s of GPU time before x2 exists
+            x2 = x * 1.0
+            got = se_kernels.fused_se(x2, *inp.args()[1:], residual=inp.residual.detach(),
+                                      backend="cuda")
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+    assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                    reason="needs 2 CUDA devices")
+def test_cuda_device_guard():
+    """Tensors on cuda:1 while cuda:0 is current: the kernels run on the tensors' device."""
+    inp = _make(4, 64, 9, 9, 8, seed=9, dtype=torch.float32, layout="contiguous", bias=True,
+                residual=True)
+    inp = SEInputs(*(None if t is None else t.detach().to("cuda:1").requires_grad_(True)
+                     for t in (inp.x, inp.w1, inp.w2, inp.b1, inp.b2, inp.residual)))
+    with torch.cuda.device(0):
+        check_backend("cuda", inp, "avg", "relu", "sigmoid")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_more_than_2_31_elements(layout):
+    """2 x 16 x 8192 x 8200 bfloat16 (2^31 + 2^19 elements): 64-bit offsets, forward and dx."""
+    if torch.cuda.get_device_properties(0).total_memory < 60 * 2**30:
+        pytest.skip("needs 60 GiB of GPU memory")
+    n, c, h, w, cr = 2, 16, 8192, 8200, 4
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(n, c, h, w, device="cuda", dtype=torch.bfloat16, generator=g)
+    x = x.contiguous(memory_format=fmt)
+    assert x.numel() > 2**31
+    w1 = (torch.randn(cr, c, device="cuda", generator=g) / 2).to(torch.bfloat16)
+    w2 = (torch.randn(c, cr, device="cuda", generator=g) / 2).to(torch.bfloat16)
+    x.requires_grad_(True)
+    y = se_kernels.fused_se(x, w1, w2, backend="cuda")
+    dy = torch.randn(x.shape, device="cuda", dtype=torch.bfloat16, generator=g)
+    dy = dy.contiguous(memory_format=fmt)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    xd = x.detach()
+    for i in range(n):  # sample by sample in float32: the reference would need too much memory
+        xi = xd[i].float()
+        z = xi.mean(dim=(1, 2)).double().requires_grad_(True)
+        s = torch.sigmoid(F.linear(F.relu(F.linear(z, w1.double())), w2.double()))
+        want = (xi * s.float()[:, None, None]).to(torch.bfloat16).float()
+        torch.testing.assert_close(y[i].float(), want, rtol=1e-2, atol=1e-2)
+        gi = dy[i].float()
+        ds = (gi * xi).sum(dim=(1, 2)).double()
+        (dz,) = torch.autograd.grad(s, z, ds)
+        want = gi * s.float()[:, None, None] + (dz / (h * w)).float()[:, None, None]
+        del xi
+        err = ((dx[i].float() - want).norm() / want.norm()).item()
+        assert err < 1e-2, f"dx of sample {i}: relative error {err:.3e}"
+
+
+def test_cuda_forcing_an_unavailable_path_raises(monkeypatch):
+    """Forcing the cluster path where it cannot run is an error that says why (float64 has no
+    cluster kernel on any device)."""
+    monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "cluster")
+    inp = _make(2, 8, 5, 5, 2, seed=1, dtype=torch.float64, layout="contiguous")
+    with pytest.raises(RuntimeError, match="cluster path cannot run"):
+        se_kernels.fused_se(*inp.args(), backend="cuda")
+    monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "sideways")
+    with pytest.raises(RuntimeError, match="SE_KERNELS_CUDA_PATH"):
+        se_kernels.fused_se(*inp.args(), backend="cuda")
+
+
+@pytest.mark.parametrize("shape", [(2, 19, 5, 7, 4), (4, 64, 8, 8, 8)], ids=str)
+def test_cuda_paths_agree(shape, monkeypatch):
+    """Every forward path gives the same y up to float32 rounding."""
+    n, c, h, w, cr = shape
+    inp = _make(n, c, h, w, cr, seed=13, dtype=torch.float32, layout="channels_last",
+                bias=True, residual=True)
+    ys = []
+    for p in ["persistent", "cluster"] if _cluster_capable() else ["persistent"]:
+        monkeypatch.setenv("SE_KERNELS_CUDA_PATH", p)
+        with torch.no_grad():
+            ys.append(se_kernels.fused_se(*inp.args(), residual=inp.residual, backend="cuda"))
+    y_ref, _ = reference64(inp, "avg", "relu", "sigmoid")
+    for y in ys:
+        assert rel_err(y, y_ref) < 1e-5
+
+
+# ---- torch.library: compile, opcheck -------------------------------------------------------
+
+class Bottleneck(nn.Module):
+    """A small SE-ResNet bottleneck whose SE block and residual tail are one fused_se."""
+
+    def __init__(self, c=64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c // 2, 1, bias=False)
+        self.conv2 = nn.Conv2d(c // 2, c // 2, 3, padding=1, bias=False)
+        self.conv3 = nn.Conv2d(c // 2, c, 1, bias=False)
+        self.se = se_kernels.SqueezeExcitation(c, reduction=4, backend="cuda")
+
+    def forward(self, x):
+        out = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.se(self.conv3(out), residual=x)
+
+
+def test_cuda_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    model = Bottleneck().cuda()
+    x = torch.randn(4, 64, 14, 14, device="cuda", requires_grad=True)
+    eager = model(x)
+    (g_eager,) = torch.autograd.grad(eager.sum(), x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    out = compiled(x)
+    (g_comp,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(g_comp, g_eager, rtol=1e-4, atol=1e-4)
+
+
+def _op_args(layout="contiguous", bias=True, residual=True, squeeze=0, dtype=torch.float32):
+    inp = _make(2, 16, 3, 5, 4, seed=2, dtype=dtype, layout=layout, bias=bias,
+                residual=residual)
+    return (inp.x, inp.w1, inp.w2, inp.b1, inp.b2, inp.residual, squeeze, 1, 0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("bias,residual,squeeze", [(True, True, 0), (False, False, 1),
+                                                   (True, False, 1)])
+def test_cuda_opcheck_se_forward(layout, bias, residual, squeeze):
+    args = _op_args(layout, bias, residual, squeeze)
+    torch.library.opcheck(torch.ops.se_kernels.se_forward.default, args)
+
+
+@pytest.mark.parametrize("with_y", [False, True])
+def test_cuda_opcheck_se_backward(with_y):
+    x, w1, w2, b1, b2, r, sq, act, gate = _op_args(residual=with_y)
+    y, z, hpre, gpre = torch.ops.se_kernels.se_forward(x, w1, w2, b1, b2, r, sq, act, gate)
+    args = (torch.randn_like(y), x.detach(), w1.detach(), w2.detach(),
+            y.detach() if with_y else None, z, hpre, gpre, sq, act, gate)
+    torch.library.opcheck(torch.ops.se_kernels.se_backward.default, args)
