@@ -47,7 +47,7 @@ def _extensions():
     from torch.utils import cpp_extension
 
     # Sources by glob, relative to this folder (setuptools insists).
-    sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/python_module.cpp"] + sorted(
         glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
 
