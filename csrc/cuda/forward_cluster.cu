@@ -19,6 +19,7 @@
 
 #include "dispatch.cuh"
 #include "fc.cuh"
+#include "func_cache.h"
 #include "kernels.h"
 #include "tiles.cuh"
 
@@ -262,10 +263,13 @@ struct Launch {
 };
 
 void prepare(Kernel k, const ClusterConfig& c, cudaStream_t stream, Launch& l) {
-  C10_CUDA_CHECK(
-      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(c.smem)));
+  const void* kp = reinterpret_cast<const void*>(k);
+  ensure_dynamic_smem(kp, c.smem);
   if (c.K > 8) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    cached(CacheKey{current_device(), kp, -1, 0}, [&] {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kp, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      return 1;
+    });
   }
   l.config.gridDim = dim3(unsigned(c.K * c.groups));
   l.config.blockDim = dim3(kThreads);
@@ -284,22 +288,28 @@ void prepare(Kernel k, const ClusterConfig& c, cudaStream_t stream, Launch& l) {
 bool forward_cluster_compiled(const ForwardArgs& a) {
   const Kernel k = pick(a);
   if (k == nullptr) return false;
-  cudaFuncAttributes fa{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&fa, k));
-  return fa.binaryVersion >= 90;
+  const void* kp = reinterpret_cast<const void*>(k);
+  return cached(CacheKey{current_device(), kp, 0, 0}, [&] {
+           cudaFuncAttributes fa{};
+           C10_CUDA_CHECK(cudaFuncGetAttributes(&fa, kp));
+           return fa.binaryVersion;
+         }) >= 90;
 }
 
 int forward_cluster_max_active(const ForwardArgs& a, const ClusterConfig& c) {
   const Kernel k = pick(a);
   if (k == nullptr) return 0;
-  Launch l;
-  prepare(k, c, nullptr, l);
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, k, &l.config) != cudaSuccess) {
-    (void)cudaGetLastError();  // not launchable as configured: report 0
-    return 0;
-  }
-  return clusters;
+  const void* kp = reinterpret_cast<const void*>(k);
+  return cached(CacheKey{current_device(), kp, c.smem, c.K}, [&] {
+    Launch l;
+    prepare(k, c, nullptr, l);
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, k, &l.config) != cudaSuccess) {
+      (void)cudaGetLastError();  // not launchable as configured: report 0
+      return 0;
+    }
+    return clusters;
+  });
 }
 
 void launch_forward_cluster(const ForwardArgs& a, const ClusterConfig& c, cudaStream_t stream) {

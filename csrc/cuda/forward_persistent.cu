@@ -14,6 +14,7 @@
 
 #include "dispatch.cuh"
 #include "fc.cuh"
+#include "func_cache.h"
 #include "kernels.h"
 #include "tiles.cuh"
 
@@ -192,25 +193,24 @@ Kernel pick(const ForwardArgs& a) {
                            });
 }
 
-void set_smem(Kernel k, int64_t smem) {
-  C10_CUDA_CHECK(
-      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-}
-
 }  // namespace
 
 int forward_persistent_blocks_per_sm(const ForwardArgs& a, int64_t smem) {
   const Kernel k = pick(a);
-  set_smem(k, smem);
-  int blocks = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k, kThreads, size_t(smem)));
-  return blocks;
+  const void* kp = reinterpret_cast<const void*>(k);
+  ensure_dynamic_smem(kp, smem);
+  return cached(CacheKey{current_device(), kp, smem, 0}, [&] {
+    int blocks = 0;
+    C10_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k, kThreads, size_t(smem)));
+    return blocks;
+  });
 }
 
 void launch_forward_persistent(const ForwardArgs& a, const PersistentConfig& c,
                                cudaStream_t stream) {
   const Kernel k = pick(a);
-  set_smem(k, c.smem);
+  ensure_dynamic_smem(reinterpret_cast<const void*>(k), c.smem);
   k<<<dim3(unsigned(c.grid)), dim3(kThreads), size_t(c.smem), stream>>>(a, c);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

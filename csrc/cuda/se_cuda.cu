@@ -245,7 +245,8 @@ bool plan_cluster_launch(const ForwardArgs& a, const Problem& p, const cudaDevic
     cc.smem = s.smem;
     cc.groups = plan::ceil_div(p.N, s.G);
     cc.flat_vec = flat_vec;
-    cc.smem_layout = plan::cluster_smem(s.G, s.Cc, p.HW, p.Cr, esize, asize, a.nhwc, vec);
+    cc.smem_layout =
+        plan::cluster_smem(s.G, p.C, s.Cc, s.K, p.HW, p.Cr, esize, asize, a.nhwc, vec);
   };
   plan::ClusterShape s = shape();
   if (!s.ok) {

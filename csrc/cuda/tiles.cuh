@@ -5,8 +5,8 @@
 //   NCHW: `rows` channel rows of `len` contiguous pixels, row r at src + r * rs. Groups of L
 //         lanes (a power of two, ~4 vectors per lane) share a row; rows go round the groups.
 //   NHWC: `np` pixels of `nc` contiguous channels, pixel q at src + q * ps. For reductions a
-//         thread owns one vector column (VEC channels) and a phase of the pixels; the
-//         per-thread partials meet in shared memory. Element-wise passes run flat.
+//         thread owns one vector column (VEC channels) and a phase of the pixels; partials
+//         meet through warp shuffles and shared memory (NhwcMap). Element-wise passes run flat.
 //
 // VEC is the elements per access: 16 bytes' worth (kVec<T>) when every row/pixel start is
 // 16-byte aligned and len / nc are multiples of it (the planner's `vec` flag), else 1.
@@ -195,38 +195,79 @@ __device__ __forceinline__ void combine_columns(const A* scratch, int P, int nc,
   }
 }
 
+// The thread mapping of the NHWC reductions, as cuda_plan::nhwc_rows counts it: a tile of
+// nc channels is V = nc / VEC vector columns.
+//   V <= 32: a warp holds 32 / Vp pixel phases of Vp columns (Vp the power of two >= V; lanes
+//            with v >= V idle), adds its phases with shuffles and leaves one row per warp;
+//   V > 32:  thread t owns column t % V of phase t / V (kThreads / V phases, one row each).
+struct NhwcMap {
+  int V, v, pp, P, rows, row, Vp;  // row: where this thread's partials go (-1: nowhere)
+  __device__ __forceinline__ NhwcMap(int nc, int vec) {
+    V = nc / vec;
+    if (V <= 32) {
+      Vp = 1;
+      while (Vp < V) Vp *= 2;
+      const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+      v = lane & (Vp - 1);
+      pp = warp * (32 / Vp) + lane / Vp;
+      P = kThreads / Vp;
+      rows = kThreads / 32;
+      row = (lane < Vp && v < V) ? warp : -1;
+    } else {
+      Vp = 0;
+      v = threadIdx.x % V;
+      pp = threadIdx.x / V;
+      P = kThreads / V;
+      rows = P;
+      row = pp < P ? pp : -1;
+    }
+  }
+  __device__ __forceinline__ bool active() const { return v < V && pp < P; }
+};
+
+// Combines a thread's partials over the pixel phases of its warp (V <= 32; every lane calls).
+template <bool kMax, typename A>
+__device__ __forceinline__ A warp_phase_reduce(A a, int Vp) {
+  for (int off = Vp; off < 32; off *= 2) a = combine<kMax>(a, __shfl_xor_sync(0xffffffffu, a, off));
+  return a;
+}
+
 // emit(c, v): v = sum (or max) of channel c over np pixels. nc / VEC <= kThreads.
-// scratch: cuda_plan::nhwc_scratch_elems(VEC) elements.
+// scratch: cuda_plan::nhwc_scratch_elems(nc, VEC) elements.
 template <bool kMax, int VEC, typename T, typename Emit>
 __device__ __forceinline__ void reduce_nhwc(const T* src, int64_t ps, int np, int nc,
                                             acc_t<T>* scratch, Emit&& emit) {
   using A = acc_t<T>;
   if (nc <= 0) return;  // uniform
-  const int V = nc / VEC;
-  const int P = kThreads / V;
-  const int v = threadIdx.x % V, pp = threadIdx.x / V;
+  const NhwcMap m(nc, VEC);
   const int stride = nc | 1;  // odd: the column reads of combine_columns avoid bank conflicts
-  if (pp < P) {
-    A a[VEC];
+  A a[VEC];
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) a[e] = identity<kMax, A>();
-    const T* p = src + v * VEC;
+  for (int e = 0; e < VEC; ++e) a[e] = identity<kMax, A>();
+  if (m.active()) {
+    const T* p = src + m.v * VEC;
 #pragma unroll 4
-    for (int q = pp; q < np; q += P) {
+    for (int q = m.pp; q < np; q += m.P) {
       const Pack<T, VEC> vv = load_pack<VEC>(p + int64_t(q) * ps);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) a[e] = combine<kMax>(a[e], to_acc(vv.v[e]));
     }
+  }
+  if (m.Vp > 0) {  // uniform
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) scratch[pp * stride + v * VEC + e] = a[e];
+    for (int e = 0; e < VEC; ++e) a[e] = warp_phase_reduce<kMax>(a[e], m.Vp);
+  }
+  if (m.row >= 0) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) scratch[m.row * stride + m.v * VEC + e] = a[e];
   }
   __syncthreads();
-  combine_columns<kMax>(scratch, P, nc, stride, emit);
+  combine_columns<kMax>(scratch, m.rows, nc, stride, emit);
   __syncthreads();
 }
 
 // emit_ds(c, ds) and emit_cnt(c, cnt) (max only) over np pixels; zc: z of the nc channels.
-// scratch: 2 * cuda_plan::nhwc_scratch_elems(VEC) elements.
+// scratch: 2 * cuda_plan::nhwc_scratch_elems(nc, VEC) + nc elements.
 template <bool kMax, bool kRes, int VEC, typename T, typename EmitDs, typename EmitCnt>
 __device__ __forceinline__ void grad_reduce_nhwc(const T* dy, const T* x, const T* y, int64_t ps,
                                                  int np, int nc, const acc_t<T>* zc,
@@ -234,26 +275,30 @@ __device__ __forceinline__ void grad_reduce_nhwc(const T* dy, const T* x, const 
                                                  EmitCnt&& emit_cnt) {
   using A = acc_t<T>;
   if (nc <= 0) return;  // uniform
-  const int V = nc / VEC;
-  const int P = kThreads / V;
-  const int v = threadIdx.x % V, pp = threadIdx.x / V;
+  const NhwcMap m(nc, VEC);
   const int stride = nc | 1;
   A* sc_ds = scratch;
-  A* sc_cnt = scratch + P * stride;
+  A* sc_cnt = scratch + m.rows * stride;
   // Two pixels in flight, except with max squeeze and the residual mask, whose 3 x VEC
   // accumulators and three loads leave no registers for a second pixel under 64 a thread.
   constexpr int kUnroll = (kMax && kRes) ? 1 : 2;
-  if (pp < P) {
-    A ds[VEC], cnt[VEC], zv[VEC];
+  A ds[VEC], cnt[VEC];
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      ds[e] = A(0);
-      cnt[e] = A(0);
-      zv[e] = kMax ? zc[v * VEC + e] : A(0);
-    }
+  for (int e = 0; e < VEC; ++e) {
+    ds[e] = A(0);
+    cnt[e] = A(0);
+  }
+  // z of the tile's channels, staged after the two partial arrays (read from shared memory
+  // in the loop: no registers held for it)
+  A* zs = scratch + 2 * m.rows * stride;
+  if constexpr (kMax) {
+    for (int i = threadIdx.x; i < nc; i += kThreads) zs[i] = zc[i];
+    __syncthreads();
+  }
+  if (m.active()) {
 #pragma unroll kUnroll
-    for (int q = pp; q < np; q += P) {
-      const int64_t i = int64_t(q) * ps + v * VEC;
+    for (int q = m.pp; q < np; q += m.P) {
+      const int64_t i = int64_t(q) * ps + m.v * VEC;
       const Pack<T, VEC> vd = load_pack<VEC>(dy + i);
       const Pack<T, VEC> vx = load_pack<VEC>(x + i);
       Pack<T, VEC> vy;
@@ -263,18 +308,27 @@ __device__ __forceinline__ void grad_reduce_nhwc(const T* dy, const T* x, const 
         const A xv = to_acc(vx.v[e]);
         const A g = upstream<kRes>(to_acc(vd.v[e]), kRes ? to_acc(vy.v[e]) : A(0));
         ds[e] += g * xv;
-        if constexpr (kMax) cnt[e] += xv == zv[e] ? A(1) : A(0);
+        if constexpr (kMax) cnt[e] += xv == zs[m.v * VEC + e] ? A(1) : A(0);
       }
     }
+  }
+  if (m.Vp > 0) {  // uniform
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
-      sc_ds[pp * stride + v * VEC + e] = ds[e];
-      if constexpr (kMax) sc_cnt[pp * stride + v * VEC + e] = cnt[e];
+      ds[e] = warp_phase_reduce<false>(ds[e], m.Vp);
+      if constexpr (kMax) cnt[e] = warp_phase_reduce<false>(cnt[e], m.Vp);
+    }
+  }
+  if (m.row >= 0) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      sc_ds[m.row * stride + m.v * VEC + e] = ds[e];
+      if constexpr (kMax) sc_cnt[m.row * stride + m.v * VEC + e] = cnt[e];
     }
   }
   __syncthreads();
-  combine_columns<false>(sc_ds, P, nc, stride, emit_ds);
-  if constexpr (kMax) combine_columns<false>(sc_cnt, P, nc, stride, emit_cnt);
+  combine_columns<false>(sc_ds, m.rows, nc, stride, emit_ds);
+  if constexpr (kMax) combine_columns<false>(sc_cnt, m.rows, nc, stride, emit_cnt);
   __syncthreads();
 }
 

@@ -337,7 +337,7 @@ int check_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, b
                             (nhwc ? " NHWC" : " NCHW");
   if (s.ok != expect_ok) return plan_failure(where + (expect_ok ? ": no plan" : ": unexpected plan"));
   if (!s.ok) return 0;
-  const P::ClusterSmem m = P::cluster_smem(s.G, s.Cc, HW, Cr, esize, 4, nhwc, vec);
+  const P::ClusterSmem m = P::cluster_smem(s.G, C, s.Cc, s.K, HW, Cr, esize, 4, nhwc, vec);
   if (m.total != s.smem || s.smem > h100.smem_per_block) return plan_failure(where + ": smem");
   for (int64_t o : {m.slab, m.z, m.s, m.hpart, m.h, m.scratch})
     if (o % 16 != 0) return plan_failure(where + ": smem offset not 16-byte aligned");

@@ -38,10 +38,24 @@ SE_HOST_DEVICE int lanes_for(int64_t n) {
   return l;
 }
 
-// Shared-memory elements (accumulation type) the NHWC reduction needs for one array of
-// per-thread partials: P pixel phases x a padded row of nc channels, P = kThreads / (nc / vec).
-// Bounded for every nc <= kThreads * vec by kThreads * (vec + 1).
-SE_HOST_DEVICE int64_t nhwc_scratch_elems(int64_t vec) { return int64_t(kThreads) * (vec + 1); }
+// The NHWC reductions (tiles.cuh): a tile of nc channels is V = nc / vec vector columns.
+// With V <= 32 a warp holds 32 / Vp pixel phases of Vp >= V columns (Vp the power of two),
+// adds them with shuffles and leaves one row of partials per warp; with V > 32 a thread owns
+// column tid % V of phase tid / V, one row per phase. Rows of nc | 1 (odd) elements.
+SE_HOST_DEVICE int64_t nhwc_vectors(int64_t nc, int64_t vec) { return nc / vec; }
+SE_HOST_DEVICE int64_t nhwc_rows(int64_t nc, int64_t vec) {
+  const int64_t V = nhwc_vectors(nc, vec);
+  return V <= 32 ? kThreads / 32 : kThreads / V;
+}
+// Shared-memory elements (accumulation type) of one array of NHWC partials for nc channels.
+SE_HOST_DEVICE int64_t nhwc_scratch_elems(int64_t nc, int64_t vec) {
+  return nc <= 0 ? 0 : nhwc_rows(nc, vec) * (nc | 1);
+}
+// The same for tiles of width `width` whose last one may be narrower (`last`).
+SE_HOST_DEVICE int64_t nhwc_scratch_elems2(int64_t width, int64_t last, int64_t vec) {
+  const int64_t a = nhwc_scratch_elems(width, vec), b = nhwc_scratch_elems(last, vec);
+  return a > b ? a : b;
+}
 
 // ---- tiles ---------------------------------------------------------------------------------
 
@@ -174,8 +188,10 @@ struct ClusterSmem {
   int64_t slab, z, s, hpart, h, scratch, total;
 };
 
-SE_HOST_DEVICE ClusterSmem cluster_smem(int64_t G, int64_t Cc, int64_t HW, int64_t Cr,
-                                        int64_t esize, int64_t asize, bool nhwc, int64_t vec) {
+// C: all channels (the last CTA owns C - (K - 1) Cc of them).
+SE_HOST_DEVICE ClusterSmem cluster_smem(int64_t G, int64_t C, int64_t Cc, int64_t K, int64_t HW,
+                                        int64_t Cr, int64_t esize, int64_t asize, bool nhwc,
+                                        int64_t vec) {
   ClusterSmem m{};
   int64_t o = 0;
   m.slab = o;
@@ -189,7 +205,7 @@ SE_HOST_DEVICE ClusterSmem cluster_smem(int64_t G, int64_t Cc, int64_t HW, int64
   m.h = o;
   o += round_up(G * Cr * asize, 16);
   m.scratch = o;
-  o += nhwc ? round_up(nhwc_scratch_elems(vec) * asize, 16) : 0;
+  o += nhwc ? round_up(nhwc_scratch_elems2(Cc, C - (K - 1) * Cc, vec) * asize, 16) : 0;
   m.total = o;
   return m;
 }
@@ -225,7 +241,7 @@ inline ClusterShape cluster_shape(int64_t C, int64_t HW, int64_t Cr, int64_t esi
   s.G = G;
   s.Cc = cluster_channels(C, K, vec, nhwc);
   if (s.Cc == 0) return s;
-  s.smem = cluster_smem(G, s.Cc, HW, Cr, esize, asize, nhwc, vec).total;
+  s.smem = cluster_smem(G, C, s.Cc, K, HW, Cr, esize, asize, nhwc, vec).total;
   s.ok = s.smem <= lim.smem_per_block;
   return s;
 }
@@ -267,16 +283,20 @@ inline ClusterShape plan_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, i
 
 // ---- shared memory of the persistent kernels (elements of the accumulation type) -----------
 
+inline int64_t nhwc_tile_scratch(const Tiles& t, int64_t vec) {
+  return t.nhwc ? nhwc_scratch_elems2(t.tc, t.C - (t.ncb - 1) * t.tc, vec) : 0;
+}
+
 inline int64_t persistent_forward_smem_elems(const Tiles& t, int64_t G, int64_t vec) {
-  int64_t e = t.tc;                                   // the gate of an apply tile
-  e = max64(e, t.nhwc ? nhwc_scratch_elems(vec) : 0);  // the NHWC reduction
-  e = max64(e, G * kFcChunk);                         // FC input staging
+  int64_t e = t.tc;                              // the gate of an apply tile
+  e = max64(e, nhwc_tile_scratch(t, vec));       // the NHWC reduction
+  e = max64(e, G * kFcChunk);                    // FC input staging
   return e;
 }
 
 inline int64_t persistent_backward_smem_elems(const Tiles& t, int64_t G, int64_t vec) {
-  int64_t e = 3 * t.tc;                                    // s, coef, z of a write tile
-  e = max64(e, t.nhwc ? 2 * nhwc_scratch_elems(vec) : 0);  // the NHWC reductions
+  int64_t e = 3 * t.tc;                               // s, coef, z of a write tile
+  e = max64(e, t.nhwc ? 2 * nhwc_tile_scratch(t, vec) + t.tc : 0);  // NHWC reductions, z
   e = max64(e, G * kFcChunk + int64_t(kThreads) * kMaxGroup);  // FC staging + column partials
   e = max64(e, 2 * int64_t(kGemmK) * kGemmTile);               // weight-gradient tiles
   return e;

@@ -1,0 +1,53 @@
+// Per-process caches of CUDA function attributes and occupancy queries, so that a launch
+// costs no repeated driver queries (they matter at N = 1, where the whole op takes a few
+// microseconds). Host code only; keys include the device.
+#pragma once
+
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+namespace se_kernels {
+namespace cuda {
+
+inline int current_device() {
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+
+using CacheKey = std::tuple<int, const void*, int64_t, int64_t>;  // device, kernel, a, b
+
+// fn() computed once per key. One cache per call site (each lambda type).
+template <typename F>
+int cached(const CacheKey& key, F&& fn) {
+  static std::mutex mu;
+  static std::map<CacheKey, int> cache;
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  const int value = fn();
+  const std::lock_guard<std::mutex> lock(mu);
+  cache.emplace(key, value);
+  return value;
+}
+
+// Raises the kernel's dynamic shared-memory limit to at least `bytes` (above the default
+// 48 KiB), once per device, kernel and size.
+inline void ensure_dynamic_smem(const void* kernel, int64_t bytes) {
+  if (bytes <= (48 << 10)) return;
+  cached(CacheKey{current_device(), kernel, bytes, 0}, [&] {
+    C10_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    return 1;
+  });
+}
+
+}  // namespace cuda
+}  // namespace se_kernels
