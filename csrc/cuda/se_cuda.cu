@@ -60,7 +60,7 @@ Path forward_path_from_env() {
               v, "'");
 }
 
-// A positive integer from the environment, or `fallback` when unset.
+// A positive integer from the environment, or `fallback` when unset (0: "use the default").
 int64_t env_int(const char* name, int64_t fallback) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return fallback;
@@ -132,33 +132,21 @@ template <typename Occupancy>
 PersistentConfig plan_persistent(const Problem& p, int64_t esize, int64_t asize, int64_t vec,
                                  bool backward, bool max_squeeze, bool residual,
                                  const cudaDeviceProp& prop, Occupancy&& blocks_per_sm) {
-  const bool nhwc = p.layout == Layout::NHWC;
-  const int64_t slab = p.C * p.HW * esize;
-  const int64_t weight_bytes = 2 * p.C * p.Cr * esize;
-  const int64_t sms = prop.multiProcessorCount;
+  const plan::PersistentShape shape = plan::plan_persistent_shape(
+      p.N, p.C, p.HW, p.Cr, p.layout == Layout::NHWC, esize, asize, vec, backward, residual,
+      prop.multiProcessorCount, prop.l2CacheSize, env_int("SE_KERNELS_CUDA_TILE", 0),
+      env_int("SE_KERNELS_CUDA_LAG", 0));
   PersistentConfig c{};
-  // Samples per FC group: the weights, read once per group, cost at most half the slab.
-  c.G = plan::min64(plan::clamp64(plan::ceil_div(2 * weight_bytes, plan::max64(slab, 1)), 1,
-                                  plan::kMaxGroup),
-                    p.N);
-  // Tiles: about 8 per resident CTA over the whole batch, 8 to 64 KiB each.
-  const int64_t tile_bytes = env_int(
-      "SE_KERNELS_CUDA_TILE", plan::clamp64(p.N * slab / (16 * sms), 8 << 10, 64 << 10));
-  c.tiles = plan::make_tiles(p.C, p.HW, nhwc, plan::max64(1, tile_bytes / esize), vec);
-  const int64_t elems = backward ? plan::persistent_backward_smem_elems(c.tiles, c.G, vec)
-                                 : plan::persistent_forward_smem_elems(c.tiles, c.G, vec);
-  c.smem = plan::round_up(elems * asize, 16);
+  c.G = shape.G;
+  c.tiles = shape.tiles;
+  c.smem = shape.smem;
   TORCH_CHECK(c.smem <= int64_t(prop.sharedMemPerBlockOptin),
               "se_kernels: the persistent kernel needs ", c.smem,
               " bytes of shared memory, more than the device's ", prop.sharedMemPerBlockOptin);
   const int blocks = blocks_per_sm(c.smem);
   TORCH_CHECK(blocks > 0, "se_kernels: the persistent kernel cannot be resident on this device");
-  // Apply items trail reduce items by enough samples to keep the pipeline full, few enough
-  // that what the second pass re-reads (x; dy, x and y for backward) is still in L2.
-  const int64_t streams = backward ? (residual ? 3 : 2) : 1;
-  const int64_t lag = env_int(
-      "SE_KERNELS_CUDA_LAG",
-      plan::max64(1, int64_t(0.4 * double(prop.l2CacheSize)) / plan::max64(slab * streams, 1)));
+  const int64_t sms = prop.multiProcessorCount;
+  const int64_t lag = shape.lag;
   const int64_t tail = backward ? plan::WeightGradItems{p.C, p.Cr}.count() : 0;
   c.sched = plan::make_schedule(p.N, c.tiles.count(), c.G, lag, tail);
   c.grid = plan::min64(c.sched.total(), sms * blocks);

@@ -344,6 +344,8 @@ int check_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, b
   if ((s.K - 1) * s.Cc >= C || s.Cc % vec != 0 || (nhwc && s.Cc / vec > P::kThreads))
     return plan_failure(where + ": channel split");
   if (s.G < 1 || s.G > P::kMaxGroup || s.G > std::max<int64_t>(N, 1)) return plan_failure(where + ": G");
+  // bfloat16 stages: two CTAs per SM (one loads while the other stores)
+  if (esize == 2 && s.smem > h100.smem_per_sm / 2 - 1024) return plan_failure(where + ": 1 CTA/SM");
   return 0;
 }
 

@@ -180,10 +180,12 @@ struct WeightGradItems {
 
 // Byte offsets into the cluster kernel's dynamic shared memory (each 16-byte aligned):
 //   slab    G samples x Cc channels x HW pixels of x, in x's layout ([Cc][HW] or [HW][Cc])
-//   z, s    G x Cc  squeeze and gate of this CTA's channels (accumulation type)
 //   hpart   G x Cr  this CTA's part of the first FC, read by the whole cluster (DSMEM)
-//   h       G x Cr  the hidden vector, summed over the cluster
-//   scratch         per-thread partials of the NHWC reduction
+//   scratch         per-thread partials of the NHWC reduction  } the same bytes: scratch dies
+//   h       G x Cr  the hidden vector, summed over the cluster } with the squeeze, h is born after
+//   z       G x Cc  the squeeze of this CTA's channels          } the same bytes: z dies with the
+//   s       G x Cc  the gate of this CTA's channels             } first FC, s is born in the second
+// (accumulation type for all but the slab).
 struct ClusterSmem {
   int64_t slab, z, s, hpart, h, scratch, total;
 };
@@ -196,16 +198,14 @@ SE_HOST_DEVICE ClusterSmem cluster_smem(int64_t G, int64_t C, int64_t Cc, int64_
   int64_t o = 0;
   m.slab = o;
   o += round_up(G * Cc * HW * esize, 16);
-  m.z = o;
-  o += round_up(G * Cc * asize, 16);
-  m.s = o;
-  o += round_up(G * Cc * asize, 16);
   m.hpart = o;
   o += round_up(G * Cr * asize, 16);
-  m.h = o;
-  o += round_up(G * Cr * asize, 16);
-  m.scratch = o;
-  o += nhwc ? round_up(nhwc_scratch_elems2(Cc, C - (K - 1) * Cc, vec) * asize, 16) : 0;
+  m.scratch = m.h = o;
+  const int64_t scratch =
+      nhwc ? round_up(nhwc_scratch_elems2(Cc, C - (K - 1) * Cc, vec) * asize, 16) : 0;
+  o += max64(scratch, round_up(G * Cr * asize, 16));
+  m.z = m.s = o;
+  o += round_up(G * Cc * asize, 16);
   m.total = o;
   return m;
 }
@@ -246,38 +246,38 @@ inline ClusterShape cluster_shape(int64_t C, int64_t HW, int64_t Cr, int64_t esi
   return s;
 }
 
-// The heuristic (tune on a GPU; benchmarks/cuda_paths.py sweeps K and G):
-//  * G, samples per cluster, so the weights (read once per cluster) cost at most half the
-//    slab: G = ceil(2 |W| / slab), at most kMaxGroup and N;
+// The heuristic (tune on a GPU; benchmarks/cuda_paths.py --sweep-cluster tries every shape):
 //  * few samples (fewer clusters of 8 than SMs): each sample as wide as possible, the largest
 //    K that fits, for latency;
-//  * otherwise the smallest K whose CTAs fit two per SM (one loads while the other stores),
-//    else the smallest K that fits at all; G shrinks until something fits.
+//  * otherwise G, samples per cluster, so that the weights (read once per cluster) cost at
+//    most half the slab: G_want = ceil(2 |W| / slab), at most kMaxGroup and N; then the first
+//    (G from G_want down, K from 1 up) whose CTAs fit two per SM (one can load while the other
+//    stores); failing that, the first that fits at all.
 inline ClusterShape plan_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize,
                                  int64_t asize, bool nhwc, int64_t vec, int64_t weight_bytes,
                                  const ClusterLimits& lim) {
-  const int64_t slab = C * HW * esize;
-  int64_t G = clamp64(ceil_div(2 * weight_bytes, max64(slab, 1)), 1, kMaxGroup);
-  G = min64(G, max64(N, 1));
   const int ks[] = {1, 2, 4, 8, 16};
-  if (ceil_div(N, 1) * 8 < lim.sms) {
+  if (N * 8 < lim.sms) {
     for (int i = 4; i >= 0; --i) {
       ClusterShape s = cluster_shape(C, HW, Cr, esize, asize, nhwc, vec, ks[i], 1, lim);
       if (s.ok) return s;
     }
     return ClusterShape{};
   }
+  const int64_t slab = C * HW * esize;
+  const int64_t g_want = min64(clamp64(ceil_div(2 * weight_bytes, max64(slab, 1)), 1, kMaxGroup),
+                               max64(N, 1));
   const int64_t half = lim.smem_per_sm / 2 - 1024;  // the runtime reserves 1 KiB per CTA
-  for (; G >= 1; --G) {
+  for (int64_t G = g_want; G >= 1; --G)
     for (int k : ks) {
       ClusterShape s = cluster_shape(C, HW, Cr, esize, asize, nhwc, vec, k, int(G), lim);
       if (s.ok && s.smem <= half) return s;
     }
+  for (int64_t G = g_want; G >= 1; --G)
     for (int k : ks) {
       ClusterShape s = cluster_shape(C, HW, Cr, esize, asize, nhwc, vec, k, int(G), lim);
       if (s.ok) return s;
     }
-  }
   return ClusterShape{};
 }
 
@@ -300,6 +300,38 @@ inline int64_t persistent_backward_smem_elems(const Tiles& t, int64_t G, int64_t
   e = max64(e, G * kFcChunk + int64_t(kThreads) * kMaxGroup);  // FC staging + column partials
   e = max64(e, 2 * int64_t(kGemmK) * kGemmTile);               // weight-gradient tiles
   return e;
+}
+
+// The shape of a persistent launch (se_cuda.cu adds occupancy, grid and workspace).
+struct PersistentShape {
+  int64_t G;      // samples per FC group
+  Tiles tiles;
+  int64_t smem;   // dynamic shared memory, bytes
+  int64_t lag;    // samples between a sample's reduce and apply items (before clamping)
+};
+
+// tile_bytes and lag: overrides, or 0 for the defaults:
+//  * G: the weights, read once per group, cost at most half a group's slab;
+//  * tiles of about 1/16 of the batch's bytes per SM, 8 to 64 KiB;
+//  * lag: 40% of L2 holds what the apply (or write) items re-read: x (forward); dy and x,
+//    and y with the residual (backward).
+inline PersistentShape plan_persistent_shape(int64_t N, int64_t C, int64_t HW, int64_t Cr,
+                                             bool nhwc, int64_t esize, int64_t asize,
+                                             int64_t vec, bool backward, bool residual,
+                                             int64_t sms, int64_t l2_bytes, int64_t tile_bytes,
+                                             int64_t lag) {
+  PersistentShape s{};
+  const int64_t slab = max64(C * HW * esize, 1);
+  const int64_t weight_bytes = 2 * C * Cr * esize;
+  s.G = min64(clamp64(ceil_div(2 * weight_bytes, slab), 1, kMaxGroup), max64(N, 1));
+  if (tile_bytes <= 0) tile_bytes = clamp64(N * slab / (16 * max64(sms, 1)), 8 << 10, 64 << 10);
+  s.tiles = make_tiles(C, HW, nhwc, max64(1, tile_bytes / esize), vec);
+  const int64_t elems = backward ? persistent_backward_smem_elems(s.tiles, s.G, vec)
+                                 : persistent_forward_smem_elems(s.tiles, s.G, vec);
+  s.smem = round_up(elems * asize, 16);
+  const int64_t streams = backward ? (residual ? 3 : 2) : 1;
+  s.lag = lag > 0 ? lag : max64(1, (l2_bytes * 2 / 5) / (slab * streams));
+  return s;
 }
 
 }  // namespace cuda_plan
