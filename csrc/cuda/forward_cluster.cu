@@ -100,7 +100,9 @@ __device__ __forceinline__ void scale_flat(const T* xs, const T* res, T* y, int 
 
 // hot-kernel: se_fwd_cluster_kernel
 template <typename T, bool kNHWC, bool kMax, bool kRes>
-__global__ void __launch_bounds__(kThreads, 1)
+// Two CTAs per SM (64 registers a thread) so that one CTA can load while the other stores;
+// the planner sizes shared memory for two where it can.
+__global__ void __launch_bounds__(kThreads, 2)
     se_fwd_cluster_kernel(const ForwardArgs a, const ClusterConfig c) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using A = acc_t<T>;
@@ -265,6 +267,11 @@ struct Launch {
 void prepare(Kernel k, const ClusterConfig& c, cudaStream_t stream, Launch& l) {
   const void* kp = reinterpret_cast<const void*>(k);
   ensure_dynamic_smem(kp, c.smem);
+  cached(CacheKey{current_device(), kp, -2, 0}, [&] {  // all of L1 as shared memory: 2 CTAs/SM
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kp, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                        int(cudaSharedmemCarveoutMaxShared)));
+    return 1;
+  });
   if (c.K > 8) {
     cached(CacheKey{current_device(), kp, -1, 0}, [&] {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kp, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
