@@ -279,9 +279,9 @@ __device__ __forceinline__ void grad_reduce_nhwc(const T* dy, const T* x, const 
   const int stride = nc | 1;
   A* sc_ds = scratch;
   A* sc_cnt = scratch + m.rows * stride;
-  // Two pixels in flight, except with max squeeze and the residual mask, whose 3 x VEC
-  // accumulators and three loads leave no registers for a second pixel under 64 a thread.
-  constexpr int kUnroll = (kMax && kRes) ? 1 : 2;
+  // Two pixels in flight, except with max squeeze, whose 2 x VEC accumulators (and the
+  // residual's third load) leave no registers for a second pixel under 64 a thread.
+  constexpr int kUnroll = kMax ? 1 : 2;
   A ds[VEC], cnt[VEC];
 #pragma unroll
   for (int e = 0; e < VEC; ++e) {
