@@ -4,6 +4,7 @@
     y = se_kernels.fused_se(x, w1, w2)          # x: (N, C, H, W), w1: (Cr, C), w2: (C, Cr)
     se = se_kernels.SqueezeExcitation(256)      # an nn.Module over fused_se
     se_kernels.available_backends()             # e.g. ['reference', 'cpu']
+    se_kernels.models.se_resnet50()             # the paper's networks (loaded on first use)
 """
 
 from se_kernels._extension import LOAD_ERROR as EXTENSION_LOAD_ERROR
@@ -21,4 +22,14 @@ __all__ = [
     "FusedSE",
     "se_reference",
     "EXTENSION_LOAD_ERROR",
+    "models",
 ]
+
+
+def __getattr__(name: str):
+    # Loaded on first use, so `import se_kernels` stays as cheap as the op itself.
+    if name == "models":
+        import importlib
+
+        return importlib.import_module("se_kernels.models")
+    raise AttributeError(f"module 'se_kernels' has no attribute {name!r}")
