@@ -8,7 +8,8 @@ runs on the same inputs and the same parameters:
     compile-max-autotune  the same with mode="max-autotune-no-cudagraphs" (GPU default)
     reference, cpu, ...   se_kernels.SqueezeExcitation(backend=...) on EagerSE's parameters
 
-Metrics: median latency and IQR; the bytes floor of DESIGN.md section 3 and the effective
+The implementations of a case are built and warmed up (compiled) first, then timed in turns
+(``timing.time_interleaved``). Metrics: median latency and IQR; the bytes floor of DESIGN.md section 3 and the effective
 bandwidth against it (floor bytes / median); that bandwidth in % of the device's copy
 bandwidth measured in the same run; GFLOP/s (``flops`` below); speedup over eager and compile.
 """
@@ -31,6 +32,7 @@ from benchmarks.config import DTYPES, LAYOUTS, BenchConfig
 from benchmarks.progress import Progress
 from benchmarks.shapes import Shape
 
+ROUNDS = 3  # timing rounds per case: the implementations take turns (timing.time_interleaved)
 _GATES = {"sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
 
 
@@ -163,7 +165,6 @@ def _forward_of(impl: str, eager: EagerSE, gate: str) -> Callable:
     if impl == "eager":
         return eager
     if impl in ("compile", "compile-max-autotune"):
-        torch._dynamo.reset()  # a fresh static compile for this case (and thread count)
         mode = None if impl == "compile" else "max-autotune-no-cudagraphs"
         return torch.compile(eager, fullgraph=True, dynamic=False, mode=mode)
     return se_kernels.SqueezeExcitation.from_parameters(
@@ -256,7 +257,7 @@ def run(cfg: BenchConfig, device: torch.device, copy_bw: dict, *, progress: bool
     rows: list[dict] = []
     gen = torch.Generator().manual_seed(0)
     prev_threads = torch.get_num_threads()
-    bar = Progress(len(all_cases) * len(impls), "op", enabled=progress)
+    bar = Progress(len(all_cases) * (len(impls) + ROUNDS), "op", enabled=progress)
     try:
         for case in all_cases:
             if case.threads:
@@ -285,24 +286,29 @@ def _run_case(case: OpCase, impls: list[str], cfg: BenchConfig, device: torch.de
     work = flops(case.mode, case.n, s.c, s.h, s.w, s.cr, case.residual)
     bw = copy_bw.get(case.threads if device.type == "cpu" else "device")
     cache = cfg.cache if device.type == "cpu" else ("flushed" if cfg.cache == "cold" else "hot")
-    measured: dict[str, tuple[timing.Timing, bool]] = {}
+    fns: dict[str, Callable] = {}
+    agrees: dict[str, bool] = {}
+    torch._dynamo.reset()  # fresh static compiles for this case (and this thread count)
     for impl in impls:
         try:
             forward = _forward_of(impl, eager, s.gate)
             fn = _make_fn(forward, sets, params, case.mode)
             timing.warm_up(fn, calls=3)  # compiles, if it is a compiled impl
             y = forward(x0, None if r0 is None else r0.clone())
-            ok = _agrees(y, y_ref, case.dtype)
+            agrees[impl] = _agrees(y, y_ref, case.dtype)
+            fns[impl] = fn
             del y
-            if device.type == "cuda":
-                t = timing.time_cuda(fn, device=device, flush=cfg.cache == "cold")
-            else:
-                t = timing.time_cpu(fn, threads=case.threads, min_run_time=cfg.min_run_time)
-            measured[impl] = (t, ok)
         except Exception as e:  # a failing implementation is reported, the run goes on
             skipped.append({"suite": "op", "what": f"{impl} {case.label()}",
                             "reason": f"{type(e).__name__}: {e}"[:400]})
-        bar.step(f"{case.label()} {impl}")
+        bar.step(f"{case.label()} {impl} (warm-up)")
+    timings, errors = timing.time_interleaved(
+        fns, device=device, threads=case.threads, min_run_time=cfg.min_run_time,
+        flush=cfg.cache == "cold", rounds=ROUNDS,
+        on_round=lambda r: bar.step(f"{case.label()} round {r + 1}/{ROUNDS}"))
+    for impl, why in errors.items():
+        skipped.append({"suite": "op", "what": f"{impl} {case.label()}", "reason": why})
+    measured = {impl: (t, agrees[impl]) for impl, t in timings.items()}
     rows = []
     for impl, (t, ok) in measured.items():
         eager_t = measured.get("eager", (None,))[0]

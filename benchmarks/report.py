@@ -20,6 +20,11 @@ PROVENANCE_KEYS = ("date", "command", "argv", "git_commit", "git_dirty", "device
                    "backends", "extension_load_error", "timer", "cache", "env")
 
 
+_ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+             "KMP_BLOCKTIME", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "TORCH_CUDA_ARCH_LIST",
+             "TORCHINDUCTOR_MAX_AUTOTUNE", "TORCHINDUCTOR_CACHE_DIR")
+
+
 # ---- provenance -----------------------------------------------------------------------------
 
 def _git(*args: str) -> str | None:
@@ -94,9 +99,7 @@ def provenance(device: torch.device, *, threads: dict, copy_bw: dict, timer: str
         "extension_load_error": se_kernels.EXTENSION_LOAD_ERROR,
         "timer": timer,
         "cache": cache,
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TRITON_INTERPRET",
-                                           "CUDA_VISIBLE_DEVICES", "TORCH_CUDA_ARCH_LIST")
-                if k in os.environ},
+        "env": {k: os.environ[k] for k in _ENV_KEYS if k in os.environ},
     }
 
 

@@ -26,8 +26,8 @@ provenance) and OUTPUT/bench_bandwidth.png, OUTPUT/bench_model.png.
 
 Defaults without a GPU (a CPU comparison, a few minutes on 2 cores): SE-ResNet-50's four
 stage shapes at N = 1 and 8, float32, NCHW and NHWC, forward, 1 and 2 threads, eager /
-torch.compile / every CPU backend; ResNet-50 vs SE-ResNet-50 at N = 1 (inference) and N = 4
-(training step); complexity of every model. This is issue 5's CPU comparison; add
+torch.compile / every CPU backend; ResNet-50 vs SE-ResNet-50 on 1 thread at N = 1
+(inference) and N = 4 (training step); complexity of every model. This is issue 5's CPU comparison; add
 --pass fwd,fwd+bwd for the backward.
 Defaults on a GPU: N = 1 and 256, bfloat16, NCHW and NHWC, forward and forward+backward,
 also torch.compile max-autotune; models at N = 64, bfloat16, channels_last.
@@ -120,7 +120,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-layout", choices=tuple(LAYOUTS),
                    help="(default: nchw on CPU, nhwc on GPU)")
     g.add_argument("--model-threads", type=int, metavar="T",
-                   help="CPU threads (default: the largest of --threads)")
+                   help="CPU threads (default: the smallest of --threads, i.e. 1: on a shared "
+                        "machine more threads measure the neighbours' load more than the model)")
     g.add_argument("--model-seconds", type=float, metavar="S",
                    help="timed seconds per model and mode after warm-up, at least 3 steps "
                         "(default: 4 on CPU, 2 on GPU)")
@@ -162,7 +163,7 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
         model_image_size=args.model_image_size,
         model_dtype=args.model_dtype or ("bfloat16" if gpu else "float32"),
         model_layout=args.model_layout or ("nhwc" if gpu else "nchw"),
-        model_threads=None if gpu else (args.model_threads or max(threads)),
+        model_threads=None if gpu else (args.model_threads or min(threads)),
         model_seconds=args.model_seconds if args.model_seconds is not None else (
             2.0 if gpu else 4.0),
         complexity_models=args.models, output=args.output, plot=args.plot, notes=tuple(notes))

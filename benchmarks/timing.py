@@ -8,6 +8,9 @@ each timed call a buffer twice the size of L2 is zeroed (as ``triton.testing.do_
 so no input is found in L2 from the previous call, and the memset ahead of the call lets the
 CPU enqueue the call before the GPU reaches it: the time is the GPU's, not Python's launch
 overhead (which a real model hides the same way).
+
+``time_interleaved`` times several implementations in rounds, each taking its turn in every
+round, so that a load that drifts (our machines are shared) does not favour one of them.
 """
 
 from __future__ import annotations
@@ -58,14 +61,20 @@ def warm_up(fn: Callable[[], object], calls: int = 3, seconds: float = 0.0) -> f
     return last
 
 
-def time_cpu(fn: Callable[[], object], *, threads: int, min_run_time: float) -> Timing:
-    """torch.utils.benchmark timing of fn on ``threads`` threads (fn already warmed up)."""
+def cpu_times(fn: Callable[[], object], *, threads: int, min_run_time: float
+              ) -> tuple[list[float], int]:
+    """torch.utils.benchmark timing of fn on ``threads`` threads (fn already warmed up):
+    (seconds per call of each block, calls timed)."""
     from torch.utils import benchmark
 
     m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(
         min_run_time=min_run_time)
-    return Timing(median=m.median, iqr=m.iqr, min=min(m.times),
-                  runs=len(m.times) * m.number_per_run)
+    return list(m.times), len(m.times) * m.number_per_run
+
+
+def time_cpu(fn: Callable[[], object], *, threads: int, min_run_time: float) -> Timing:
+    times, runs = cpu_times(fn, threads=threads, min_run_time=min_run_time)
+    return summarize(times, runs)
 
 
 def l2_flush_bytes(device: torch.device) -> int:
@@ -74,9 +83,10 @@ def l2_flush_bytes(device: torch.device) -> int:
     return 2 * l2 if l2 > 0 else 256 << 20
 
 
-def time_cuda(fn: Callable[[], object], *, device: torch.device, flush: bool = True,
-              target_seconds: float = 0.1, min_reps: int = 10, max_reps: int = 1000) -> Timing:
-    """CUDA-event timing of fn on the current stream (fn already warmed up)."""
+def cuda_times(fn: Callable[[], object], *, device: torch.device, flush: bool = True,
+               target_seconds: float = 0.1, min_reps: int = 10, max_reps: int = 1000
+               ) -> list[float]:
+    """CUDA-event times (seconds) of calls of fn on the current stream (fn warmed up)."""
     flush_buf = torch.empty(l2_flush_bytes(device) if flush else 0, dtype=torch.int8,
                             device=device)
     torch.cuda.synchronize(device)
@@ -98,7 +108,44 @@ def time_cuda(fn: Callable[[], object], *, device: torch.device, flush: bool = T
         fn()
         ends[i].record()
     torch.cuda.synchronize(device)
-    return summarize([s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)])
+    return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]
+
+
+def time_cuda(fn: Callable[[], object], **kwargs) -> Timing:
+    return summarize(cuda_times(fn, **kwargs))
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, device: torch.device,
+                     threads: int | None, min_run_time: float, flush: bool, rounds: int = 3,
+                     on_round: Callable[[int], None] | None = None
+                     ) -> tuple[dict[str, Timing], dict[str, str]]:
+    """Times every fn in ``rounds`` rounds, each round timing each fn in turn for
+    ``min_run_time / rounds`` seconds (CPU) or ~0.1 s / rounds (GPU): a load that drifts
+    (a shared machine) shifts every fn alike instead of the one that happened to run then.
+    Returns ({name: Timing over all rounds}, {name: error} for fns that raised)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    runs: dict[str, int] = {k: 0 for k in fns}
+    errors: dict[str, str] = {}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            if name in errors:
+                continue
+            try:
+                if device.type == "cuda":
+                    ts = cuda_times(fn, device=device, flush=flush, target_seconds=0.1 / rounds,
+                                    min_reps=max(3, 10 // rounds))
+                    n = len(ts)
+                else:
+                    ts, n = cpu_times(fn, threads=threads or torch.get_num_threads(),
+                                      min_run_time=min_run_time / rounds)
+            except Exception as e:  # reported by the caller; the other fns go on
+                errors[name] = f"{type(e).__name__}: {e}"[:400]
+                continue
+            times[name] += ts
+            runs[name] += n
+        if on_round is not None:
+            on_round(r)
+    return {k: summarize(v, runs[k]) for k, v in times.items() if k not in errors}, errors
 
 
 def copy_bandwidth(device: torch.device, *, threads: int | None = None,
