@@ -47,6 +47,7 @@ class BenchConfig:
     impls: tuple[str, ...] | None                 # None: every baseline and runnable backend
     cache: str                                    # "hot" or "cold" (GPU: L2 flushed per call)
     min_run_time: float                           # CPU: seconds per measurement
+    op_budget: float | None                       # seconds; the op cases left are skipped
     # model level
     model_batch_infer: int
     model_batch_train: int

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -178,7 +179,7 @@ def _input_sets(case: OpCase, device: torch.device, count: int, grad: bool, gen:
     shape = (case.n, s.c, s.h, s.w)
 
     def make():
-        t = torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+        t = torch.randn(shape, generator=gen, device=device, dtype=dtype)
         return t.contiguous(memory_format=fmt).requires_grad_(grad)
 
     sets = []
@@ -218,11 +219,13 @@ def _agrees(y: torch.Tensor, ref: torch.Tensor, dtype: str) -> bool:
 
 
 def cases(cfg: BenchConfig) -> list[OpCase]:
+    """Every case, pass-major (all forward cases first), then residual, dtype, layout, shape,
+    batch: if the time budget runs out, what is left out is the end of that order."""
     out = []
-    for shape in cfg.shapes:
-        for n in ((shape.n,) if shape.n else cfg.batches):
-            for dtype, layout, mode, res in itertools.product(cfg.dtypes, cfg.layouts, cfg.modes,
-                                                              cfg.residual):
+    for mode, res, dtype, layout in itertools.product(cfg.modes, cfg.residual, cfg.dtypes,
+                                                      cfg.layouts):
+        for shape in cfg.shapes:
+            for n in ((shape.n,) if shape.n else cfg.batches):
                 out.append(OpCase(shape, n, dtype, layout, mode, res, None))
     return out
 
@@ -255,11 +258,19 @@ def run(cfg: BenchConfig, device: torch.device, copy_bw: dict, *, progress: bool
     all_cases = [OpCase(c.shape, c.n, c.dtype, c.layout, c.mode, c.residual, t)
                  for t in thread_counts for c in cases(cfg)]
     rows: list[dict] = []
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     prev_threads = torch.get_num_threads()
     bar = Progress(len(all_cases) * (len(impls) + ROUNDS), "op", enabled=progress)
+    t0 = time.perf_counter()
     try:
-        for case in all_cases:
+        for i, case in enumerate(all_cases):
+            if cfg.op_budget and time.perf_counter() - t0 > cfg.op_budget:
+                left = all_cases[i:]
+                skipped.append({"suite": "op", "what": f"{len(left)} of {len(all_cases)} cases",
+                                "reason": f"the op suite's time budget (--op-budget "
+                                          f"{cfg.op_budget:g} s) ran out; first left out: "
+                                          f"{left[0].label()}"})
+                break
             if case.threads:
                 torch.set_num_threads(case.threads)
             rows += _run_case(case, impls, cfg, device, copy_bw, gen, bar, skipped)

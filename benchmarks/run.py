@@ -109,6 +109,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                         "straight from the conv before it)")
     g.add_argument("--min-run-time", type=float, default=0.2, metavar="S",
                    help="CPU: seconds of timed calls per measurement (default: %(default)s)")
+    g.add_argument("--op-budget", type=float, metavar="S",
+                   help="stop starting op cases after S seconds, reporting the ones left out "
+                        "(default: 210 on GPU, where compiling dominates; none on CPU; 0: none)")
     g = p.add_argument_group("model level")
     g.add_argument("--model-batch", type=_list(int), metavar="INFER[,TRAIN]",
                    help="batch of inference and of the training step; 0 skips one "
@@ -159,6 +162,8 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
         residual={"no": (False,), "yes": (True,), "both": (False, True)}[args.residual],
         threads=threads, impls=args.impls, cache=args.cache or ("cold" if gpu else "hot"),
         min_run_time=args.min_run_time,
+        op_budget=(args.op_budget if args.op_budget is not None else (210.0 if gpu else None))
+        or None,
         model_batch_infer=model_batch[0], model_batch_train=model_batch[1],
         model_image_size=args.model_image_size,
         model_dtype=args.model_dtype or ("bfloat16" if gpu else "float32"),

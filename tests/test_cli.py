@@ -26,7 +26,7 @@ NULLABLE = {"threads", "speedup_vs_compile", "speedup_vs_eager", "ratio_vs_plain
             "paper_params_m", "paper_gmacs", "baseline"}
 NON_NEGATIVE = {"iqr_us", "iqr_ms"}
 
-TINY = ["--suites", "op,model,complexity", "--shape", "2,16,8,8,4", "--threads", "1",
+TINY = ["--device", "cpu", "--suites", "op,model,complexity", "--shape", "2,16,8,8,4", "--threads", "1",
         "--impls", "eager,reference,cpu,nonexistent",
         "--min-run-time", "0.01", "--model-batch", "1,2", "--model-image-size", "32",
         "--model-seconds", "0.05", "--models", "resnet18,se_resnet18", "--quiet"]
