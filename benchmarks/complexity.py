@@ -15,7 +15,8 @@ from benchmarks.progress import Progress
 
 # Hu et al., Squeeze-and-Excitation Networks (TPAMI), Table 2 (GFLOPs = GMACs at 224x224) and
 # Table 3 (MobileNet, ShuffleNet: MFLOPs and params); the text gives ResNet-50's params
-# (~25 M, "+~2.5 M" for SE-ResNet-50). None where the paper gives no figure.
+# (~25 M, "+~2.5 M" for SE-ResNet-50: approximate). None where the paper gives no figure (as for
+# SENet-154).
 PAPER = {  # normalised name: (GMACs, params in millions)
     "resnet50": (3.86, 25.0), "seresnet50": (3.87, 27.5),
     "resnet101": (7.58, None), "seresnet101": (7.60, None),
@@ -30,10 +31,17 @@ PAPER = {  # normalised name: (GMACs, params in millions)
 }
 
 
+# se_kernels.models names whose paper entry has another name
+_ALIASES = {"mobilenetv1": "mobilenet", "shufflenetv1": "shufflenet", "vgg16bn": "vgg16"}
+
+
 def paper_entry(name: str) -> tuple[float | None, float | None]:
     """The paper's (GMACs, M params) for a model name such as "se_resnext50_32x4d"."""
-    key = re.sub(r"[^a-z0-9]", "", name.lower())
-    key = re.sub(r"\d+x\d+d$", "", key)  # resnext50_32x4d -> resnext50
+    key = re.sub(r"_\d+x\d+d$", "", name.lower())  # resnext50_32x4d -> resnext50
+    key = re.sub(r"[^a-z0-9]", "", key)
+    se = key.startswith("se") and not key.startswith("senet")
+    base = key[2:] if se else key
+    key = ("se" if se else "") + _ALIASES.get(base, base)
     return PAPER.get(key, (None, None))
 
 
