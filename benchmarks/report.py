@@ -17,7 +17,7 @@ import torch
 SCHEMA = "se_kernels.bench/1"
 PROVENANCE_KEYS = ("date", "command", "argv", "git_commit", "git_dirty", "device", "device_type",
                    "cpu", "versions", "platform", "threads", "copy_bandwidth_gbs",
-                   "backends", "extension_load_error", "timer", "cache", "env")
+                   "backends", "extension_load_error", "timer", "cache", "env", "load_average")
 
 
 _ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
@@ -54,8 +54,16 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def provenance(device: torch.device, *, threads: dict, copy_bw: dict, timer: str, cache: str,
-               argv: list[str] | None = None) -> dict:
+               load: dict, argv: list[str] | None = None) -> dict:
     import se_kernels
 
     try:
@@ -100,6 +108,7 @@ def provenance(device: torch.device, *, threads: dict, copy_bw: dict, timer: str
         "timer": timer,
         "cache": cache,
         "env": {k: os.environ[k] for k in _ENV_KEYS if k in os.environ},
+        "load_average": load,  # {"start": [1, 5, 15 min], "end": [...]}: how busy the machine was
     }
 
 
@@ -228,6 +237,11 @@ def print_report(data: dict) -> None:
     if bw:
         p.line(f"copy bandwidth (read + write): {bw}; timer: {prov['timer']}; cache: "
                f"{prov['cache']}")
+    load, cpus = prov.get("load_average") or {}, prov["cpu"].get("usable_cpus") or 1
+    busiest = max((v[0] for v in load.values() if v), default=0.0)
+    if busiest > cpus:
+        p.line(f"note: the machine was busy (load average up to {busiest:.1f} on {cpus} CPUs): "
+               "timings, multi-threaded ones most, include waiting for other processes")
     op_rows = data.get("op", [])
     if op_rows:
         _print_op(p, op_rows)

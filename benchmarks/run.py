@@ -7,6 +7,7 @@ se_kernels/cli.py only builds the parser and calls ``add_bench_arguments`` / ``b
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -179,8 +180,12 @@ def bench(args: argparse.Namespace) -> int:
     from benchmarks.plot import make_plots
 
     t_start = time.perf_counter()
+    load_start = report.load_average()
     cfg = resolve(args)
     device = torch.device(cfg.device)
+    if device.type == "cpu":  # torch.utils.benchmark imports cpp_extension, which warns that
+        # a CUDA build of torch finds no CUDA runtime: true and irrelevant on a CPU run
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     progress = not args.quiet
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +228,7 @@ def bench(args: argparse.Namespace) -> int:
         device, threads={"default": default_threads, "tested": list(cfg.threads),
                          "model": cfg.model_threads},
         copy_bw=copy_bw, timer=timer,
+        load={"start": load_start, "end": report.load_average()},
         cache=("L2 flushed before each call" if cfg.cache == "cold" else "hot")
         if device.type == "cuda" else cfg.cache)
     data["elapsed_s"] = time.perf_counter() - t_start

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the suites live in benchmarks/ at the repository root
 
 from benchmarks import op, report  # noqa: E402
+from benchmarks.complexity import paper_entry  # noqa: E402
 from benchmarks.model import ModelRow  # noqa: E402
 from benchmarks.shapes import parse_shape, preset_shapes  # noqa: E402
 
@@ -135,6 +136,8 @@ def test_floor_and_shapes():
     assert [(s.c, s.h, s.cr) for s in preset_shapes(["se-resnet50"])] == [
         (256, 56, 16), (512, 28, 32), (1024, 14, 64), (2048, 7, 128)]
     assert len(preset_shapes(["all"])) == 4 + 4 + 6  # se-resnext50 repeats se-resnet50's
+    assert paper_entry("se_resnet50") == (3.87, 27.5)
+    assert paper_entry("resnext50_32x4d")[0] == 4.24 and paper_entry("senet154") == (None, None)
     s = parse_shape("8,64,32,32")
     assert (s.n, s.c, s.h, s.w, s.cr) == (8, 64, 32, 32, 4)
     with pytest.raises(ValueError):
