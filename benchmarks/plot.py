@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.report import read_json, shape_label
+from benchmarks.report import fmt_time_us, read_json, shape_label
 
 BANDWIDTH_PNG = "bench_bandwidth.png"
 MODEL_PNG = "bench_model.png"
@@ -37,26 +37,29 @@ def plot_bandwidth(data: dict, path: Path) -> Path | None:
     rows = data.get("op", [])
     if not rows:
         return None
-    # one dtype, no residual if measured without, the most threads: the rest is in the JSON
+    # one dtype, no residual if measured without; a row of panels per (pass, layout, threads),
+    # only the most threads if that makes more than 6 rows: the rest is in the JSON
     dtype = _pick(rows, "dtype")
     res = _pick(rows, "residual", prefer=False)
     rows = [r for r in rows if r["dtype"] == dtype and r["residual"] == res]
-    threads = max((r["threads"] or 0) for r in rows)
-    rows = [r for r in rows if (r["threads"] or 0) == threads]
+    if len({(r["mode"], r["layout"], r["threads"]) for r in rows}) > 6:
+        most = max((r["threads"] or 0) for r in rows)
+        rows = [r for r in rows if (r["threads"] or 0) == most]
     shapes = list(dict.fromkeys((r["family"], r["shape"]) for r in rows))
-    panels = list(dict.fromkeys((r["mode"], r["layout"]) for r in rows))
+    panels = list(dict.fromkeys((r["mode"], r["layout"], r["threads"]) for r in rows))
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     bw = data["provenance"]["copy_bandwidth_gbs"]
-    ceiling = bw.get(str(threads)) or bw.get("device")
     plt = _plt()
     fig, axes = plt.subplots(len(panels), len(shapes), squeeze=False, sharey="row",
                              figsize=(max(7.0, 3.2 * len(shapes) + 1), 2.8 * len(panels) + 1.2))
     colors = plt.get_cmap("tab10")
-    for i, (mode, layout) in enumerate(panels):
+    for i, (mode, layout, threads) in enumerate(panels):
+        ceiling = bw.get(str(threads)) or bw.get("device")
+        thr = f", {threads} thr" if threads else ""
         for j, (family, shape) in enumerate(shapes):
             ax = axes[i][j]
             sub = [r for r in rows if r["mode"] == mode and r["layout"] == layout
-                   and r["shape"] == shape and r["family"] == family]
+                   and r["threads"] == threads and r["shape"] == shape and r["family"] == family]
             ns = sorted({r["n"] for r in sub})
             width = 0.8 / max(1, len(impls))
             for k, impl in enumerate(impls):
@@ -73,18 +76,18 @@ def plot_bandwidth(data: dict, path: Path) -> Path | None:
             ax.set_xticks(range(len(ns)), [f"N={n}" for n in ns])
             if sub:
                 r = sub[0]
-                ax.set_title(f"{shape_label(r)}\n{mode}, {layout}", fontsize=9)
+                ax.set_title(f"{shape_label(r)}\n{mode}, {layout}{thr}", fontsize=9)
             if j == 0:
-                ax.set_ylabel("GB/s (floor bytes / median)")
+                ax.set_ylabel("GB/s (floor / median)")
             ax.grid(axis="y", alpha=0.3)
     prov = data["provenance"]
-    thr = f", {threads} threads" if threads else ""
-    fig.suptitle(f"SE block: effective bandwidth against the bytes floor\n{prov['device']}, "
-                 f"{dtype}{', residual' if res else ''}{thr}", fontsize=10)
+    fig.suptitle(f"SE block: effective bandwidth against the bytes floor (dashed: copy "
+                 f"bandwidth)\n{prov['device']}, {dtype}{', residual' if res else ''}",
+                 fontsize=10)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8,
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8,
                frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.04 * ((len(labels) - 1) // 4 + 1) / len(panels), 1, 0.93))
+    fig.tight_layout(rect=(0, 0.06 / len(panels) ** 0.5, 1, 1 - 0.1 / len(panels) ** 0.5))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -110,7 +113,7 @@ def plot_model(data: dict, path: Path) -> Path | None:
                 hit = [r for r in rows if r["mode"] == mode and r["se"] == v]
                 if not hit:
                     continue
-                ratio, note = hit[0]["ratio_vs_plain"], f"\n{hit[0]['median_ms']:.3g} ms"
+                ratio, note = hit[0]["ratio_vs_plain"], f"\n{fmt_time_us(hit[0]['median_ms'] * 1e3)}"
             xs.append(i + (k - (len(variants) - 1) / 2) * width)
             ys.append((ratio - 1) * 100)
             labels.append(f"{ys[-1]:+.1f}%{note}")
@@ -120,8 +123,11 @@ def plot_model(data: dict, path: Path) -> Path | None:
         ax.bar_label(bars, labels, fontsize=7)
     r0 = rows[0]
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(range(len(modes)),
-                  [f"{m} (N={next(r['n'] for r in rows if r['mode'] == m)})" for m in modes])
+    plain = {r["mode"]: r for r in data["model"] if r["se"] == "none"}
+    ax.set_xticks(range(len(modes)), [
+        f"{m}, N={next(r['n'] for r in rows if r['mode'] == m)}"
+        + (f"\nResNet-50: {fmt_time_us(plain[m]['median_ms'] * 1e3)}" if m in plain else "")
+        for m in modes])
     ax.set_ylabel("SE-ResNet-50 step time over ResNet-50 (%)")
     thr = f", {r0['threads']} threads" if r0["threads"] else ""
     ax.set_title(f"SE overhead — {data['provenance']['device']}, {r0['dtype']}{thr}", fontsize=9)
