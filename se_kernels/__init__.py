@@ -5,9 +5,13 @@
     se = se_kernels.SqueezeExcitation(256)      # an nn.Module over fused_se
     se_kernels.available_backends()             # e.g. ['reference', 'cpu']
     se_kernels.models.se_resnet50()             # the paper's networks (loaded on first use)
+    se_kernels.complexity(net)                  # {"params": ..., "macs": ...}, SE ops counted
+    se_kernels.convert(torchvision_or_timm_net) # their SE modules -> FusedSE, in place
 """
 
 from se_kernels._extension import LOAD_ERROR as EXTENSION_LOAD_ERROR
+from se_kernels.complexity import complexity
+from se_kernels.convert import convert
 from se_kernels.nn import FusedSE, SqueezeExcitation
 from se_kernels.ops import BackendUnavailableError, available_backends, fused_se
 from se_kernels.reference import se_reference
@@ -23,6 +27,8 @@ __all__ = [
     "se_reference",
     "EXTENSION_LOAD_ERROR",
     "models",
+    "complexity",
+    "convert",
 ]
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from se_kernels._options import ACTIVATIONS, BACKENDS, GATES
 from se_kernels.nn import SqueezeExcitation
 
-__all__ = ["SEConfig", "NoSqueeze", "set_backend", "se_modules"]
+__all__ = ["SEConfig", "NoSqueeze", "set_backend", "se_modules", "pop_se_config"]
 
 SQUEEZE_CHOICES = ("avg", "max", "none")  # "none": the NoSqueeze variant (Table 16)
 
@@ -61,6 +61,24 @@ class SEConfig:
         return SqueezeExcitation(channels, self.reduction, bias=self.bias, squeeze=self.squeeze,
                                  activation=self.activation, gate=self.gate,
                                  backend=self.backend)
+
+
+SE_OPTIONS = ("backend", "reduction", "squeeze", "activation", "gate", "bias")
+
+
+def pop_se_config(with_se: bool, kwargs: dict) -> SEConfig | None:
+    """Removes the SE options from a constructor's ``kwargs``; returns their ``SEConfig``, or
+    None for a plain network. A plain network accepts (and ignores) ``backend`` and
+    ``reduction``, so one call builds either network of a pair; other SE options are an error
+    there."""
+    options = {k: kwargs.pop(k) for k in SE_OPTIONS if k in kwargs}
+    config = SEConfig(**options)  # validates them either way
+    if with_se:
+        return config
+    extra = sorted(set(options) - {"backend", "reduction"})
+    if extra:
+        raise TypeError(f"a plain network takes no SE options, got {extra}")
+    return None
 
 
 _ACT = {"relu": F.relu, "silu": F.silu}

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from se_kernels.models._registry import register
-from se_kernels.models._se import SEConfig
+from se_kernels.models._se import SEConfig, pop_se_config
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "INTEGRATIONS"]
 
@@ -243,21 +243,8 @@ class ResNet(nn.Module):
 
 # ---- constructors ---------------------------------------------------------------------------
 
-_SE_KEYS = ("squeeze", "activation", "gate", "bias")
-
-
-def _build(block, layers, num_classes, *, se: bool, backend: str = "auto", reduction: int = 16,
-           **kwargs) -> ResNet:
-    """Splits the SE options off ``kwargs``; a plain network accepts (and ignores) backend and
-    reduction, so the same call builds both networks of a pair."""
-    se_kw = {k: kwargs.pop(k) for k in _SE_KEYS if k in kwargs}
-    if not se:
-        if se_kw:
-            raise TypeError(f"a plain network takes no SE options, got {sorted(se_kw)}")
-        SEConfig(reduction=reduction, backend=backend)  # still validate them
-        return ResNet(block, layers, num_classes, se=None, **kwargs)
-    return ResNet(block, layers, num_classes,
-                  se=SEConfig(reduction=reduction, backend=backend, **se_kw), **kwargs)
+def _build(block, layers, num_classes, *, se: bool, **kwargs) -> ResNet:
+    return ResNet(block, layers, num_classes, se=pop_se_config(se, kwargs), **kwargs)
 
 
 _RESNETS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
