@@ -123,22 +123,28 @@ def run(cfg: BenchConfig, device: torch.device, *, progress: bool = True):
     prev_cudnn = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True  # as convnets are trained and served on GPUs
     rows: list[dict] = []
-    modes = (("inference", cfg.model_batch_infer), ("train", cfg.model_batch_train))
-    bar = Progress(len(modes) * len(todo), "model", enabled=progress)
+    modes = [(m, n) for m, n in (("inference", cfg.model_batch_infer),
+                                 ("train", cfg.model_batch_train)) if n > 0]
+    bar = Progress(len(todo) + len(modes) * len(todo), "model", enabled=progress)
     try:
+        built = []  # each model is built once and serves both modes
+        for name, se, ctor in todo:
+            try:
+                torch.manual_seed(0)
+                built.append((name, se, ctor().to(device=device, dtype=dtype, memory_format=fmt)))
+            except Exception as e:
+                skipped.append({"suite": "model", "what": f"{name} ({se})",
+                                "reason": f"{type(e).__name__}: {e}"[:400]})
+            bar.step(f"build {name} ({se})")
         for mode, n in modes:
-            if n <= 0:
-                continue
             gen = torch.Generator().manual_seed(0)
             s = cfg.model_image_size
             x = torch.randn(n, 3, s, s, generator=gen).to(device=device, dtype=dtype)
             x = x.contiguous(memory_format=fmt)
             target = torch.randint(0, 1000, (n,), generator=gen).to(device)
             fns, names = [], []
-            for name, se, ctor in todo:
+            for name, se, model in built:
                 try:
-                    torch.manual_seed(0)
-                    model = ctor().to(device=device, dtype=dtype, memory_format=fmt)
                     fn = _step_fn(model, mode, x, target)
                     timing.warm_up(fn, calls=3 if device.type == "cuda" else 2)
                     if device.type == "cuda":
@@ -168,6 +174,7 @@ def run(cfg: BenchConfig, device: torch.device, *, progress: bool = True):
                     ratio_vs_plain=t.median / plain if plain else None,
                     paper_ratio=PAPER_RATIO[mode]).__dict__)
             del fns
+        del built
     finally:
         bar.close()
         torch.set_num_threads(prev_threads)
