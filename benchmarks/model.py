@@ -146,7 +146,9 @@ def run(cfg: BenchConfig, device: torch.device, *, progress: bool = True):
             for name, se, model in built:
                 try:
                     fn = _step_fn(model, mode, x, target)
-                    timing.warm_up(fn, calls=3 if device.type == "cuda" else 2)
+                    # CPU training steps take seconds: one warm-up step (allocations, momentum)
+                    timing.warm_up(fn, calls=3 if device.type == "cuda" else
+                                   2 if mode == "inference" else 1)
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     fns.append(fn)
