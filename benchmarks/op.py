@@ -273,7 +273,12 @@ def run(cfg: BenchConfig, device: torch.device, copy_bw: dict, *, progress: bool
                 break
             if case.threads:
                 torch.set_num_threads(case.threads)
-            rows += _run_case(case, impls, cfg, device, copy_bw, gen, bar, skipped)
+            case_impls = impls
+            if cfg.impls is None and case.mode != "fwd":
+                # max-autotune's compile of the backward graph costs minutes: by default it is
+                # a forward baseline (ask for it with --impls to time it on fwd+bwd too)
+                case_impls = [i for i in impls if i != "compile-max-autotune"]
+            rows += _run_case(case, case_impls, cfg, device, copy_bw, gen, bar, skipped)
     finally:
         bar.close()
         torch.set_num_threads(prev_threads)

@@ -31,7 +31,8 @@ torch.compile / every CPU backend; ResNet-50 vs SE-ResNet-50 on 1 thread at N = 
 (inference) and N = 4 (training step); complexity of every model. This is issue 5's CPU comparison; add
 --pass fwd,fwd+bwd for the backward.
 Defaults on a GPU: N = 1 and 256, bfloat16, NCHW and NHWC, forward and forward+backward,
-also torch.compile max-autotune; models at N = 64, bfloat16, channels_last.
+also torch.compile max-autotune (forward); models at N = 64, bfloat16, channels_last; the op
+suite starts no new case after 210 s (--op-budget), so that the run stays under 5 minutes.
 """
 
 BENCH_EPILOG = """\
@@ -102,7 +103,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--impls", type=_list(str), metavar="LIST",
                    help=f"implementations: {', '.join(BASELINES)}, reference, cpu, triton, cuda "
                         "(default: the baselines and every backend that runs on the device; "
-                        "compile-max-autotune on GPU only)")
+                        "compile-max-autotune on GPU only, and on the forward pass only)")
     g.add_argument("--cache", choices=("hot", "cold"),
                    help="cold: GPU: L2 flushed before each call; CPU: inputs rotated over "
                         "2x the LLC (<= 1 GiB). hot: the same inputs call after call "
