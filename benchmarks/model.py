@@ -5,8 +5,9 @@ backward, SGD with momentum). Per-step latency is the median over steps, timed w
 ``time.perf_counter`` on the CPU and CUDA events on the GPU, the models taking turns step by
 step (round-robin), so that a machine whose load drifts (ours are shared) shifts all of them
 alike: the SE overhead is a difference of a few % and a sequential A-then-B run would show the
-drift instead. On the GPU, cudnn.benchmark is on (as convnets are run there). The paper's figures: +1.8 % CPU inference (164 -> 167 ms, batch 1) and +10 %
-per training step (190 -> 209 ms, batch 256 on 8 GPUs).
+drift instead. On the GPU, cudnn.benchmark is on (as convnets are run there). The paper's
+figures: +1.8 % CPU inference (164 -> 167 ms, batch 1) and +10 % per training step
+(190 -> 209 ms, batch 256 on 8 GPUs).
 """
 
 from __future__ import annotations

@@ -5,13 +5,17 @@ runs on the same inputs and the same parameters:
 
     eager                 ``EagerSE``: the SE module as timm / torchvision write it
     compile               torch.compile(EagerSE, fullgraph=True, dynamic=False)
-    compile-max-autotune  the same with mode="max-autotune-no-cudagraphs" (GPU default)
+    compile-max-autotune  the same with mode="max-autotune-no-cudagraphs" (GPU default,
+                          forward only): the kernels max-autotune picks, without CUDA graphs,
+                          which would copy each fresh input into the graph's buffer (2|x| more
+                          traffic than in a model) and apply to our ops just as well
     reference, cpu, ...   se_kernels.SqueezeExcitation(backend=...) on EagerSE's parameters
 
 The implementations of a case are built and warmed up (compiled) first, then timed in turns
-(``timing.time_interleaved``). Metrics: median latency and IQR; the bytes floor of DESIGN.md section 3 and the effective
-bandwidth against it (floor bytes / median); that bandwidth in % of the device's copy
-bandwidth measured in the same run; GFLOP/s (``flops`` below); speedup over eager and compile.
+(``timing.time_interleaved``). Metrics: median latency and IQR; the bytes floor of DESIGN.md
+section 3 and the effective bandwidth against it (floor bytes / median); that bandwidth in %
+of the device's copy bandwidth measured in the same run; GFLOP/s (``flops`` below); speedup
+over eager and over compile.
 """
 
 from __future__ import annotations

@@ -113,7 +113,8 @@ def plot_model(data: dict, path: Path) -> Path | None:
                 hit = [r for r in rows if r["mode"] == mode and r["se"] == v]
                 if not hit:
                     continue
-                ratio, note = hit[0]["ratio_vs_plain"], f"\n{fmt_time_us(hit[0]['median_ms'] * 1e3)}"
+                ratio = hit[0]["ratio_vs_plain"]
+                note = f"\n{fmt_time_us(hit[0]['median_ms'] * 1e3)}"
             xs.append(i + (k - (len(variants) - 1) / 2) * width)
             ys.append((ratio - 1) * 100)
             labels.append(f"{ys[-1]:+.1f}%{note}")

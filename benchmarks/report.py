@@ -313,8 +313,8 @@ def _print_model(p: _Printer, rows: list[dict]) -> None:
     for r in rows:
         ratio = r["ratio_vs_plain"]
         over = "-" if ratio is None or r["se"] == "none" else f"{(ratio - 1) * 100:+.1f}%"
-        table.append([r["model"], r["se"], r["mode"], str(r["n"]), fmt_time_us(r["median_ms"] * 1e3),
-                      fmt_time_us(r["iqr_ms"] * 1e3), f"{r['images_per_s']:.3g}", over,
+        table.append([r["model"], r["se"], r["mode"], str(r["n"]),
+                      fmt_time_us(r["median_ms"] * 1e3), fmt_time_us(r["iqr_ms"] * 1e3), f"{r['images_per_s']:.3g}", over,
                       f"{(r['paper_ratio'] - 1) * 100:+.1f}%" if r["se"] != "none" else "",
                       str(r["runs"])])
     r0 = rows[0]

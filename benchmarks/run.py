@@ -28,8 +28,8 @@ provenance) and OUTPUT/bench_bandwidth.png, OUTPUT/bench_model.png.
 Defaults without a GPU (a CPU comparison, a few minutes on 2 cores): SE-ResNet-50's four
 stage shapes at N = 1 and 8, float32, NCHW and NHWC, forward, 1 and 2 threads, eager /
 torch.compile / every CPU backend; ResNet-50 vs SE-ResNet-50 on 1 thread at N = 1
-(inference) and N = 4 (training step); complexity of every model. This is issue 5's CPU comparison; add
---pass fwd,fwd+bwd for the backward.
+(inference) and N = 4 (training step); complexity of every model. This is issue 5's CPU
+comparison; add --pass fwd,fwd+bwd for the backward.
 Defaults on a GPU: N = 1 and 256, bfloat16, NCHW and NHWC, forward and forward+backward,
 also torch.compile max-autotune (forward); models at N = 64, bfloat16, channels_last; the op
 suite starts no new case after 210 s (--op-budget), so that the run stays under 5 minutes.

@@ -27,7 +27,8 @@ NULLABLE = {"threads", "speedup_vs_compile", "speedup_vs_eager", "ratio_vs_plain
             "paper_params_m", "paper_gmacs", "baseline"}
 NON_NEGATIVE = {"iqr_us", "iqr_ms"}
 
-TINY = ["--device", "cpu", "--suites", "op,model,complexity", "--shape", "2,16,8,8,4", "--threads", "1",
+TINY = ["--device", "cpu", "--suites", "op,model,complexity", "--shape", "2,16,8,8,4",
+        "--threads", "1",
         "--impls", "eager,reference,cpu,nonexistent",
         "--min-run-time", "0.01", "--model-batch", "1,2", "--model-image-size", "32",
         "--model-seconds", "0.05", "--models", "resnet18,se_resnet18", "--quiet"]
@@ -36,7 +37,8 @@ TINY = ["--device", "cpu", "--suites", "op,model,complexity", "--shape", "2,16,8
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "out"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env.pop("TRITON_INTERPRET", None)  # as a user runs it
     proc = subprocess.run([sys.executable, "-m", "se_kernels", "bench", "--output", str(out),
                            *TINY], cwd=out.parent, env=env, capture_output=True, text=True,
@@ -98,7 +100,8 @@ def test_bench_writes_a_flat_folder_with_the_plots(bench_run):
     out, data, _ = bench_run
     files = sorted(p.name for p in out.iterdir())
     assert all((out / f).is_file() for f in files)
-    expected = ["bench.json", "bench_bandwidth.png"] + (["bench_model.png"] if data["model"] else [])
+    expected = ["bench.json", "bench_bandwidth.png"]
+    expected += ["bench_model.png"] if data["model"] else []
     assert files == sorted(expected)
 
 
