@@ -221,9 +221,15 @@ def shape_label(r: dict) -> str:
     return dims if r["family"] == "custom" else f"{r['shape']} {dims}"
 
 
-def _case_key(r: dict) -> tuple:
-    return (r["mode"], r["family"], r["shape"], r["n"], r["dtype"], r["layout"], r["residual"],
-            r["threads"] or 0)
+def _case_key(r: dict, shape_order: dict) -> tuple:
+    """Sort key of a row's case: pass, shape in the order measured (presets in their own
+    order), batch, dtype, layout, residual, threads."""
+    return (r["mode"], shape_order[(r["family"], r["shape"])], r["n"], r["dtype"], r["layout"],
+            r["residual"], r["threads"] or 0)
+
+
+def _shape_order(rows: list[dict]) -> dict:
+    return {k: i for i, k in enumerate(dict.fromkeys((r["family"], r["shape"]) for r in rows))}
 
 
 def print_report(data: dict) -> None:
@@ -255,15 +261,16 @@ def print_report(data: dict) -> None:
 
 def _print_op(p: _Printer, rows: list[dict]) -> None:
     vary = {k: len({r[k] for r in rows}) > 1 for k in ("dtype", "residual", "threads", "family")}
+    order = _shape_order(rows)
     for mode in dict.fromkeys(r["mode"] for r in rows):
-        sub = sorted((r for r in rows if r["mode"] == mode), key=_case_key)
+        sub = sorted((r for r in rows if r["mode"] == mode), key=lambda r: _case_key(r, order))
         headers = ["shape", "N", "layout"] + (["dtype"] if vary["dtype"] else []) + (
             ["res"] if vary["residual"] else []) + (["thr"] if vary["threads"] else []) + [
             "impl", "median", "IQR", "floor", "GB/s", "% copy", "GFLOP/s", "vs eager",
             "vs compile", ""]
         table, sections, prev = [], [], None
         for r in sub:
-            key = _case_key(r)
+            key = _case_key(r, order)
             if prev is not None and key != prev:
                 sections.append(len(table) - 1)
             prev = key
@@ -288,8 +295,9 @@ def _print_speedup_summary(p: _Printer, rows: list[dict]) -> None:
     """One line per case: eager's median and each other implementation's speedup over it."""
     impls = [i for i in dict.fromkeys(r["impl"] for r in rows) if i != "eager"]
     by_case: dict[tuple, dict[str, dict]] = {}
+    order = _shape_order(rows)
     for r in rows:
-        by_case.setdefault(_case_key(r), {})[r["impl"]] = r
+        by_case.setdefault(_case_key(r, order), {})[r["impl"]] = r
     if not impls or not any("eager" in v for v in by_case.values()):
         return
     headers = ["pass", "shape", "N", "layout", "dtype", "res", "thr", "eager"] + [
