@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import se_kernels
 from se_kernels import complexity, models
-from se_kernels.complexity import se_flops
+from se_kernels.complexity import complexity_breakdown, se_flops
 from se_kernels.models.paper import FIGURES, UNPRINTED
 
 HAS_CPU = "cpu" in se_kernels.available_backends()
@@ -108,9 +108,8 @@ def counted(fig):
     if key not in _counted:
         with torch.device("meta"):
             net = models.get_model(fig.model, **fig.kwargs)
-        c = complexity(net, fig.input_size)
-        a = complexity(net, fig.input_size, count_additions=True)
-        _counted[key] = (c["params"], c["macs"], a["macs"])
+        c = complexity_breakdown(net, fig.input_size)
+        _counted[key] = (c["params"], c["macs"], c["macs"] + c["additions"])
     return _counted[key]
 
 
@@ -206,3 +205,12 @@ def test_nosqueeze_counts_its_convolutions():
     per_stage = [(256, 3, 56), (512, 4, 28), (1024, 6, 14), (2048, 3, 7)]
     extra = sum(2 * c * (c // 16) * s * s * n for c, n, s in per_stage)
     assert ns == 3857973248 + extra
+
+
+def test_counts_whatever_the_backend():
+    """A network built for a backend that cannot run here is still counted (SE blocks run on
+    "auto" while counting) and keeps its backend."""
+    net = models.se_resnet18(num_classes=10, backend="cuda")
+    ref = models.se_resnet18(num_classes=10, backend="reference")
+    assert complexity(net, (3, 32, 32)) == complexity(ref, (3, 32, 32))
+    assert {m.backend for m in models.se_modules(net)} == {"cuda"}

@@ -191,7 +191,7 @@ def test_convert_imports_neither_library():
             "bad = [k for k in ('torchvision', 'timm') if k in sys.modules]\n"
             "assert not bad, bad\n"
             "import se_kernels.models\n"
-            "m = se_kernels.models.se_resnet18(); se_kernels.complexity(m, (3, 32, 32))\n"
+            "m = se_kernels.models.se_resnet18(); se_kernels.complexity(m, (3, 8, 8))\n"
             "bad = [k for k in ('torchvision', 'timm') if k in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)

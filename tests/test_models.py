@@ -200,7 +200,7 @@ def test_fused_residual_tail_is_used(monkeypatch):
 
 # ---- weights ---------------------------------------------------------------------------------
 
-def _check_timm(name: str, size: int = 32, via=None, tmp_path=None):
+def _check_timm(name: str, size: int = 32, via=None, tmp_path=None, dtype=torch.float32):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     theirs = randomize_bn(timm.create_model(name, pretrained=False)).eval()
@@ -215,10 +215,10 @@ def _check_timm(name: str, size: int = 32, via=None, tmp_path=None):
         path = tmp_path / "w.pth"
         torch.save({"state_dict": sd}, path)
         sd = path
-    ours = from_timm(name, sd, backend=FUSED).eval()
-    x = torch.randn(2, 3, size, size)
+    ours = from_timm(name, sd, backend=FUSED).eval().to(dtype)
+    x = torch.randn(2, 3, size, size, dtype=dtype)
     with torch.no_grad():
-        a, b = theirs(x), ours(x)
+        a, b = theirs.to(dtype)(x), ours(x)
     assert rel_err(b, a) <= 1e-5, name
     return ours
 
@@ -243,7 +243,10 @@ def test_timm_weights(name):
                                   "legacy_seresnet152", "legacy_seresnext101_32x4d",
                                   "seresnext101_32x8d", "legacy_seresnet34"])
 def test_timm_weights_large(name):
-    _check_timm(name, size=64)
+    # float64: with random BN statistics the deepest networks amplify rounding by ~1e9
+    # (legacy_seresnet152's logits reach 1e5; float32 ends 40% off, float64 6e-7), while a
+    # wrong mapping is off by O(1) whatever the precision
+    _check_timm(name, size=64, dtype=torch.float64)
 
 
 def test_torchvision_resnet50_weights():
