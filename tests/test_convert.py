@@ -156,6 +156,17 @@ def test_effective_se_single_fc_is_exact():
     assert ese.fc.weight.grad is not None and ese.fc.weight.grad.abs().sum() > 0
 
 
+def test_converted_compiles_without_graph_breaks():
+    from timm.layers import EffectiveSEModule, SEModule
+
+    model = nn.Sequential(SEModule(16), EffectiveSEModule(16)).eval()
+    se_kernels.convert(model, backend=FUSED)
+    x = torch.randn(2, 16, 4, 4)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), model(x))
+
+
 def test_left_alone_with_reasons():
     from timm.layers import EffectiveSEModule, SEModule
 

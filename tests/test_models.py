@@ -198,6 +198,16 @@ def test_fused_residual_tail_is_used(monkeypatch):
     assert calls == [True] * 16
 
 
+def test_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) traces an SE network, fused residual tails included."""
+    torch.manual_seed(0)
+    net = models.se_resnet18(num_classes=10, backend=FUSED).eval()
+    x = torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), net(x))
+
+
 # ---- weights ---------------------------------------------------------------------------------
 
 def _check_timm(name: str, size: int = 32, via=None, tmp_path=None, dtype=torch.float32):
