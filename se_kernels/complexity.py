@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from se_kernels.nn import SqueezeExcitation
 
-__all__ = ["complexity", "se_flops"]
+__all__ = ["complexity", "complexity_breakdown", "se_flops"]
 
 
 def se_flops(n: int, c: int, cr: int, hw: int, *, backward: bool = False) -> int:
@@ -100,34 +100,56 @@ def complexity(model: nn.Module, input_size=(3, 224, 224), *, batch_size: int = 
     default (as ``torch.utils.flop_counter`` and fvcore); the paper's ResNet-101/152 and
     ResNeXt-50 figures agree with the count that includes them (docs/models.md).
 
-    The forward pass runs on fake tensors (no memory, no arithmetic: an ImageNet-size
-    SENet-154 is counted in about a second) in eval mode; the model is left as it was.
+    The forward pass runs on fake tensors on the parameters' device (no memory, no arithmetic:
+    an ImageNet-size SENet-154 is counted in about a second; networks built on the meta device
+    work too) in eval mode, with the SE blocks on backend "auto"; the model is left as it was.
     """
+    counts = complexity_breakdown(model, input_size, batch_size=batch_size)
+    macs = counts["macs"] + (counts["additions"] if count_additions else 0)
+    return {"params": counts["params"], "macs": macs}
+
+
+def complexity_breakdown(model: nn.Module, input_size=(3, 224, 224), *,
+                         batch_size: int = 1) -> dict:
+    """``{"params", "macs", "additions"}`` from one pass: ``macs`` as ``complexity``'s
+    default, ``additions`` the elements of tensor additions (the MACs ``count_additions``
+    adds)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    se_calls: list[int] = []   # explicit FLOPs of each SqueezeExcitation call
-    inside: list[int] = [0]    # FLOPs the counter attributed to SE modules' internals
     aten = torch.ops.aten
-    adds = {aten.add: _addition_formula, aten.add_: _addition_formula}
-    counter = FlopCounterMode(display=False, custom_mapping=adds if count_additions else None)
-    start: list[int] = []
+    counter = FlopCounterMode(display=False, custom_mapping={aten.add: _addition_formula,
+                                                             aten.add_: _addition_formula})
+
+    def totals() -> tuple[int, int]:
+        glob = counter.get_flop_counts().get("Global", {})
+        return counter.get_total_flops(), glob.get(aten.add, 0) + glob.get(aten.add_, 0)
+
+    se_flops_total = [0, 0]   # explicit FLOPs of the SE calls: (SE op, fused residual sums)
+    inside = [0, 0]           # what the counter saw inside SE modules: (all, additions)
+    start: list[tuple[int, int]] = []
 
     def pre_hook(module, args):
-        start.append(counter.get_total_flops())
+        start.append(totals())
 
     def post_hook(module, args, kwargs, output):
-        inside[0] += counter.get_total_flops() - start.pop()
+        (t0, a0), (t1, a1) = start.pop(), totals()
+        inside[0] += t1 - t0
+        inside[1] += a1 - a0
         n, c, h, w = output.shape
         if getattr(module, "channels_last_input", False):  # (N, H, W, C) tensors
             n, h, w, c = output.shape
-        residual = kwargs.get("residual", args[1] if len(args) > 1 else None)
-        extra = 2 * n * c * h * w if count_additions and residual is not None else 0
-        se_calls.append(se_flops(n, c, module.reduced_channels, h * w) + extra)
+        se_flops_total[0] += se_flops(n, c, module.reduced_channels, h * w)
+        if kwargs.get("residual", args[1] if len(args) > 1 else None) is not None:
+            se_flops_total[1] += 2 * n * c * h * w
 
-    handles = []
+    handles, backends = [], []
     for m in model.modules():
         if isinstance(m, SqueezeExcitation):
-            handles += [m.register_forward_pre_hook(pre_hook), m.register_forward_hook(post_hook, with_kwargs=True)]
+            handles += [m.register_forward_pre_hook(pre_hook),
+                        m.register_forward_hook(post_hook, with_kwargs=True)]
+            # counted from shapes whatever the backend: "auto" runs wherever the model is
+            backends.append((m, m.backend))
+            m.backend = "auto"
     was_training = model.training
     model.eval()
     try:
@@ -141,5 +163,10 @@ def complexity(model: nn.Module, input_size=(3, 224, 224), *, batch_size: int = 
         model.train(was_training)
         for h in handles:
             h.remove()
-    flops = counter.get_total_flops() - inside[0] + sum(se_calls)
-    return {"params": _count_params(model), "macs": int(math.ceil(flops / 2))}
+        for m, backend in backends:
+            m.backend = backend
+    total, adds = totals()
+    additions = adds - inside[1] + se_flops_total[1]
+    flops = total - adds - (inside[0] - inside[1]) + se_flops_total[0]
+    return {"params": _count_params(model), "macs": int(math.ceil(flops / 2)),
+            "additions": additions // 2}

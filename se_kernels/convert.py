@@ -121,6 +121,11 @@ class ConvertedSE(SqueezeExcitation):
             eye = torch.eye(c, dtype=first.weight.dtype, device=first.weight.device)
             self.register_buffer("_fc2_single", torch.cat([eye, -eye], 1), persistent=False)
 
+    def reset_parameters(self) -> None:
+        """Re-initialises the original FC submodules (as their own classes do)."""
+        for name in self._fc_names:
+            getattr(self, name).reset_parameters()
+
     # SqueezeExcitation reads these four
     @property
     def fc1_weight(self) -> torch.Tensor:

@@ -48,10 +48,11 @@ from se_kernels.models.resnet import (
 )
 from se_kernels.models.shufflenet import ShuffleNetV1, se_shufflenet_v1, shufflenet_v1
 from se_kernels.models.vgg import VGG, se_vgg16_bn, vgg16_bn
+from se_kernels.models.weights import from_timm, from_torchvision
 
 __all__ = [
     "list_models", "get_model", "baseline_of", "SEConfig", "NoSqueeze", "set_backend",
-    "se_modules",
+    "se_modules", "from_timm", "from_torchvision",
     "ResNet", "VGG", "BNInception", "InceptionResNetV2", "MobileNetV1", "ShuffleNetV1",
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "se_resnet18", "se_resnet34", "se_resnet50", "se_resnet101", "se_resnet152",
