@@ -62,12 +62,13 @@ def register_se_formulas() -> list[str]:
     from torch.utils.flop_counter import flop_registry
 
     done = []
-    for name in dir(torch.ops.se_kernels):
+    # every registered se_kernels op (dir(torch.ops.se_kernels) lists only those already used)
+    names = sorted(n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
+                   if n.startswith("se_kernels::"))
+    for name in names:
         if not name.endswith(("se_forward", "se_backward")):
             continue
         packet = getattr(torch.ops.se_kernels, name)
-        if not isinstance(packet, torch._ops.OpOverloadPacket):
-            continue
         formula = _backward_formula if name.endswith("backward") else _forward_formula
         if packet not in flop_registry:
             register_flop_formula(packet)(formula)
