@@ -288,10 +288,13 @@ def test_compile_inductor_sees_the_kernels():
 
 @requires_cuda
 @pytest.mark.parametrize("c,hw,cr", SE_RESNET50, ids=["conv2", "conv3", "conv4", "conv5"])
-@pytest.mark.parametrize("n", [1, 256])
+@pytest.mark.parametrize("n,dtype", [(1, torch.float32), (1, torch.bfloat16),
+                                     (256, torch.bfloat16)], ids=["1-fp32", "1-bf16", "256-bf16"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_triton_se_resnet50_stages(c, hw, cr, n, layout, dtype, poison):
+def test_triton_se_resnet50_stages(c, hw, cr, n, dtype, layout, poison):
+    """The four stage shapes at N = 1 (split path) and N = 256 (fused path, split for conv5);
+    fp32 at N = 256 is left out only because the float64 oracle's host-side comparison of
+    ~200M-element tensors takes minutes per case."""
     side = int(hw ** 0.5)
     gen = torch.Generator().manual_seed(c + n)
     inp = make_inputs(n, c, side, side, cr, dtype=dtype, layout=layout, bias=True,

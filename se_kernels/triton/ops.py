@@ -38,7 +38,7 @@ import os
 from typing import Optional
 
 import torch
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from se_kernels._options import acc_dtype
 from se_kernels.triton.config import device_of, make_plan
@@ -47,6 +47,16 @@ from se_kernels.triton.kernels import (se_bwd_finish_kernel, se_bwd_reduce_kerne
                                        se_fwd_pool_kernel)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+if INTERPRET:
+    def wrap_triton(kernel):
+        """Interpreted kernels cannot be traced into a graph (and torch < 2.12's wrap_triton
+        rejects them): launch them directly. The calls keep the name wrap_triton so that
+        torch's source scan (triton_op's kernel list, used in compile cache keys) finds
+        the kernels either way."""
+        return kernel
+else:
+    from torch.library import wrap_triton
 
 
 def _layout(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -157,7 +167,7 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     dpre = x.new_empty((n, c), dtype=acc)               # dL/dgpre
     cnt = x.new_empty((n, c) if squeeze == 1 else (1,), dtype=acc)   # tie counts (max)
     dpart = x.new_empty((n, plan.P, cr), dtype=acc)     # FC2-backward shares per chunk
-    dres_ = dres if has_res else dx                     # dummy pointer when absent
+    dres_ = dres if has_res else x.new_empty((1,))      # dummy pointer, never written
     if not _launches(x):
         return dx, dw1, dw2, db1, db2, dres
     groups = plan.groups(n)
