@@ -181,7 +181,7 @@ def test_triton_does_not_modify_inputs():
 
 # ---- the config heuristic (pure Python) ------------------------------------------------------
 
-H100 = config.Device(sms=132, tile=4096, fc_tile=8192, min_group=1, interpret=False)
+H100 = config.Device(sms=132, tile=4096, fc_tile=4096, min_group=1, interpret=False)
 SE_RESNET50 = [(256, 56 * 56, 16), (512, 28 * 28, 32), (1024, 14 * 14, 64), (2048, 7 * 7, 128)]
 
 
@@ -196,6 +196,7 @@ def test_plan_is_consistent(n, c, hw, cr, channels_last):
         assert v >= 1 and v & (v - 1) == 0, p
     assert p.BC * p.BHW <= H100.tile
     assert p.G_PAD * p.BJ * p.BK <= H100.fc_tile and p.G_PAD * p.BJ2 * p.BC <= H100.fc_tile
+    assert p.BN * p.BCW * p.BJW <= H100.fc_tile
     # weights never cost more than the activations, unless capped by G <= 16 or by N
     assert 2 * c * cr <= p.G * c * hw or p.G == 16 or p.G >= n
 

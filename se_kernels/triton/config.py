@@ -12,9 +12,12 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    launches), P chosen to give ~2 programs per SM. The split path's launch 2 sums the P
    partial FC1 results per sample (P*Cr values, read by each of the P programs), so P is
    capped where those re-reads reach ~1/4 of the activation bytes: P^2 * Cr * 4 <= slab / 4.
-3. Tiles. The activation tile [BC channels, BHW pixels] has ~TILE elements, its long side
-   along the contiguous dimension (pixels in NCHW, channels in NHWC). FC tiles [G, BJ, BK]
-   are capped at FC_TILE elements. num_warps: 8 for full tiles, 4 for small ones.
+3. Tiles. The activation tile [BC channels, BHW pixels] has ~TILE = 4096 elements (16 per
+   thread at 8 warps), its long side along the contiguous dimension (pixels in NCHW, up to
+   1024; channels in NHWC, up to 128). The FC broadcast products [G, BJ, BK], [G, BJ2, BC]
+   and the weight-gradient products [BN, BCW, BJW] are capped at FC_TILE = 4096 elements,
+   so that they stay in registers. Weight-gradient programs own BCW >= 16 channels each,
+   ~2 programs per SM. num_warps: 8 for full activation tiles, 4 for small ones.
 
 On CUDA the device's SM count is read from its properties; under TRITON_INTERPRET=1 (CPU
 tensors) the plan is made for a virtual one-SM device with large tiles and G = 16: the
@@ -23,8 +26,8 @@ nested jit call), so fewer, larger programs are faster. The tests force the othe
 configurations (config.forced) to cover the GPU's paths. Nothing here depends on timing, so
 the interpreter runs exactly the configurations the heuristic gives.
 
-The numbers (TILE, FC_TILE, the 1/4 cap, one wave) are first guesses to be measured on an
-H100 (docs/perf-notes.md, "Triton backend").
+The numbers (TILE, FC_TILE, the weight rule, the 1/4 cap, one wave) are first guesses, to be
+measured on an H100 (docs/perf-notes.md, "Triton backend").
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class Device:
 @functools.lru_cache(maxsize=None)
 def _cuda_device(index: int) -> Device:
     sms = torch.cuda.get_device_properties(index).multi_processor_count
-    return Device(sms=sms, tile=4096, fc_tile=8192, min_group=1, interpret=False)
+    return Device(sms=sms, tile=4096, fc_tile=4096, min_group=1, interpret=False)
 
 
 def device_of(x: torch.Tensor) -> Device:
