@@ -123,7 +123,7 @@ def test_triton_max_ties_split_evenly(path):
     for backend in ("triton", "reference"):
         with config.forced(**PATHS[path]):
             y = se_kernels.fused_se(x, w1, w2, squeeze="max", backend=backend)
-        (grads[backend],) = torch.autograd.grad(y.sum(), x)
+            (grads[backend],) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(grads["triton"], grads["reference"])
     pooled = grads["triton"] - grads["triton"][0, 0, 0, 0]  # the pooling term
     assert pooled[0, 0, 0, 1] == pooled[0, 0, 1, 0] != 0 and pooled[0, 0, 1, 1] == 0
