@@ -284,4 +284,5 @@ if _extension.LOAD_ERROR is None:
 if _TRITON_ERROR is None:
     from se_kernels import triton as _se_triton
 
+    register_autograd("se_kernels::triton_se_forward", _se_triton.se_backward)
     _FORWARD_OPS["triton"] = _se_triton.se_forward
