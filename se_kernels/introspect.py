@@ -220,6 +220,8 @@ def plot_instance_spread(gates: dict[str, torch.Tensor], labels: torch.Tensor,
         ax.set_title(paper_name(name), fontsize=9)
     for ax in list(axes.flat)[len(blocks):]:
         ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel("activation (mean \u00b1 std)")
     axes[0][0].legend(fontsize=7)
     if title:
         fig.suptitle(title)
