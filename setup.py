@@ -47,7 +47,7 @@ def _extensions():
     from torch.utils import cpp_extension
 
     # Sources by glob, relative to this folder (setuptools insists).
-    sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/python_module.cpp"] + sorted(
         glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
 
@@ -63,8 +63,11 @@ def _extensions():
         use_cuda, why = False, "no CUDA sources in csrc/cuda"
 
     # -Wno-unknown-pragmas: ATen's vec headers carry `#pragma unroll`, which g++ ignores.
+    # -fopenmp: at::parallel_for is inline and runs serially in a file compiled without it
+    # (libgomp.so.1 then resolves to the copy torch already loaded).
     cxx = ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-unknown-pragmas",
-           "-fvisibility=hidden"]
+           "-fvisibility=hidden", "-fopenmp"]
+    link = ["-fopenmp"]
     if platform.machine() in ("x86_64", "AMD64"):
         # The CPU kernels use at::vec with AVX2; se_kernels/_extension.py refuses to load the
         # library on a CPU without AVX2.
@@ -85,6 +88,7 @@ def _extensions():
             sources + cuda_sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx + ["-DSE_KERNELS_WITH_CUDA"], "nvcc": nvcc},
+            extra_link_args=link,
             py_limited_api=True,
         )
     else:
@@ -94,6 +98,7 @@ def _extensions():
             sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
             py_limited_api=True,
         )
     return [ext], {"build_ext": cpp_extension.BuildExtension}

@@ -283,7 +283,8 @@ def backward_fake(dy, x, w1, w2, y, z, hpre, gpre, squeeze, act, gate):
 
 def register_autograd(forward_op_name: str, backward_op: Callable) -> None:
     """Registers the autograd formula of a se_forward-shaped op whose gradients come from
-    ``backward_op`` (an se_backward-shaped op)."""
+    ``backward_op`` (an se_backward-shaped op). Used for the Python-defined (Triton) ops; the
+    C++ ops register the same formula in csrc/autograd.cpp."""
 
     def setup_context(ctx, inputs, output):
         x, w1, w2, b1, b2, residual, squeeze, act, gate = inputs
@@ -308,9 +309,10 @@ def register_autograd(forward_op_name: str, backward_op: Callable) -> None:
 
 
 if _extension.LOAD_ERROR is None:
+    # The C++ ops' autograd is registered in C++ (csrc/autograd.cpp): the same formula, without
+    # the Python overhead of register_autograd on every call.
     torch.library.register_fake("se_kernels::se_forward")(forward_fake)
     torch.library.register_fake("se_kernels::se_backward")(backward_fake)
-    register_autograd("se_kernels::se_forward", torch.ops.se_kernels.se_backward.default)
     _FORWARD_OPS["cpu"] = _FORWARD_OPS["cuda"] = torch.ops.se_kernels.se_forward.default
 
 if _TRITON_ERROR is None:

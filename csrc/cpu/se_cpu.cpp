@@ -24,7 +24,13 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -45,7 +51,8 @@ template <typename T>
 using AccVec = Vectorized<acc_t<T>>;
 
 // A group's activations should fit in this many bytes of cache (L2s plus a share of L3).
-constexpr int64_t kCacheBudgetBytes = int64_t(4) << 20;
+static const int64_t kCacheBudgetBytes = std::getenv("SE_BUDGET_KB") ? std::atoll(std::getenv("SE_BUDGET_KB")) * 1024 : (int64_t(1) << 20);
+static const int64_t kStreamMinBytes = std::getenv("SE_STREAM_KB") ? std::atoll(std::getenv("SE_STREAM_KB")) * 1024 : (int64_t(8) << 20);
 // Elements a parallel task should own, so that thread start-up stays small beside the work.
 constexpr int64_t kGrainElems = int64_t(1) << 15;
 // Channels per task when reducing a channels_last slab.
@@ -75,6 +82,41 @@ inline void vstore(T* p, const AccVec<T>& v) {
   } else {
     at::vec::convert_from_float<T>(v, v).store(p, Vectorized<float>::size());
   }
+}
+
+// Streaming (non-temporal) store of one vector to an address aligned to its width. Used for
+// outputs much larger than the caches: writing around the cache skips the read-for-ownership
+// of every line and leaves x's slab in cache for the second pass. Plain stores elsewhere.
+template <typename T>
+inline void vstore_stream(T* p, const AccVec<T>& v) {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    _mm256_stream_ps(p, v);
+  } else if constexpr (std::is_same_v<T, double>) {
+    _mm256_stream_pd(p, v);
+  } else {  // 8 half/bfloat16 values: the low 16 bytes of the converted vector
+    const __m256i h = at::vec::convert_from_float<T>(v, v);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(h));
+  }
+#else
+  vstore(p, v);
+#endif
+}
+
+// Orders this thread's streaming stores before whatever reads the output next.
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__)
+  _mm_sfence();
+#endif
+}
+
+// Elements to write with ordinary stores before p + i is aligned for vstore_stream.
+template <typename T>
+inline int64_t stream_head(const T* p, int64_t n) {
+  constexpr int64_t width = AccVec<T>::size() * sizeof(T);
+  const auto misalign = static_cast<int64_t>(reinterpret_cast<uintptr_t>(p) % width);
+  if (misalign % sizeof(T) != 0) return n;  // never aligned: ordinary stores throughout
+  return std::min<int64_t>(n, ((width - misalign) % width) / sizeof(T));
 }
 
 template <typename A>
@@ -170,23 +212,85 @@ struct VectorGate {
   A at(int64_t i) const { return s[i]; }
 };
 
-// y = x * s, or relu(x * s + r).
-template <bool kResidual, typename T, typename G>
-void scale_run(T* y, const T* x, const T* r, const G& g, int64_t n) {
+// y = x * s, or relu(x * s + r), over the flat run [begin, end) of a tensor whose gate is
+// constant along rows of `row_len` elements (NCHW: a row is one channel's H*W; NHWC: row_len
+// is 1 and the gate varies per element, see VectorGate). Treating consecutive rows as one run
+// keeps vectors full and aligned even when H*W is small or odd; a vector that straddles rows
+// gathers its gates. kStream: streaming stores for the aligned body.
+template <bool kResidual, bool kStream, typename T, typename RowGate>
+void scale_flat(T* y, const T* x, const T* r, const RowGate& gate_of_row, int64_t row_len,
+                int64_t begin, int64_t end) {
   using A = acc_t<T>;
   using V = AccVec<T>;
   constexpr int64_t kV = V::size();
   const V zero(A(0));
-  int64_t i = 0;
-  for (; i + kV <= n; i += kV) {
-    V v = vload(x + i) * g.vec(i);
-    if constexpr (kResidual) v = at::vec::maximum(v + vload(r + i), zero);
-    vstore(y + i, v);
+  int64_t i = begin;
+  int64_t row = i / row_len, row_end = (row + 1) * row_len;
+  auto advance_to = [&](int64_t j) {
+    while (row_end <= j) {
+      ++row;
+      row_end += row_len;
+    }
+  };
+  auto scalar = [&](int64_t j) {
+    advance_to(j);
+    A v = static_cast<A>(x[j]) * gate_of_row(row);
+    if constexpr (kResidual) v = relu(v + static_cast<A>(r[j]));
+    y[j] = static_cast<T>(v);
+  };
+  if constexpr (kStream) {
+    for (const int64_t head = begin + stream_head(y + begin, end - begin); i < head; ++i) scalar(i);
   }
-  for (; i < n; ++i) {
-    A v = static_cast<A>(x[i]) * g.at(i);
-    if constexpr (kResidual) v = relu(v + static_cast<A>(r[i]));
-    y[i] = static_cast<T>(v);
+  for (; i + kV <= end; i += kV) {
+    advance_to(i);
+    V g;
+    if (i + kV <= row_end) {
+      g = V(gate_of_row(row));
+    } else {  // straddles a row boundary
+      A tmp[kV];
+      int64_t rr = row, re = row_end;
+      for (int64_t k = 0; k < kV; ++k) {
+        while (re <= i + k) {
+          ++rr;
+          re += row_len;
+        }
+        tmp[k] = gate_of_row(rr);
+      }
+      g = V::loadu(tmp);
+    }
+    V v = vload(x + i) * g;
+    if constexpr (kResidual) v = at::vec::maximum(v + vload(r + i), zero);
+    if constexpr (kStream) {
+      vstore_stream(y + i, v);
+    } else {
+      vstore(y + i, v);
+    }
+  }
+  for (; i < end; ++i) scalar(i);
+}
+
+// y = x * s[c], or relu(...), along one channels_last pixel (C contiguous channels).
+template <bool kResidual, bool kStream, typename T>
+void scale_pixel(T* y, const T* x, const T* r, const acc_t<T>* s, int64_t C) {
+  using A = acc_t<T>;
+  using V = AccVec<T>;
+  constexpr int64_t kV = V::size();
+  const V zero(A(0));
+  int64_t c = 0;
+  const bool stream = kStream && stream_head(y, C) == 0;  // pixels aligned (C * sizeof(T) % 32 == 0)
+  for (; c + kV <= C; c += kV) {
+    V v = vload(x + c) * V::loadu(s + c);
+    if constexpr (kResidual) v = at::vec::maximum(v + vload(r + c), zero);
+    if (stream) {
+      vstore_stream(y + c, v);
+    } else {
+      vstore(y + c, v);
+    }
+  }
+  for (; c < C; ++c) {
+    A v = static_cast<A>(x[c]) * s[c];
+    if constexpr (kResidual) v = relu(v + static_cast<A>(r[c]));
+    y[c] = static_cast<T>(v);
   }
 }
 
@@ -347,34 +451,39 @@ void excite_group(const Problem& p, const ForwardArgs<T>& a, int64_t act, int64_
   });
 }
 
-template <bool kResidual, typename T>
+template <bool kResidual, bool kStream, typename T>
 void scale_group(const Problem& p, const ForwardArgs<T>& a, const acc_t<T>* s, int64_t n0,
                  int64_t n1) {
-  using A = acc_t<T>;
   const int64_t C = p.C, HW = p.HW;
   if (p.layout == Layout::NCHW) {
+    // rows are (n, c) pairs; s holds the group's rows from n0 * C on
+    auto gate_of_row = [&](int64_t row) { return s[row - n0 * C]; };
     at::parallel_for(n0 * C, n1 * C, grain_for(HW), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t off = r * HW;
-        scale_run<kResidual>(a.y + off, a.x + off, a.residual + off,
-                             ScalarGate<A>{s[r - n0 * C]}, HW);
-      }
+      scale_flat<kResidual, kStream>(a.y, a.x, a.residual, gate_of_row, HW, r0 * HW, r1 * HW);
+      if constexpr (kStream) stream_fence();
     });
   } else {
     at::parallel_for(n0 * HW, n1 * HW, grain_for(C), [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t off = q * C;
-        scale_run<kResidual>(a.y + off, a.x + off, a.residual + off,
-                             VectorGate<A>{s + (q / HW - n0) * C}, C);
+        scale_pixel<kResidual, kStream>(a.y + off, a.x + off, a.residual + off,
+                                        s + (q / HW - n0) * C, C);
       }
+      if constexpr (kStream) stream_fence();
     });
   }
 }
 
-// Samples per group: as many as fit the cache budget together.
+// Samples per group: as many as fit the cache budget together (so the second pass over a
+// group's activations hits cache), but at least enough that the FC weights, read once per
+// group, cost no more than one more pass over the group's activations.
 inline int64_t group_size(const Problem& p, int64_t elem_bytes, int64_t streams) {
-  const int64_t slab = std::max<int64_t>(1, p.C * p.HW * elem_bytes * streams);
-  return std::max<int64_t>(1, std::min<int64_t>(p.N, kCacheBudgetBytes / slab));
+  const int64_t slab = std::max<int64_t>(1, p.C * p.HW * elem_bytes);
+  const int64_t budget = kCacheBudgetBytes * at::get_num_threads();
+  const int64_t by_cache = budget / (slab * streams);
+  const int64_t weight_bytes = 2 * p.C * p.Cr * elem_bytes;
+  const int64_t by_weights = (weight_bytes + slab - 1) / slab;
+  return std::max<int64_t>(1, std::min<int64_t>(p.N, std::max(by_cache, by_weights)));
 }
 
 template <typename T>
@@ -382,6 +491,7 @@ void forward_kernel(const Problem& p, const ForwardArgs<T>& a, int64_t squeeze, 
                     int64_t gate) {
   using A = acc_t<T>;
   const int64_t G = group_size(p, sizeof(T), a.residual ? 2 : 1);
+  const bool stream = p.N * p.C * p.HW * int64_t(sizeof(T)) >= kStreamMinBytes;
   std::vector<A> h(G * p.Cr), s(G * p.C);
   for (int64_t n0 = 0; n0 < p.N; n0 += G) {
     const int64_t n1 = std::min(p.N, n0 + G);
@@ -392,9 +502,11 @@ void forward_kernel(const Problem& p, const ForwardArgs<T>& a, int64_t squeeze, 
     }
     excite_group(p, a, act, gate, n0, n1, h.data(), s.data());
     if (a.residual) {
-      scale_group<true>(p, a, s.data(), n0, n1);
+      stream ? scale_group<true, true>(p, a, s.data(), n0, n1)
+             : scale_group<true, false>(p, a, s.data(), n0, n1);
     } else {
-      scale_group<false>(p, a, s.data(), n0, n1);
+      stream ? scale_group<false, true>(p, a, s.data(), n0, n1)
+             : scale_group<false, false>(p, a, s.data(), n0, n1);
     }
   }
 }

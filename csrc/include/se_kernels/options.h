@@ -22,7 +22,7 @@ enum Gate : int64_t { kGateSigmoid = 0, kGateHardSigmoid = 1, kGateTanh = 2, kGa
 
 template <typename acc_t>
 SE_HOST_DEVICE acc_t sigmoid(acc_t v) {
-  return acc_t(1) / (acc_t(1) + ::exp(-v));
+  return acc_t(1) / (acc_t(1) + std::exp(-v));
 }
 
 // relu that lets NaN through, as torch.relu does.
@@ -65,7 +65,7 @@ SE_HOST_DEVICE acc_t gate_fwd(int64_t gate, acc_t v) {
       return clamped / acc_t(6);
     }
     case kGateTanh:
-      return ::tanh(v);
+      return std::tanh(v);
     case kGateRelu:
       return relu(v);
     default:
@@ -81,7 +81,7 @@ SE_HOST_DEVICE acc_t gate_grad(int64_t gate, acc_t v) {
     case kGateHardSigmoid:
       return (v > acc_t(-3) && v < acc_t(3)) ? acc_t(1) / acc_t(6) : acc_t(0);
     case kGateTanh: {  // sech^2(v), not 1 - tanh^2(v), which cancels where tanh saturates
-      const acc_t c = ::cosh(v);
+      const acc_t c = std::cosh(v);
       return acc_t(1) / (c * c);
     }
     case kGateRelu:
