@@ -12,6 +12,7 @@ relative to the mean gate: near 0 when the block treats every class alike).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     state, _, meta = train.load_checkpoint(args.checkpoint)
-    config = __import__("json").loads(meta["config"])
+    config = json.loads(meta["config"])
     model = train.build_model(meta["arch"], "auto")
     model.load_state_dict(state)
     model.eval()
