@@ -18,6 +18,19 @@ import pytest  # noqa: E402
 
 import se_kernels  # noqa: E402,F401
 
+try:  # hypothesis profiles of the property tests (tests/test_fuzz.py)
+    from hypothesis import HealthCheck, settings
+
+    # "ci" (default): bounded and derandomised, so every CI run checks the same examples.
+    settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True,
+                              print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+    # "gpu": many more random examples, for runs on a GPU machine.
+    settings.register_profile("gpu", max_examples=2000, deadline=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a test extra; the tests that need it import it themselves
+    pass
+
 
 def pytest_report_header(config):
     from se_kernels import EXTENSION_LOAD_ERROR, available_backends
