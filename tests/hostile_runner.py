@@ -28,7 +28,6 @@ class Case:
     expect: tuple | str            # exception type names, or "returns"
     match: str = ""                # regex the message must match
     needs: str | None = None       # None, "ext" (se_kernels._C), "cuda", "cuda2"
-    known: str | None = None       # a known, reported shortfall: the test is a strict xfail
 
 
 PRELUDE = '''
@@ -195,10 +194,7 @@ CASES = [
     Case("op_missing_args", "a = fwd_args(); op.se_forward(*a[:4])", RAISES_SCHEMA,
          r"se_forward|argument", needs="ext"),
     Case("op_none_weight", "a = fwd_args(); a[1] = None; op.se_forward(*a)", RAISES_SCHEMA,
-         r"w1", needs="ext",
-         known="csrc/autograd.cpp (se_forward_autograd) forwards an undefined w1 into "
-               "torch::autograd::Function, which raises 'tensor does not have a device' "
-               "without naming the argument (the CPU kernel below it says 'w1 must be 2-D')"),
+         r"w1", needs="ext"),
     Case("op_n_zero", "a = fwd_args(n=0); y, z, hpre, gpre = op.se_forward(*a)\n"
          "assert y.shape == (0, 8, 5, 5) and z.shape == (0, 8)", "returns", needs="ext"),
     Case("op_nan", "a = fwd_args(); a[0][0] = math.nan; y = op.se_forward(*a)[0]\n"

@@ -56,22 +56,8 @@ def _backend_devices():
 BACKEND_DEVICES = _backend_devices()
 _IDS = [f"{b}-{d}" for b, d in BACKEND_DEVICES]
 
-# Backends with a known divergence in NaN/inf gradients, and why (see the test that uses it).
-KNOWN_NAN_GRADIENT_BUG = {
-    "cpu": ("csrc/cpu/se_cpu.cpp multiplies the upstream gradient by relu'/hardsigmoid' "
-            "(options.h relu_grad, gate_grad) where PyTorch selects 0: an inf/NaN upstream "
-            "gradient through an inactive relu or a saturated hardsigmoid becomes NaN instead "
-            "of 0 (reproducer: test_nan_gradient_stops_at_inactive_relu)"),
-}
-
-
-def _backend_params(known_bug: dict | None = None):
-    params = []
-    for (b, d), i in zip(BACKEND_DEVICES, _IDS):
-        marks = []
-        if known_bug and b in known_bug:
-            marks.append(pytest.mark.xfail(strict=True, reason=known_bug[b]))
-        params.append(pytest.param(b, d, id=i, marks=marks))
+def _backend_params():
+    params = [pytest.param(b, d, id=i) for (b, d), i in zip(BACKEND_DEVICES, _IDS)]
     if not params:
         params.append(pytest.param(None, None, marks=pytest.mark.skip(
             reason="no backend besides the reference is available")))
@@ -466,7 +452,7 @@ def test_fuzz_against_reference(backend, device, poison):
     prop()
 
 
-@pytest.mark.parametrize("backend,device", _backend_params(KNOWN_NAN_GRADIENT_BUG))
+@pytest.mark.parametrize("backend,device", _backend_params())
 def test_fuzz_special_gradients_finite_where_reference_finite(backend, device):
     """NaN/inf in x or the residual: the backend's gradients are finite wherever the
     reference's are (an inactive relu or a saturated hardsigmoid stops a NaN/inf gradient)."""
@@ -479,7 +465,7 @@ def test_fuzz_special_gradients_finite_where_reference_finite(backend, device):
     prop()
 
 
-@pytest.mark.parametrize("backend,device", _backend_params(KNOWN_NAN_GRADIENT_BUG))
+@pytest.mark.parametrize("backend,device", _backend_params())
 @pytest.mark.parametrize("gate,w1", [("sigmoid", -1.0), ("hardsigmoid", 1.0)])
 def test_nan_gradient_stops_at_inactive_relu(backend, device, gate, w1):
     """The smallest case of the divergence: x = [[[[inf]]]], C = Cr = 1.

@@ -51,11 +51,12 @@ def _act_fwd(v, ACT: tl.constexpr):
 
 
 @triton.jit
-def _act_grad(v, ACT: tl.constexpr):
+def _act_backward(v, g, ACT: tl.constexpr):
+    """g * act'(v); relu selects (threshold_backward): an inf/NaN g stops where v <= 0."""
     if ACT == 1:  # sigma(v) (1 + v sigma(-v)): no 1 - sigma cancellation
-        return (1.0 + v / (1.0 + tl.exp(v))) / (1.0 + tl.exp(-v))
-    else:  # threshold_backward: 0 where v <= 0, else 1 (NaN included)
-        return tl.where(v <= 0.0, 0.0, 1.0)
+        return g * ((1.0 + v / (1.0 + tl.exp(v))) / (1.0 + tl.exp(-v)))
+    else:
+        return tl.where(v <= 0.0, 0.0, g)
 
 
 @triton.jit
@@ -79,16 +80,18 @@ def _gate_fwd(v, GATE: tl.constexpr):
 
 
 @triton.jit
-def _gate_grad(v, GATE: tl.constexpr):
-    if GATE == 1:  # 1/6 on the open interval (-3, 3)
-        return tl.where((v > -3.0) & (v < 3.0), 1.0, 0.0) / 6.0
+def _gate_backward(v, g, GATE: tl.constexpr):
+    """g * gate'(v); hardsigmoid and relu select, like PyTorch's backward kernels, so an
+    inf/NaN g stops where the gate is flat."""
+    if GATE == 1:  # g / 6 on the open interval (-3, 3)
+        return tl.where((v > -3.0) & (v < 3.0), g / 6.0, 0.0)
     elif GATE == 2:  # sech^2 v = 4e / (1 + e)^2, e = exp(-2|v|): no 1 - tanh^2 cancellation
         e = tl.exp(-2.0 * tl.abs(v))
-        return 4.0 * e / ((1.0 + e) * (1.0 + e))
+        return g * (4.0 * e / ((1.0 + e) * (1.0 + e)))
     elif GATE == 3:  # threshold_backward
-        return tl.where(v <= 0.0, 0.0, 1.0)
+        return tl.where(v <= 0.0, 0.0, g)
     else:  # sigma(v) sigma(-v): no sigma (1 - sigma) cancellation
-        return 1.0 / ((1.0 + tl.exp(-v)) * (1.0 + tl.exp(v)))
+        return g / ((1.0 + tl.exp(-v)) * (1.0 + tl.exp(v)))
 
 
 # ---- addressing -----------------------------------------------------------------------------
@@ -271,7 +274,7 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
                 if SQUEEZE == 1:
                     ties += tl.where(m & (xv == zc), 1.0, 0.0)
             gp = tl.load(gpre_ptr + n * C + cs, mask=cm, other=0.0)
-            tl.store(dpre_ptr + n * C + cs, tl.sum(acc, axis=1) * _gate_grad(gp, GATE), mask=cm)
+            tl.store(dpre_ptr + n * C + cs, _gate_backward(gp, tl.sum(acc, axis=1), GATE), mask=cm)
             if SQUEEZE == 1:
                 tl.store(cnt_ptr + n * C + cs, tl.sum(ties, axis=1), mask=cm)
     tl.debug_barrier()  # dpre is read back below by other threads of this program
@@ -322,7 +325,7 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
             jm = js < CR
             hp = tl.load(hpre_ptr + (n0 + gs)[:, None] * CR + js[None, :],
                          mask=gm[:, None] & jm[None, :], other=0.0)
-            dh = _sum_parts(dpart_ptr, n0, gs, gm, js, jm, P, CR) * _act_grad(hp, ACT)
+            dh = _act_backward(hp, _sum_parts(dpart_ptr, n0, gs, gm, js, jm, P, CR), ACT)
             wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
                          mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ, BC]
             acc += tl.sum(dh[:, :, None] * wt[None, :, :], axis=1)
@@ -388,7 +391,7 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
             zt = tl.load(z_ptr + ns[:, None] * C + cs[None, :], mask=nc, other=0.0)
             hp = tl.load(hpre_ptr + ns[:, None] * CR + js[None, :], mask=nj, other=0.0)
             dh = _sum_parts(dpart_ptr, nb, tl.arange(0, BN), nm, js, jm, P, CR)
-            dh = dh * _act_grad(hp, ACT)                                           # [BN, BJ]
+            dh = _act_backward(hp, dh, ACT)                                           # [BN, BJ]
             acc2 += tl.sum(dp[:, :, None] * _act_fwd(hp, ACT)[:, None, :], axis=0)
             acc1 += tl.sum(dh[:, :, None] * zt[:, None, :], axis=0)
             db1 += tl.sum(dh, axis=0)
