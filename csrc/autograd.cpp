@@ -97,6 +97,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_autograd(
     const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
     const std::optional<at::Tensor>& b1, const std::optional<at::Tensor>& b2,
     const std::optional<at::Tensor>& residual, int64_t squeeze, int64_t act, int64_t gate) {
+  // Undefined tensors (None passed for a required argument) would fail inside autograd with
+  // a message that names nothing; the kernels' own checks run below this point.
+  TORCH_CHECK(x.defined(), "se_kernels: x must be a tensor, got None");
+  TORCH_CHECK(w1.defined(), "se_kernels: w1 must be a tensor, got None");
+  TORCH_CHECK(w2.defined(), "se_kernels: w2 must be a tensor, got None");
   auto out = SEFunction::apply(x, w1, w2, b1, b2, residual, squeeze, act, gate);
   return {out[0], out[1], out[2], out[3]};
 }

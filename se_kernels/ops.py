@@ -180,6 +180,28 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if s[1] < s[2] and s[1] < s[3] else torch.contiguous_format
 
 
+# ---- autocast -------------------------------------------------------------------------------
+
+def _autocast_dtype(x) -> torch.dtype | None:
+    """The dtype torch.autocast runs lower-precision ops in on x's device (CPU or CUDA), or
+    None when autocast is off there."""
+    if not isinstance(x, torch.Tensor) or x.device.type not in ("cpu", "cuda"):
+        return None
+    if not torch.is_autocast_enabled(x.device.type):
+        return None
+    return torch.get_autocast_dtype(x.device.type)
+
+
+def _autocast_cast(t, dtype: torch.dtype):
+    """Autocast's rule for the inputs of a lower-precision op (linear, conv): floating-point
+    tensors other than float64 are cast to the autocast dtype; anything else is left alone
+    (and validated as usual)."""
+    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype not in (
+            torch.float64, dtype):
+        return t.to(dtype)
+    return t
+
+
 # ---- the op ---------------------------------------------------------------------------------
 
 _FORWARD_OPS: dict[str, Callable] = {}  # backend name -> forward op; filled below
@@ -212,7 +234,19 @@ def fused_se(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, b1: torch.Tens
     Returns:
         y, (N, C, H, W) in x's dtype and memory format. Reductions accumulate in float32
         (float64 for float64 inputs). Differentiable in x, w1, w2, b1, b2 and residual.
+
+    Under ``torch.autocast`` (CPU or CUDA), fused_se is a lower-precision op like linear and
+    conv: x, the weights, the biases and the residual are cast to the autocast dtype (float64
+    tensors are left alone), the op runs with autocast off, and y has the autocast dtype.
+    Gradients flow back to the original dtypes. Outside autocast, mixed dtypes are an error.
     """
+    amp_dtype = _autocast_dtype(x)
+    if amp_dtype is not None:
+        x, w1, w2, b1, b2, residual = (_autocast_cast(t, amp_dtype)
+                                       for t in (x, w1, w2, b1, b2, residual))
+        with torch.autocast(x.device.type, enabled=False):
+            return fused_se(x, w1, w2, b1, b2, residual=residual, squeeze=squeeze,
+                            activation=activation, gate=gate, backend=backend)
     w1, w2 = _validate(x, w1, w2, b1, b2, residual, squeeze, activation, gate, backend)
     name = _select_backend(backend, x.device.type)
     if name == "reference":
@@ -284,4 +318,5 @@ if _extension.LOAD_ERROR is None:
 if _TRITON_ERROR is None:
     from se_kernels import triton as _se_triton
 
+    register_autograd("se_kernels::triton_se_forward", _se_triton.se_backward)
     _FORWARD_OPS["triton"] = _se_triton.se_forward

@@ -7,6 +7,7 @@ creates no context.
 """
 
 import os
+import zlib
 
 import torch
 
@@ -16,6 +17,19 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import se_kernels  # noqa: E402,F401
+
+try:  # hypothesis profiles of the property tests (tests/test_fuzz.py)
+    from hypothesis import HealthCheck, settings
+
+    # "ci" (default): bounded and derandomised, so every CI run checks the same examples.
+    settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True,
+                              print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+    # "gpu": many more random examples, for runs on a GPU machine.
+    settings.register_profile("gpu", max_examples=2000, deadline=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a test extra; the tests that need it import it themselves
+    pass
 
 
 def pytest_report_header(config):
@@ -27,6 +41,13 @@ def pytest_report_header(config):
     if EXTENSION_LOAD_ERROR:
         lines.append(f"se_kernels._C not loaded: {EXTENSION_LOAD_ERROR}")
     return lines
+
+
+@pytest.fixture(autouse=True)
+def _seed_per_test(request):
+    """Every test draws fresh random inputs, from a seed of its own that is stable across
+    runs (the CRC of its id), so a failure reproduces and the suite never flakes."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """The fused C++ CPU backend against the float64 reference: every option, dtype and layout,
 forward and all gradients, outputs poisoned before each run."""
 
+import zlib
+
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_cpu_every_option(opts, dtype, layout, poison):
     squeeze, act, gate, bias, res = opts
-    gen = torch.Generator().manual_seed(hash((opts, str(dtype), layout)) % 2**31)
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((opts, dtype, layout)).encode()))
     inp = make_inputs(3, 19, 5, 7, 4, dtype=dtype, layout=layout, bias=bias, residual=res,
                       generator=gen, requires_grad=True)
     check_backend("cpu", inp, squeeze, act, gate)

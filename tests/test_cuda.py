@@ -8,6 +8,8 @@ Every test skips, with the reason, on a machine without a CUDA device or without
 kernels. Nothing touches the GPU at import or collection.
 """
 
+import zlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -90,7 +92,7 @@ def test_cuda_every_option(shape, opts, dtype, layout, path, poison):
     _skip_unsupported(path, dtype)
     squeeze, act, gate, bias, res = opts
     n, c, h, w, cr = shape
-    inp = _make(n, c, h, w, cr, seed=hash((shape, opts, str(dtype), layout)) % 2**31,
+    inp = _make(n, c, h, w, cr, seed=zlib.crc32(repr((shape, opts, str(dtype), layout)).encode()),
                 dtype=dtype, layout=layout, bias=bias, residual=res)
     check_backend("cuda", inp, squeeze, act, gate)
 

@@ -628,7 +628,7 @@ void excite_backward_group(const Problem& p, const BackwardArgs<T>& a, int64_t s
   for (int64_t k = 0; k < G * C; ++k) {
     const A v = a.gpre[n0 * C + k];
     w.s[k] = gate_fwd(gate, v);
-    w.ds[k] *= gate_grad(gate, v);
+    w.ds[k] = gate_backward(gate, v, w.ds[k]);
   }
   for (int64_t k = 0; k < G * Cr; ++k) w.h[k] = activation_fwd(act, a.hpre[n0 * Cr + k]);
   // dW2[c, :] += sum_n dpre[n, c] h[n, :];  db2[c] += sum_n dpre[n, c]
@@ -645,7 +645,8 @@ void excite_backward_group(const Problem& p, const BackwardArgs<T>& a, int64_t s
       A* dh = w.dh.data() + n * Cr;
       std::fill(dh, dh + Cr, A(0));
       for (int64_t c = 0; c < C; ++c) axpy(dh, w.ds[n * C + c], a.w2 + c * Cr, Cr);
-      for (int64_t j = 0; j < Cr; ++j) dh[j] *= activation_grad(act, a.hpre[(n0 + n) * Cr + j]);
+      for (int64_t j = 0; j < Cr; ++j)
+        dh[j] = activation_backward(act, a.hpre[(n0 + n) * Cr + j], dh[j]);
     }
   });
   // dW1[j, :] += sum_n dhpre[n, j] z[n, :];  db1[j] += sum_n dhpre[n, j]

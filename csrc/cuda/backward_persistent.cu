@@ -4,8 +4,10 @@
 //   reduce item (sample n, tile): partials of ds = sum g x (g = dy, masked by y > 0 when the
 //       residual was fused) and, for max squeeze, of the tie counts #(x == z) -> workspace.
 //       The CTA that completes an FC group runs the FC backward of the group:
-//         dpre = ds gate'(gpre), dh = dpre W2, dhpre = dh act'(hpre), dz = dhpre W1,
-//         coef = dz / HW (avg) or dz / count (max); keeps dpre, dhpre, h = act(hpre) per sample
+//         dpre = ds gate'(gpre), dh = dpre W2, dhpre = dh act'(hpre), dz = dhpre W1 (the
+//         products with gate' and act' as options.h's gate_backward/activation_backward,
+//         which select 0 at flat points), coef = dz / HW (avg) or dz / count (max); keeps
+//         dpre, dhpre, h = act(hpre) per sample
 //       in the workspace, then raises the group's ready flag and counts the group done;
 //   write item (sample n, tile): waits for the flag, then dx = g s + coef (avg) or
 //       g s + [x == z] coef (max), dres = g, re-reading dy, x, y while they are in L2;
@@ -50,7 +52,7 @@ __device__ void backward_fc(const BackwardArgs& a, const PersistentConfig& c, in
     A ds = A(0);
     for (int64_t b = 0; b < npb; ++b) ds += load_cg(pds + (n * npb + b) * C + ch);
     const A v = gpre[o];
-    dpre[o] = ds * gate_grad(a.gate, v);
+    dpre[o] = gate_backward(a.gate, v, ds);  // selects 0 where the gate is flat (options.h)
     s[o] = gate_fwd(a.gate, v);
     if constexpr (kMax) {
       A k = A(0);
@@ -63,7 +65,7 @@ __device__ void backward_fc(const BackwardArgs& a, const PersistentConfig& c, in
   cols_dot(w2, Cr, int(C), int(Cr), dpre + n0 * C, C, G, sm, [&](int g, int j, A v) {
     const int64_t o = (n0 + g) * Cr + j;
     const A hp = hpre[o];
-    dhpre[o] = v * activation_grad(a.act, hp);
+    dhpre[o] = activation_backward(a.act, hp, v);
     h[o] = activation_fwd(a.act, hp);
   });
   // dz[g, c] = sum_j dhpre[g, j] W1[j, c]

@@ -35,9 +35,9 @@
 namespace {
 
 using se_kernels::activation_fwd;
-using se_kernels::activation_grad;
+using se_kernels::activation_backward;
 using se_kernels::gate_fwd;
-using se_kernels::gate_grad;
+using se_kernels::gate_backward;
 using Vec = std::vector<double>;
 template <typename R>
 using VecT = std::vector<R>;
@@ -110,7 +110,7 @@ Outputs<R> reference(const Case& k, const Vec& x_, const Vec& w1_, const Vec& w2
       }
     VecT<R> dpre(C), dh(Cr, R(0)), dz(C, R(0));
     for (int64_t c = 0; c < C; ++c) {
-      dpre[c] = ds[c] * gate_grad<R>(k.gate, gpre[c]);
+      dpre[c] = gate_backward<R>(k.gate, gpre[c], ds[c]);
       o.db2[c] += dpre[c];
       for (int64_t j = 0; j < Cr; ++j) {
         o.dw2[c * Cr + j] += dpre[c] * h[j];
@@ -118,7 +118,7 @@ Outputs<R> reference(const Case& k, const Vec& x_, const Vec& w1_, const Vec& w2
       }
     }
     for (int64_t j = 0; j < Cr; ++j) {
-      const R dhp = dh[j] * activation_grad<R>(k.act, hpre[j]);
+      const R dhp = activation_backward<R>(k.act, hpre[j], dh[j]);
       o.db1[j] += dhp;
       for (int64_t c = 0; c < C; ++c) {
         o.dw1[j * C + c] += dhp * z[c];

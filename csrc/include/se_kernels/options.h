@@ -31,13 +31,6 @@ SE_HOST_DEVICE acc_t relu(acc_t v) {
   return v < acc_t(0) ? acc_t(0) : v;
 }
 
-// relu's derivative as PyTorch's threshold_backward computes it: 0 where the input is
-// <= 0, else 1 (NaN included).
-template <typename acc_t>
-SE_HOST_DEVICE acc_t relu_grad(acc_t v) {
-  return v <= acc_t(0) ? acc_t(0) : acc_t(1);
-}
-
 // h = act(hpre)
 template <typename acc_t>
 SE_HOST_DEVICE acc_t activation_fwd(int64_t act, acc_t v) {
@@ -45,13 +38,15 @@ SE_HOST_DEVICE acc_t activation_fwd(int64_t act, acc_t v) {
   return relu(v);
 }
 
-// d act(v) / dv, with PyTorch's conventions: relu'(0) = 0.
+// g * d act(v) / dv: the gradient through the activation, with PyTorch's conventions. relu
+// *selects* (0 where v <= 0, else g, as threshold_backward does), so an inf or NaN upstream
+// stops at an inactive unit instead of becoming 0 * inf = NaN.
 template <typename acc_t>
-SE_HOST_DEVICE acc_t activation_grad(int64_t act, acc_t v) {
+SE_HOST_DEVICE acc_t activation_backward(int64_t act, acc_t v, acc_t g) {
   if (act == kActSilu) {  // sigma(v) (1 + v sigma(-v)); sigma(-v), not 1 - sigma(v): no cancellation
-    return sigmoid(v) * (acc_t(1) + v * sigmoid(-v));
+    return g * (sigmoid(v) * (acc_t(1) + v * sigmoid(-v)));
   }
-  return relu_grad(v);
+  return v <= acc_t(0) ? acc_t(0) : g;
 }
 
 // s = gate(gpre)
@@ -73,21 +68,22 @@ SE_HOST_DEVICE acc_t gate_fwd(int64_t gate, acc_t v) {
   }
 }
 
-// d gate(v) / dv, with PyTorch's conventions (hardsigmoid: 1/6 on the open interval
-// (-3, 3), else 0; relu'(0) = 0).
+// g * d gate(v) / dv, with PyTorch's conventions: hardsigmoid and relu *select* (g / 6 on
+// the open interval (-3, 3), else 0; relu: 0 where v <= 0), like hardsigmoid_backward and
+// threshold_backward, so an inf or NaN upstream stops where the gate is flat.
 template <typename acc_t>
-SE_HOST_DEVICE acc_t gate_grad(int64_t gate, acc_t v) {
+SE_HOST_DEVICE acc_t gate_backward(int64_t gate, acc_t v, acc_t g) {
   switch (gate) {
     case kGateHardSigmoid:
-      return (v > acc_t(-3) && v < acc_t(3)) ? acc_t(1) / acc_t(6) : acc_t(0);
+      return (v > acc_t(-3) && v < acc_t(3)) ? g / acc_t(6) : acc_t(0);
     case kGateTanh: {  // sech^2(v), not 1 - tanh^2(v), which cancels where tanh saturates
       const acc_t c = std::cosh(v);
-      return acc_t(1) / (c * c);
+      return g / (c * c);
     }
     case kGateRelu:
-      return relu_grad(v);
+      return v <= acc_t(0) ? acc_t(0) : g;
     default:  // sigma(v) sigma(-v), not sigma (1 - sigma), which cancels where sigma -> 1
-      return sigmoid(v) * sigmoid(-v);
+      return g * (sigmoid(v) * sigmoid(-v));
   }
 }
 

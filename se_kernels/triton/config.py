@@ -1,0 +1,177 @@
+"""Launch configurations of the Triton SE kernels: a small heuristic, no autotuning.
+
+The choices, in order (each a function of N, C, H*W, Cr, the layout and the element size):
+
+1. G, samples per program. A program reads each weight tile once for its G samples, so the
+   weights cost |W| / G per sample. G is the smallest power of two with |W| / G <= the
+   sample's slab C*H*W*elem (weights never cost more than the activations they rescale: the
+   conv5_x trap of DESIGN.md section 3), capped at 16 and at N.
+2. Fused or split. With cdiv(N, G) sample groups, one program per group (the fused path, one
+   forward launch) is used when the groups fill the device (>= one program per SM). Below
+   that, each group's channels are split into P chunks (the split path, two forward
+   launches), P chosen to give ~2 programs per SM. The split path's launch 2 sums the P
+   partial FC1 results per sample (P*Cr values, read by each of the P programs), so P is
+   capped where those re-reads reach ~1/4 of the activation bytes: P^2 * Cr * 4 <= slab / 4.
+3. Tiles. The activation tile [BC channels, BHW pixels] has ~TILE = 4096 elements (16 per
+   thread at 8 warps), its long side along the contiguous dimension (pixels in NCHW, up to
+   1024; channels in NHWC, up to 128). The FC broadcast products [G, BJ, BK], [G, BJ2, BC]
+   and the weight-gradient products [BN, BCW, BJW] are capped at FC_TILE = 4096 elements,
+   so that they stay in registers. Weight-gradient programs own BCW >= 16 channels each,
+   ~2 programs per SM. num_warps: 8 for full activation tiles, 4 for small ones.
+
+On CUDA the device's SM count is read from its properties; under TRITON_INTERPRET=1 (CPU
+tensors) the plan is made for a virtual one-SM device with large tiles and G = 16: the
+interpreter runs programs one after another and its cost is per Triton operation (and per
+nested jit call), so fewer, larger programs are faster. The tests force the other
+configurations (config.forced) to cover the GPU's paths. Nothing here depends on timing, so
+the interpreter runs exactly the configurations the heuristic gives.
+
+The numbers (TILE, FC_TILE, the weight rule, the 1/4 cap, one wave) are first guesses, to be
+measured on an H100 (docs/perf-notes.md, "Triton backend").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import torch
+
+
+def _pow2(v: int) -> int:
+    """The smallest power of two >= v (1 for v <= 1)."""
+    return 1 if v <= 1 else 1 << (int(v) - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Device:
+    sms: int           # programs per wave
+    tile: int          # elements of an activation tile
+    fc_tile: int       # elements of an FC broadcast tile [G, BJ, BK]
+    min_group: int     # smallest G (samples per program)
+    interpret: bool
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_device(index: int) -> Device:
+    sms = torch.cuda.get_device_properties(index).multi_processor_count
+    return Device(sms=sms, tile=4096, fc_tile=4096, min_group=1, interpret=False)
+
+
+def device_of(x: torch.Tensor) -> Device:
+    if x.device.type == "cuda":
+        return _cuda_device(x.device.index if x.device.index is not None
+                            else torch.cuda.current_device())
+    return Device(sms=1, tile=1 << 15, fc_tile=1 << 15, min_group=16, interpret=True)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one forward or backward call is launched.
+
+    split: False -> programs own whole samples (forward: 1 launch; backward: dx in launch 1);
+    True -> programs own (group, channel chunk) pairs (forward: 2 launches; backward: dx in
+    launch 2). groups = cdiv(N, G) and P = cdiv(C, chunk) give the grid.
+    """
+    split: bool
+    G: int             # samples per program
+    chunk: int         # channels per program (C on the fused path)
+    P: int             # channel chunks per sample group (1 on the fused path)
+    BC: int            # activation tile: channels
+    BHW: int           # activation tile: pixels
+    BJ: int            # FC1 / FC2-backward tile: hidden units  ([G, BJ, BK])
+    BK: int            # FC1 / FC2-backward tile: channels
+    BJ2: int           # FC2 / FC1-backward tile: hidden units  ([G, BJ2, BC])
+    BCW: int           # weight-gradient programs: channels per program
+    BN: int            # weight-gradient tile: samples ([BN, BCW, BJW])
+    BJW: int           # weight-gradient tile: hidden units
+    num_warps: int
+
+    @property
+    def G_PAD(self) -> int:
+        return _pow2(self.G)
+
+    def groups(self, n: int) -> int:
+        return _cdiv(n, self.G)
+
+
+_FORCED: dict | None = None
+
+
+@contextlib.contextmanager
+def forced(**fields):
+    """Test hook: override fields of every Plan made inside the block, e.g.
+    ``forced(split=True, chunk=16, BHW=32)`` (P follows from chunk; any block sizes work,
+    the kernels mask every edge). Not thread-safe."""
+    global _FORCED
+    prev, _FORCED = _FORCED, fields
+    try:
+        yield
+    finally:
+        _FORCED = prev
+
+
+def make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
+              dev: Device) -> Plan:
+    slab = max(1, c * hw * elem)
+    wbytes = 2 * c * cr * elem
+    g = dev.min_group
+    while g < 16 and wbytes > g * slab:
+        g *= 2
+    g = max(1, min(g, _pow2(n)))
+    groups = _cdiv(max(n, 1), g)
+
+    min_chunk = 16 if channels_last else 8      # NHWC rows of >= 32 bytes; NCHW rows are HW
+    c_pow2 = _pow2(c)
+    split = groups < dev.sms
+    chunk = c
+    if split:
+        p_target = _cdiv(2 * dev.sms, groups)
+        p_cap = max(1, int((slab / (16 * cr)) ** 0.5))       # P^2 * Cr * 4 <= slab / 4
+        p_want = max(1, min(p_target, p_cap))
+        chunk = min(c_pow2, max(min_chunk, _pow2(_cdiv(c, p_want))))
+        if chunk >= c:
+            split, chunk = False, c
+
+    if _FORCED:
+        split = _FORCED.get("split", split)
+        g = _FORCED.get("G", g)
+        chunk = _FORCED.get("chunk", chunk if split else c)
+        if not split:
+            chunk = c
+    p = _cdiv(c, chunk) if split else 1
+
+    # activation tile
+    chunk_pow2 = _pow2(chunk)
+    hw_pow2 = _pow2(hw)
+    if channels_last:
+        bc = min(chunk_pow2, 128 if not dev.interpret else 1024)
+        bhw = max(1, min(hw_pow2, dev.tile // bc))
+    else:
+        bhw = min(hw_pow2, 1024 if not dev.interpret else dev.tile)
+        bc = max(1, min(chunk_pow2, dev.tile // bhw))
+    g_pad = _pow2(g)
+    bc = max(1, min(bc, dev.fc_tile // g_pad))  # the [G, BC] gate tile of the FC2 phase
+    cr_pow2 = _pow2(cr)
+    bj = min(cr_pow2, 32 if not dev.interpret else 256)
+    bk = max(1, min(chunk_pow2, dev.fc_tile // (g_pad * bj)))
+    bj2 = max(1, min(cr_pow2, dev.fc_tile // (g_pad * bc)))
+    # weight gradients: ~2 programs per SM over C, each at least 16 channels
+    bcw = min(c_pow2, max(16, _pow2(_cdiv(c, 2 * dev.sms))))
+    bjw = min(cr_pow2, 32 if not dev.interpret else 256)
+    bn = max(1, min(_pow2(max(n, 1)), dev.fc_tile // (bcw * bjw)))
+    warps = 8 if bc * bhw >= 4096 else 4
+
+    plan = Plan(split=split, G=g, chunk=chunk, P=p, BC=bc, BHW=bhw, BJ=bj, BK=bk, BJ2=bj2,
+                BCW=bcw, BN=bn, BJW=bjw, num_warps=warps)
+    if _FORCED:
+        tiles = {k: v for k, v in _FORCED.items() if k in ("BC", "BHW", "BJ", "BK", "BJ2",
+                                                           "BCW", "BN", "BJW", "num_warps")}
+        plan = dataclasses.replace(plan, **tiles)
+    return plan

@@ -1,0 +1,514 @@
+"""The Triton kernels of the SE block, forward and backward.
+
+Every kernel works on a *sample group* (G consecutive samples, rows n0 .. n0+G-1) and a
+*channel chunk* (channels c_lo .. c_hi-1). The building blocks are four phases, each a
+``@triton.jit`` helper, and five kernels that compose them (see ops.py for which path uses
+which and why):
+
+    forward   _pool_phase       z = squeeze(x); part[n, p, :] = W1[:, chunk] z[n, chunk]
+              _excite_phase     hpre = sum_p part + b1; gpre = W2[chunk] act(hpre) + b2;
+                                y = gate(gpre) x [relu(y + residual)]
+    backward  _reduce_phase     ds = sum_hw g x (tie counts for max); dpre = ds gate'(gpre);
+                                dpart[n, p, :] = dpre[n, chunk] W2[chunk]
+              _write_phase      dhpre = act'(hpre) sum_p dpart; dz = dhpre W1[:, chunk] / HW
+                                (or / ties); dx = g s + dz [on the maxima]; dres = g
+              _wgrad_phase      dW2, db2, dW1, db1 for a block of channels, summed over the
+                                whole batch in a fixed order (deterministic, no atomics)
+
+g is dy, masked by y > 0 when the residual tail was fused. Each weight tile a phase touches
+is loaded once per sample group: the FCs run as [G, J, K] broadcast products, so a program
+owning G samples reads each weight byte once for all G (DESIGN.md section 3, the conv5_x
+trap). FCs use broadcast multiply + sum, not tl.dot: G is often below tl.dot's minimum of 16,
+fp32 must stay fp32 (no tf32), and float64 works the same way.
+
+Tensors are addressed from their shapes: x, residual, y, dy, dx, dres are (N, C, H, W),
+contiguous (NCHW, CHANNELS_LAST=False) or channels_last (NHWC, CHANNELS_LAST=True), read in
+place; the per-sample base offset is int64. z, hpre, gpre, part, dpre, cnt, dpart are
+row-major scratch/outputs in the accumulation type ACC (float32; float64 for float64 x), which
+every kernel takes from z's element type. Python float literals are float32 in Triton, so the
+maths below divides by small exact integers instead of multiplying by fractions.
+
+Option codes (constexpr): SQUEEZE 0 avg, 1 max; ACT 0 relu, 1 silu; GATE 0 sigmoid,
+1 hardsigmoid, 2 tanh, 3 relu -- as in csrc/include/se_kernels/options.h, whose NaN
+conventions and cancellation-free derivatives these follow.
+"""
+
+import triton
+import triton.language as tl
+
+# ---- scalar maths (elementwise on tensors of ACC) --------------------------------------------
+# Leaf functions (no nested @triton.jit calls) and none inside the per-tile loops: the
+# interpreter re-patches triton.language on every nested jit call (milliseconds each), so the
+# per-tile code below is written out inline.
+
+
+@triton.jit
+def _act_fwd(v, ACT: tl.constexpr):
+    if ACT == 1:  # silu = v sigma(v)
+        return v / (1.0 + tl.exp(-v))
+    else:  # relu, NaN passing
+        return tl.where(v < 0.0, 0.0, v)
+
+
+@triton.jit
+def _act_backward(v, g, ACT: tl.constexpr):
+    """g * act'(v); relu selects (threshold_backward): an inf/NaN g stops where v <= 0."""
+    if ACT == 1:  # sigma(v) (1 + v sigma(-v)): no 1 - sigma cancellation
+        return g * ((1.0 + v / (1.0 + tl.exp(v))) / (1.0 + tl.exp(-v)))
+    else:
+        return tl.where(v <= 0.0, 0.0, g)
+
+
+@triton.jit
+def _gate_fwd(v, GATE: tl.constexpr):
+    if GATE == 1:  # hardsigmoid = relu6(v + 3) / 6, NaN passing
+        t = v + 3.0
+        return tl.where(t < 0.0, 0.0, tl.where(t > 6.0, 6.0, t)) / 6.0
+    elif GATE == 2:
+        # tanh without cancellation near 0: a degree-9 Taylor polynomial for |v| < 1/8
+        # (relative error < 1e-11), (1 - e) / (1 + e) with e = exp(-2|v|) elsewhere.
+        a = tl.abs(v)
+        e = tl.exp(-2.0 * a)
+        big = (1.0 - e) / (1.0 + e)
+        v2 = v * v
+        poly = v * (2835.0 + v2 * (-945.0 + v2 * (378.0 + v2 * (-153.0 + v2 * 62.0)))) / 2835.0
+        return tl.where(a < 0.125, poly, tl.where(v < 0.0, -big, big))
+    elif GATE == 3:  # relu, NaN passing
+        return tl.where(v < 0.0, 0.0, v)
+    else:  # sigmoid
+        return 1.0 / (1.0 + tl.exp(-v))
+
+
+@triton.jit
+def _gate_backward(v, g, GATE: tl.constexpr):
+    """g * gate'(v); hardsigmoid and relu select, like PyTorch's backward kernels, so an
+    inf/NaN g stops where the gate is flat."""
+    if GATE == 1:  # g / 6 on the open interval (-3, 3)
+        return tl.where((v > -3.0) & (v < 3.0), g / 6.0, 0.0)
+    elif GATE == 2:  # sech^2 v = 4e / (1 + e)^2, e = exp(-2|v|): no 1 - tanh^2 cancellation
+        e = tl.exp(-2.0 * tl.abs(v))
+        return g * (4.0 * e / ((1.0 + e) * (1.0 + e)))
+    elif GATE == 3:  # threshold_backward
+        return tl.where(v <= 0.0, 0.0, g)
+    else:  # sigma(v) sigma(-v): no sigma (1 - sigma) cancellation
+        return g / ((1.0 + tl.exp(-v)) * (1.0 + tl.exp(v)))
+
+
+# ---- addressing -----------------------------------------------------------------------------
+
+
+@triton.jit
+def _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR):
+    """sum_p part[n0 + gs, p, js] -> [G_PAD, BJ]; part: (N, P, CR), summed in p order."""
+    m = gm[:, None] & jm[None, :]
+    rows = (n0 + gs)[:, None] * P
+    acc = tl.load(part_ptr + rows * CR + js[None, :], mask=m, other=0.0)
+    for q in range(1, P):
+        acc += tl.load(part_ptr + (rows + q) * CR + js[None, :], mask=m, other=0.0)
+    return acc
+
+
+# ---- forward phases -------------------------------------------------------------------------
+
+
+@triton.jit
+def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+                BJ: tl.constexpr, BK: tl.constexpr, SQUEEZE: tl.constexpr,
+                CHANNELS_LAST: tl.constexpr):
+    """z[n, c] for the group's samples and the chunk's channels, then the chunk's share of FC1:
+    part[n, p, :] = sum_{c in chunk} W1[:, c] z[n, c]."""
+    ACC = z_ptr.dtype.element_ty
+    if CHANNELS_LAST:  # tile offsets: c * SC + hw * SH
+        SC = 1
+        SH = C
+    else:
+        SC = HW
+        SH = 1
+    g_count = tl.minimum(N - n0, G)
+    for g in range(0, g_count):
+        n = n0 + g
+        xs = x_ptr + n.to(tl.int64) * C * HW
+        for c0 in range(c_lo, c_hi, BC):
+            cs = c0 + tl.arange(0, BC)
+            cm = cs < c_hi
+            if SQUEEZE == 1:
+                acc = tl.full([BC, BHW], float("-inf"), ACC)
+            else:
+                acc = tl.zeros([BC, BHW], ACC)
+            for hw0 in range(0, HW, BHW):
+                hws = hw0 + tl.arange(0, BHW)
+                m = cm[:, None] & (hws < HW)[None, :]
+                off = cs[:, None] * SC + hws[None, :] * SH
+                if SQUEEZE == 1:  # max that propagates NaN, as torch.amax does
+                    v = tl.load(xs + off, mask=m, other=float("-inf")).to(ACC)
+                    acc = tl.where((acc > v) | (acc != acc), acc, v)
+                else:
+                    acc += tl.load(xs + off, mask=m, other=0.0).to(ACC)
+            if SQUEEZE == 1:
+                nans = tl.sum((acc != acc).to(tl.int32), axis=1)
+                z = tl.where(nans > 0, float("nan"), tl.max(acc, axis=1))
+            else:
+                z = tl.sum(acc, axis=1) / HW
+            tl.store(z_ptr + n * C + cs, z, mask=cm)
+    tl.debug_barrier()  # z is read back below by other threads of this program
+    gs = tl.arange(0, G_PAD)
+    gm = gs < g_count
+    for j0 in range(0, CR, BJ):
+        js = j0 + tl.arange(0, BJ)
+        jm = js < CR
+        acc1 = tl.zeros([G_PAD, BJ], ACC)
+        for k0 in range(c_lo, c_hi, BK):
+            ks = k0 + tl.arange(0, BK)
+            km = ks < c_hi
+            zt = tl.load(z_ptr + (n0 + gs)[:, None] * C + ks[None, :],
+                         mask=gm[:, None] & km[None, :], other=0.0)                # [G, BK]
+            wt = tl.load(w1_ptr + js[:, None] * C + ks[None, :],
+                         mask=jm[:, None] & km[None, :], other=0.0).to(ACC)        # [BJ, BK]
+            acc1 += tl.sum(zt[:, None, :] * wt[None, :, :], axis=2)
+        tl.store(part_ptr + ((n0 + gs)[:, None] * P + p) * CR + js[None, :], acc1,
+                 mask=gm[:, None] & jm[None, :])
+
+
+@triton.jit
+def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
+                  n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                  G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+                  BJ: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
+                  HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_RES: tl.constexpr,
+                  CHANNELS_LAST: tl.constexpr):
+    """hpre (stored by the chunk-0 program), gpre for the chunk, and y for the chunk's
+    channels of the group's samples."""
+    ACC = hpre_ptr.dtype.element_ty
+    if CHANNELS_LAST:
+        SC = 1
+        SH = C
+    else:
+        SC = HW
+        SH = 1
+    g_count = tl.minimum(N - n0, G)
+    gs = tl.arange(0, G_PAD)
+    gm = gs < g_count
+    if p == 0:
+        for j0 in range(0, CR, BJ):
+            js = j0 + tl.arange(0, BJ)
+            jm = js < CR
+            h = _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR)
+            if HAS_B1:
+                h += tl.load(b1_ptr + js, mask=jm, other=0.0).to(ACC)[None, :]
+            tl.store(hpre_ptr + (n0 + gs)[:, None] * CR + js[None, :], h,
+                     mask=gm[:, None] & jm[None, :])
+    for c0 in range(c_lo, c_hi, BC):
+        cs = c0 + tl.arange(0, BC)
+        cm = cs < c_hi
+        acc = tl.zeros([G_PAD, BC], ACC)
+        for j0 in range(0, CR, BJ):
+            js = j0 + tl.arange(0, BJ)
+            jm = js < CR
+            h = _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR)
+            if HAS_B1:
+                h += tl.load(b1_ptr + js, mask=jm, other=0.0).to(ACC)[None, :]
+            h = _act_fwd(h, ACT)                                                   # [G, BJ]
+            wt = tl.load(w2_ptr + cs[None, :] * CR + js[:, None],
+                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ, BC]
+            acc += tl.sum(h[:, :, None] * wt[None, :, :], axis=1)
+        if HAS_B2:
+            acc += tl.load(b2_ptr + cs, mask=cm, other=0.0).to(ACC)[None, :]
+        tl.store(gpre_ptr + (n0 + gs)[:, None] * C + cs[None, :], acc,
+                 mask=gm[:, None] & cm[None, :])
+        s = _gate_fwd(acc, GATE)                                                   # [G, BC]
+        for g in range(0, g_count):
+            # row g of s (a select, so that other rows' NaNs stay out)
+            s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]
+            base = (n0 + g).to(tl.int64) * C * HW
+            for hw0 in range(0, HW, BHW):
+                hws = hw0 + tl.arange(0, BHW)
+                m = cm[:, None] & (hws < HW)[None, :]
+                off = base + cs[:, None] * SC + hws[None, :] * SH
+                v = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC) * s_g
+                if HAS_RES:  # relu(y + residual), NaN passing
+                    v += tl.load(res_ptr + off, mask=m, other=0.0).to(ACC)
+                    v = tl.where(v < 0.0, 0.0, v)
+                tl.store(y_ptr + off, v.to(y_ptr.dtype.element_ty), mask=m)
+
+
+# ---- backward phases ------------------------------------------------------------------------
+
+
+@triton.jit
+def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_ptr, dpart_ptr,
+                  n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                  G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+                  BJ: tl.constexpr, BK: tl.constexpr, SQUEEZE: tl.constexpr,
+                  GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """dpre = (sum_hw g x) gate'(gpre) and the tie counts (max) for the chunk, then the chunk's
+    share of the FC2 backward: dpart[n, p, :] = sum_{c in chunk} dpre[n, c] W2[c, :]."""
+    ACC = z_ptr.dtype.element_ty
+    if CHANNELS_LAST:
+        SC = 1
+        SH = C
+    else:
+        SC = HW
+        SH = 1
+    g_count = tl.minimum(N - n0, G)
+    for g in range(0, g_count):
+        n = n0 + g
+        base = n.to(tl.int64) * C * HW
+        for c0 in range(c_lo, c_hi, BC):
+            cs = c0 + tl.arange(0, BC)
+            cm = cs < c_hi
+            acc = tl.zeros([BC, BHW], ACC)
+            ties = tl.zeros([BC, BHW], ACC)
+            if SQUEEZE == 1:
+                zc = tl.load(z_ptr + n * C + cs, mask=cm, other=0.0)[:, None]
+            for hw0 in range(0, HW, BHW):
+                hws = hw0 + tl.arange(0, BHW)
+                m = cm[:, None] & (hws < HW)[None, :]
+                off = base + cs[:, None] * SC + hws[None, :] * SH
+                xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
+                gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
+                if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing)
+                    yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
+                    gv = tl.where(yv <= 0.0, 0.0, gv)
+                acc += gv * xv
+                if SQUEEZE == 1:
+                    ties += tl.where(m & (xv == zc), 1.0, 0.0)
+            gp = tl.load(gpre_ptr + n * C + cs, mask=cm, other=0.0)
+            tl.store(dpre_ptr + n * C + cs, _gate_backward(gp, tl.sum(acc, axis=1), GATE), mask=cm)
+            if SQUEEZE == 1:
+                tl.store(cnt_ptr + n * C + cs, tl.sum(ties, axis=1), mask=cm)
+    tl.debug_barrier()  # dpre is read back below by other threads of this program
+    gs = tl.arange(0, G_PAD)
+    gm = gs < g_count
+    for j0 in range(0, CR, BJ):
+        js = j0 + tl.arange(0, BJ)
+        jm = js < CR
+        acc1 = tl.zeros([G_PAD, BJ], ACC)
+        for k0 in range(c_lo, c_hi, BK):
+            ks = k0 + tl.arange(0, BK)
+            km = ks < c_hi
+            dp = tl.load(dpre_ptr + (n0 + gs)[:, None] * C + ks[None, :],
+                         mask=gm[:, None] & km[None, :], other=0.0)                # [G, BK]
+            wt = tl.load(w2_ptr + ks[None, :] * CR + js[:, None],
+                         mask=jm[:, None] & km[None, :], other=0.0).to(ACC)        # [BJ, BK]
+            acc1 += tl.sum(dp[:, None, :] * wt[None, :, :], axis=2)
+        tl.store(dpart_ptr + ((n0 + gs)[:, None] * P + p) * CR + js[None, :], acc1,
+                 mask=gm[:, None] & jm[None, :])
+
+
+@triton.jit
+def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr, dpart_ptr,
+                 dx_ptr, dres_ptr, n0, c_lo, c_hi, N, C, HW, CR, P,
+                 G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+                 BJ: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
+                 GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """dz for the chunk from the full dpart, then dx (and dres) for the chunk's channels of the
+    group's samples."""
+    ACC = z_ptr.dtype.element_ty
+    if CHANNELS_LAST:
+        SC = 1
+        SH = C
+    else:
+        SC = HW
+        SH = 1
+    g_count = tl.minimum(N - n0, G)
+    gs = tl.arange(0, G_PAD)
+    gm = gs < g_count
+    for c0 in range(c_lo, c_hi, BC):
+        cs = c0 + tl.arange(0, BC)
+        cm = cs < c_hi
+        gc = gm[:, None] & cm[None, :]
+        rows = (n0 + gs)[:, None] * C + cs[None, :]
+        acc = tl.zeros([G_PAD, BC], ACC)
+        for j0 in range(0, CR, BJ):
+            js = j0 + tl.arange(0, BJ)
+            jm = js < CR
+            hp = tl.load(hpre_ptr + (n0 + gs)[:, None] * CR + js[None, :],
+                         mask=gm[:, None] & jm[None, :], other=0.0)
+            dh = _act_backward(hp, _sum_parts(dpart_ptr, n0, gs, gm, js, jm, P, CR), ACT)
+            wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
+                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ, BC]
+            acc += tl.sum(dh[:, :, None] * wt[None, :, :], axis=1)
+        if SQUEEZE == 1:  # shared evenly by the tied maxima, as amax's gradient is
+            coef = acc / tl.load(cnt_ptr + rows, mask=gc, other=1.0)
+        else:
+            coef = acc / HW
+        s = _gate_fwd(tl.load(gpre_ptr + rows, mask=gc, other=0.0), GATE)
+        for g in range(0, g_count):
+            n = n0 + g
+            s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]      # row g
+            coef_g = tl.sum(tl.where(gs[:, None] == g, coef, 0.0), axis=0)[:, None]
+            if SQUEEZE == 1:
+                zc = tl.load(z_ptr + n * C + cs, mask=cm, other=0.0)[:, None]
+            base = n.to(tl.int64) * C * HW
+            for hw0 in range(0, HW, BHW):
+                hws = hw0 + tl.arange(0, BHW)
+                m = cm[:, None] & (hws < HW)[None, :]
+                off = base + cs[:, None] * SC + hws[None, :] * SH
+                gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
+                if HAS_RES:
+                    yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
+                    gv = tl.where(yv <= 0.0, 0.0, gv)
+                if SQUEEZE == 1:  # mask * coef as arithmetic: 0 * inf is NaN, as in the reference
+                    xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
+                    d = gv * s_g + tl.where(xv == zc, 1.0, 0.0) * coef_g
+                else:
+                    d = gv * s_g + coef_g
+                tl.store(dx_ptr + off, d.to(dx_ptr.dtype.element_ty), mask=m)
+                if HAS_RES:
+                    tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
+                 wpid, N, C, CR, P,
+                 BCW: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, ACT: tl.constexpr):
+    """For channels cs = block wpid: dW2[cs, :] = sum_n dpre[n, cs]^T act(hpre[n, :]),
+    db2[cs] = sum_n dpre[n, cs], dW1[:, cs] = sum_n dhpre[n, :]^T z[n, cs]; block 0 also
+    writes db1 = sum_n dhpre[n, :]. One program owns each output element and sums n in
+    order: deterministic without atomics, and no zero-initialised outputs needed."""
+    ACC = z_ptr.dtype.element_ty
+    cs = wpid * BCW + tl.arange(0, BCW)
+    cm = cs < C
+    db2 = tl.zeros([BCW], ACC)
+    for nb in range(0, N, BN):
+        ns = nb + tl.arange(0, BN)
+        db2 += tl.sum(tl.load(dpre_ptr + ns[:, None] * C + cs[None, :],
+                              mask=(ns < N)[:, None] & cm[None, :], other=0.0), axis=0)
+    tl.store(db2_ptr + cs, db2.to(db2_ptr.dtype.element_ty), mask=cm)
+    for j0 in range(0, CR, BJ):
+        js = j0 + tl.arange(0, BJ)
+        jm = js < CR
+        acc2 = tl.zeros([BCW, BJ], ACC)   # dW2[cs, js]
+        acc1 = tl.zeros([BJ, BCW], ACC)   # dW1[js, cs]
+        db1 = tl.zeros([BJ], ACC)
+        for nb in range(0, N, BN):
+            ns = nb + tl.arange(0, BN)
+            nm = ns < N
+            nc = nm[:, None] & cm[None, :]
+            nj = nm[:, None] & jm[None, :]
+            dp = tl.load(dpre_ptr + ns[:, None] * C + cs[None, :], mask=nc, other=0.0)
+            zt = tl.load(z_ptr + ns[:, None] * C + cs[None, :], mask=nc, other=0.0)
+            hp = tl.load(hpre_ptr + ns[:, None] * CR + js[None, :], mask=nj, other=0.0)
+            dh = _sum_parts(dpart_ptr, nb, tl.arange(0, BN), nm, js, jm, P, CR)
+            dh = _act_backward(hp, dh, ACT)                                           # [BN, BJ]
+            acc2 += tl.sum(dp[:, :, None] * _act_fwd(hp, ACT)[:, None, :], axis=0)
+            acc1 += tl.sum(dh[:, :, None] * zt[:, None, :], axis=0)
+            db1 += tl.sum(dh, axis=0)
+        tl.store(dw2_ptr + cs[:, None] * CR + js[None, :], acc2.to(dw2_ptr.dtype.element_ty),
+                 mask=cm[:, None] & jm[None, :])
+        tl.store(dw1_ptr + js[:, None] * C + cs[None, :], acc1.to(dw1_ptr.dtype.element_ty),
+                 mask=jm[:, None] & cm[None, :])
+        if wpid == 0:
+            tl.store(db1_ptr + js, db1.to(db1_ptr.dtype.element_ty), mask=jm)
+
+
+# ---- kernels --------------------------------------------------------------------------------
+# Pointer arguments, shapes: x, res, y, dy, dx, dres (N, C, H, W) NCHW or NHWC; w1, dw1 (CR, C);
+# w2, dw2 (C, CR); b1, db1 (CR,); b2, db2 (C,); z, gpre, dpre, cnt (N, C) ACC; hpre (N, CR)
+# ACC; part, dpart (N, P, CR) ACC. Absent optional tensors are passed as a dummy pointer with
+# their HAS_* flag False.
+
+
+@triton.jit
+def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z_ptr, hpre_ptr,
+                        gpre_ptr, part_ptr, N, C, HW, CR,
+                        G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
+                        BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                        BJ2: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
+                        GATE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
+                        HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """The whole forward for samples [pid*G, pid*G + G), all channels: grid (cdiv(N, G),)."""
+    n0 = tl.program_id(0) * G
+    _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, 0, 0, C, N, C, HW, CR, 1,
+                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST)
+    tl.debug_barrier()  # part is read back by other threads
+    _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
+                  n0, 0, 0, C, N, C, HW, CR, 1, G, G_PAD, BC, BHW, BJ2, ACT, GATE,
+                  HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
+
+
+@triton.jit
+def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, part_ptr, N, C, HW, CR, CHUNK,
+                       G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
+                       BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                       SQUEEZE: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """Split forward, launch 1: grid (cdiv(N, G), P); program (i, p) pools channels
+    [p*CHUNK, p*CHUNK + CHUNK) of samples [i*G, i*G + G) and writes their share of FC1."""
+    n0 = tl.program_id(0) * G
+    p = tl.program_id(1)
+    c_lo = p * CHUNK
+    _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, tl.minimum(c_lo + CHUNK, C),
+                N, C, HW, CR, tl.num_programs(1), G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
+                CHANNELS_LAST)
+
+
+@triton.jit
+def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr,
+                         part_ptr, N, C, HW, CR, CHUNK,
+                         G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
+                         BHW: tl.constexpr, BJ2: tl.constexpr, ACT: tl.constexpr,
+                         GATE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
+                         HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """Split forward, launch 2: same grid; program (i, p) finishes FC1 from all P shares,
+    computes the gate of its channels and writes their y."""
+    n0 = tl.program_id(0) * G
+    p = tl.program_id(1)
+    c_lo = p * CHUNK
+    _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
+                  n0, p, c_lo, tl.minimum(c_lo + CHUNK, C), N, C, HW, CR, tl.num_programs(1),
+                  G, G_PAD, BC, BHW, BJ2, ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
+
+
+@triton.jit
+def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, gpre_ptr,
+                         dpre_ptr, cnt_ptr, dpart_ptr, dx_ptr, dres_ptr, N, C, HW, CR, CHUNK,
+                         G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
+                         BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                         BJ2: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
+                         GATE: tl.constexpr, HAS_RES: tl.constexpr,
+                         CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr):
+    """Backward, launch 1: grid (cdiv(N, G), P). Program (i, p) reduces channels
+    [p*CHUNK, p*CHUNK + CHUNK) of samples [i*G, i*G + G) and writes its share of the FC2
+    backward. With WRITE_DX (P == 1, the program owns whole samples) it goes on to write dx
+    for its samples while their slabs may still be in L2."""
+    n0 = tl.program_id(0) * G
+    p = tl.program_id(1)
+    c_lo = p * CHUNK
+    c_hi = tl.minimum(c_lo + CHUNK, C)
+    P = tl.num_programs(1)
+    _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_ptr, dpart_ptr,
+                  n0, p, c_lo, c_hi, N, C, HW, CR, P, G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
+                  GATE, HAS_RES, CHANNELS_LAST)
+    if WRITE_DX:
+        tl.debug_barrier()  # dpart and cnt are read back by other threads
+        _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
+                     dpart_ptr, dx_ptr, dres_ptr, n0, c_lo, c_hi, N, C, HW, CR, P,
+                     G, G_PAD, BC, BHW, BJ2, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST)
+
+
+@triton.jit
+def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
+                         dpre_ptr, dpart_ptr, dx_ptr, dres_ptr, dw1_ptr, dw2_ptr, db1_ptr,
+                         db2_ptr, N, C, HW, CR, CHUNK, P, NW,
+                         G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
+                         BHW: tl.constexpr, BJ2: tl.constexpr, BCW: tl.constexpr,
+                         BN: tl.constexpr, BJW: tl.constexpr, SQUEEZE: tl.constexpr,
+                         ACT: tl.constexpr, GATE: tl.constexpr, HAS_RES: tl.constexpr,
+                         CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr):
+    """Backward, launch 2: 1-D grid. Programs [0, NW) compute the weight and bias gradients,
+    one block of BCW channels each (first, so that these longer programs start early);
+    with WRITE_DX the next cdiv(N, G) * P programs write dx for (group, chunk) =
+    divmod(pid - NW, P)."""
+    pid = tl.program_id(0)
+    if pid < NW:
+        _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
+                     pid, N, C, CR, P, BCW, BN, BJW, ACT)
+    elif WRITE_DX:
+        i = (pid - NW) // P
+        p = (pid - NW) % P
+        c_lo = p * CHUNK
+        _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
+                     dpart_ptr, dx_ptr, dres_ptr, i * G, c_lo, tl.minimum(c_lo + CHUNK, C),
+                     N, C, HW, CR, P, G, G_PAD, BC, BHW, BJ2, SQUEEZE, ACT, GATE, HAS_RES,
+                     CHANNELS_LAST)

@@ -1,0 +1,204 @@
+"""The Triton ops: se_kernels::triton_se_forward and se_kernels::triton_se_backward.
+
+Same signatures and semantics as se_kernels::se_forward / se_backward (csrc/ops.cpp),
+registered with torch.library.triton_op and launching through torch.library.wrap_triton, so
+torch.compile traces into the kernels. Autograd is registered by se_kernels/triton/__init__.py
+(through se_kernels.ops.register_autograd, once that exists).
+
+Launches per call (the plan comes from config.make_plan; kernels in kernels.py):
+
+    forward, fused (cdiv(N, G) >= #SMs)   1 launch:  se_fwd_fused_kernel, a program per group
+        of G samples pools them, runs both FCs with each weight tile read once for the group,
+        and rescales, re-reading the group's slabs (from L2 when the resident groups' slabs
+        fit in it).
+    forward, split (small N)              2 launches: se_fwd_pool_kernel then
+        se_fwd_excite_kernel over (group, channel chunk) programs. The gate of a channel
+        needs FC1 over *all* channels of its sample, which other programs pool; Triton has
+        no grid-wide barrier (a spin-wait on a counter would deadlock the interpreter, which
+        runs programs one after another, and needs co-residency guarantees on the GPU), so
+        the launch boundary is the barrier. Launch 1 writes each chunk's share of FC1,
+        launch 2 sums the P shares in a fixed order: deterministic, no atomics, no memset.
+    backward, either path                 2 launches: dx needs dz, which needs the FC backward
+        over all channels, and the weight gradients need every sample: both are grid-wide
+        dependencies. Fused: launch 1 = se_bwd_reduce_kernel(WRITE_DX) reduces, runs the FC
+        backward and writes dx per sample group; launch 2 = se_bwd_finish_kernel computes
+        dW1, dW2, db1, db2. Split: launch 1 reduces per (group, chunk) and writes FC2-backward
+        shares; launch 2 writes dx (per (group, chunk)) and the weight gradients (separate
+        programs of the same grid).
+
+Weight and bias gradients are summed over the batch by programs that each own a block of
+output elements and loop over the samples in order: no atomics, so every backward is
+deterministic (bitwise reproducible), and the same path serves
+torch.are_deterministic_algorithms_enabled().
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch.library import triton_op
+
+from se_kernels._options import acc_dtype
+from se_kernels.triton.config import device_of, make_plan
+from se_kernels.triton.kernels import (se_bwd_finish_kernel, se_bwd_reduce_kernel,
+                                       se_fwd_excite_kernel, se_fwd_fused_kernel,
+                                       se_fwd_pool_kernel)
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+if INTERPRET:
+    def wrap_triton(kernel):
+        """Interpreted kernels cannot be traced into a graph (and torch < 2.12's wrap_triton
+        rejects them): launch them directly. The calls keep the name wrap_triton so that
+        torch's source scan (triton_op's kernel list, used in compile cache keys) finds
+        the kernels either way."""
+        return kernel
+else:
+    from torch.library import wrap_triton
+
+
+def _layout(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """t as NCHW-contiguous (False) or channels_last (True), copying only if it is neither
+    (ops.py never passes such a tensor)."""
+    if t.is_contiguous():
+        return t, False
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return t, True
+    return t.contiguous(), False
+
+
+def _like(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last if channels_last
+                        else torch.contiguous_format)
+
+
+def _launches(x: torch.Tensor) -> bool:
+    """False when the kernels must not run: meta tensors, or fake tensors under the
+    interpreter (there wrap_triton returns the raw interpreted kernel, which would read the
+    fake tensors' data; the outputs' metadata is all a fake kernel owes)."""
+    if x.device.type == "meta":
+        return False
+    if INTERPRET:
+        from torch._subclasses.fake_tensor import is_fake
+        return not is_fake(x)
+    return True
+
+
+@triton_op("se_kernels::triton_se_forward", mutates_args=())
+def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                      b1: Optional[torch.Tensor], b2: Optional[torch.Tensor],
+                      residual: Optional[torch.Tensor], squeeze: int, act: int,
+                      gate: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                          torch.Tensor]:
+    """se_forward in Triton. x: (N, C, H, W) contiguous or channels_last; w1: (Cr, C);
+    w2: (C, Cr); b1: (Cr,) or None; b2: (C,) or None; residual: like x or None.
+    Returns y (like x, x's memory format), z (N, C), hpre (N, Cr), gpre (N, C) in float32
+    (float64 for float64 x)."""
+    x, cl = _layout(x)
+    n, c, h, w = x.shape
+    cr = w1.shape[0]
+    acc = acc_dtype(x.dtype)
+    y = torch.empty_like(x)
+    z = x.new_empty((n, c), dtype=acc)
+    hpre = x.new_empty((n, cr), dtype=acc)
+    gpre = x.new_empty((n, c), dtype=acc)
+    if n == 0:
+        return y, z, hpre, gpre
+    w1, w2 = w1.contiguous(), w2.contiguous()
+    b1_ = w1 if b1 is None else b1.contiguous()       # dummy pointers when absent
+    b2_ = w2 if b2 is None else b2.contiguous()
+    res = x if residual is None else _like(residual, cl)
+    hw = h * w
+    plan = make_plan(n, c, hw, cr, x.element_size(), cl, device_of(x))
+    part = x.new_empty((n, plan.P, cr), dtype=acc)      # FC1 shares, one per channel chunk
+    if not _launches(x):
+        return y, z, hpre, gpre
+    groups = plan.groups(n)
+    common = dict(G=plan.G, G_PAD=plan.G_PAD, BC=plan.BC, BHW=plan.BHW,
+                  CHANNELS_LAST=cl, num_warps=plan.num_warps)
+    opts = dict(ACT=act, GATE=gate, HAS_B1=b1 is not None, HAS_B2=b2 is not None,
+                HAS_RES=residual is not None)
+    if not plan.split:
+        wrap_triton(se_fwd_fused_kernel)[(groups,)](
+            x, w1, w2, b1_, b2_, res, y, z, hpre, gpre, part, n, c, hw, cr,
+            BJ=plan.BJ, BK=plan.BK, BJ2=plan.BJ2, SQUEEZE=squeeze, **opts, **common)
+    else:
+        wrap_triton(se_fwd_pool_kernel)[(groups, plan.P)](
+            x, w1, z, part, n, c, hw, cr, plan.chunk,
+            BJ=plan.BJ, BK=plan.BK, SQUEEZE=squeeze, **common)
+        wrap_triton(se_fwd_excite_kernel)[(groups, plan.P)](
+            x, w2, b1_, b2_, res, y, hpre, gpre, part, n, c, hw, cr, plan.chunk,
+            BJ2=plan.BJ2, **opts, **common)
+    return y, z, hpre, gpre
+
+
+@triton_op("se_kernels::triton_se_backward", mutates_args=())
+def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                       y: Optional[torch.Tensor], z: torch.Tensor, hpre: torch.Tensor,
+                       gpre: torch.Tensor, squeeze: int, act: int,
+                       gate: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                           torch.Tensor, torch.Tensor, torch.Tensor]:
+    """se_backward in Triton. dy, x: (N, C, H, W); y: the forward output, given exactly when
+    the residual was fused; z, gpre: (N, C), hpre: (N, Cr) from the forward. Returns
+    dx (like x), dw1 (Cr, C), dw2 (C, Cr), db1 (Cr,), db2 (C,), dresidual (like x, or empty
+    (0,) when y is None)."""
+    x, cl = _layout(x)
+    n, c, h, w = x.shape
+    cr = w1.shape[0]
+    acc = acc_dtype(x.dtype)
+    has_res = y is not None
+    dx = torch.empty_like(x)
+    dres = torch.empty_like(x) if has_res else x.new_empty((0,))
+    if n == 0:  # sums over an empty batch
+        return (dx, torch.zeros_like(w1), torch.zeros_like(w2), w1.new_zeros((cr,)),
+                w2.new_zeros((c,)), dres)
+    dw1 = torch.empty_like(w1, memory_format=torch.contiguous_format)
+    dw2 = torch.empty_like(w2, memory_format=torch.contiguous_format)
+    db1 = w1.new_empty((cr,))
+    db2 = w2.new_empty((c,))
+    dy = _like(dy, cl)
+    y_ = _like(y, cl) if has_res else x                 # dummy pointer when absent
+    w1, w2 = w1.contiguous(), w2.contiguous()
+    z, hpre, gpre = z.contiguous(), hpre.contiguous(), gpre.contiguous()
+    hw = h * w
+    plan = make_plan(n, c, hw, cr, x.element_size(), cl, device_of(x))
+    dpre = x.new_empty((n, c), dtype=acc)               # dL/dgpre
+    cnt = x.new_empty((n, c) if squeeze == 1 else (1,), dtype=acc)   # tie counts (max)
+    dpart = x.new_empty((n, plan.P, cr), dtype=acc)     # FC2-backward shares per chunk
+    dres_ = dres if has_res else x.new_empty((1,))      # dummy pointer, never written
+    if not _launches(x):
+        return dx, dw1, dw2, db1, db2, dres
+    groups = plan.groups(n)
+    nw = -(-c // plan.BCW)
+    common = dict(G=plan.G, G_PAD=plan.G_PAD, BC=plan.BC, BHW=plan.BHW, SQUEEZE=squeeze,
+                  ACT=act, GATE=gate, HAS_RES=has_res, CHANNELS_LAST=cl,
+                  WRITE_DX=not plan.split, num_warps=plan.num_warps)
+    wrap_triton(se_bwd_reduce_kernel)[(groups, plan.P)](
+        dy, x, y_, w1, w2, z, hpre, gpre, dpre, cnt, dpart, dx, dres_, n, c, hw, cr,
+        plan.chunk, BJ=plan.BJ, BK=plan.BK, BJ2=plan.BJ2, **common)
+    common["WRITE_DX"] = plan.split
+    finish_grid = nw + (groups * plan.P if plan.split else 0)
+    wrap_triton(se_bwd_finish_kernel)[(finish_grid,)](
+        dy, x, y_, w1, z, hpre, gpre, cnt, dpre, dpart, dx, dres_, dw1, dw2, db1, db2,
+        n, c, hw, cr, plan.chunk, plan.P, nw,
+        BJ2=plan.BJ2, BCW=plan.BCW, BN=plan.BN, BJW=plan.BJW, **common)
+    return dx, dw1, dw2, db1, db2, dres
+
+
+forward_op = torch.ops.se_kernels.triton_se_forward.default
+backward_op = torch.ops.se_kernels.triton_se_backward.default
+
+if INTERPRET:
+    # Under the interpreter wrap_triton cannot put interpreted kernels into a graph, so the
+    # functionalising decomposition that triton_op registers (which lets Inductor see the
+    # kernels on CUDA) would trace a graph without them. Keep the ops opaque there instead:
+    # torch.compile then calls them as ordinary custom ops.
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    def _opaque(mode, op, types, args, kwargs):
+        return mode.__torch_dispatch__(op, types, args, kwargs)
+
+    triton_se_forward.register_torch_dispatch(FunctionalTensorMode, _opaque)
+    triton_se_backward.register_torch_dispatch(FunctionalTensorMode, _opaque)

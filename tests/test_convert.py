@@ -1,0 +1,213 @@
+"""se_kernels.convert: torchvision and timm SE modules become FusedSE modules sharing their
+parameters; outputs, gradients and state dicts are unchanged; the rest is left alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import se_kernels
+from se_kernels.convert import ConvertedSE
+
+from helpers import rel_err
+
+torchvision = pytest.importorskip("torchvision")
+timm = pytest.importorskip("timm")
+
+HAS_CPU = "cpu" in se_kernels.available_backends()
+FUSED = "cpu" if HAS_CPU else "reference"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and affine parameters (fresh ones, some zero-initialised, leave
+    outputs near 0 and hide whole branches), so the comparison sees every layer."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            if m.affine:
+                m.weight.data = torch.rand(n, generator=g) + 0.5
+                m.bias.data = torch.randn(n, generator=g) * 0.1
+            if m.track_running_stats:
+                m.running_mean = torch.randn(n, generator=g) * 0.1
+                m.running_var = torch.rand(n, generator=g) + 0.5
+    return model
+
+
+def _build(lib: str, name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if lib == "torchvision":
+        return getattr(torchvision.models, name)()
+    return timm.create_model(name, pretrained=False)
+
+
+CASES = [  # (library, model, SE modules, activation, gate)
+    ("torchvision", "efficientnet_b0", 16, "silu", "sigmoid"),
+    ("torchvision", "mobilenet_v3_large", 8, "relu", "hardsigmoid"),
+    ("torchvision", "regnet_y_400mf", 16, "relu", "sigmoid"),
+    ("timm", "seresnet50", 16, "relu", "sigmoid"),
+    ("timm", "efficientnet_b0", 16, "silu", "sigmoid"),
+]
+
+
+@pytest.mark.parametrize("lib,name,count,act,gate", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_convert_model(lib, name, count, act, gate):
+    model = randomize(_build(lib, name)).eval()
+    params = {n: p for n, p in model.named_parameters()}
+    keys = list(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    out = se_kernels.convert(model, backend=FUSED)
+    assert out is model
+    report = model.se_conversion
+    assert len(report.replaced) == count and not report.skipped
+    assert {(r.activation, r.gate) for r in report.replaced} == {(act, gate)}
+    converted = [m for m in model.modules() if isinstance(m, ConvertedSE)]
+    assert len(converted) == count
+    assert all(isinstance(m, se_kernels.FusedSE) and m.backend == FUSED for m in converted)
+    # the same Parameter objects under the same names, the same state-dict keys
+    assert {n: p for n, p in model.named_parameters()} == params
+    assert list(model.state_dict()) == keys
+    with torch.no_grad():
+        after = model(x)
+    assert rel_err(after, before) <= 1e-5, rel_err(after, before)
+    assert str(report).startswith(f"se_kernels.convert: replaced {count} SE module(s)")
+    assert se_kernels.convert(model).se_conversion.replaced == []  # nothing left to do
+
+
+def test_gradients_unchanged():
+    """Training a converted model is training the original: same loss and gradients."""
+    torch.manual_seed(0)
+    a = randomize(torchvision.models.mobilenet_v3_small(num_classes=10)).eval()  # no dropout
+    b = randomize(torchvision.models.mobilenet_v3_small(num_classes=10)).eval()
+    b.load_state_dict(a.state_dict())
+    se_kernels.convert(b, backend=FUSED)
+    x, t = torch.randn(4, 3, 48, 48), torch.tensor([1, 2, 3, 4])
+    for m in (a, b):
+        nn.functional.cross_entropy(m(x), t).backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert rel_err(pb.grad, pa.grad) <= 1e-4, name
+    opt = torch.optim.SGD(b.parameters(), lr=0.1)  # an optimiser made before convert works too
+    opt.step()
+
+
+def _module_check(module: nn.Module, x: torch.Tensor, *, act: str, gate: str):
+    wrapper = nn.Sequential(module)
+    with torch.no_grad():
+        ref = wrapper(x)
+    se_kernels.convert(wrapper, backend=FUSED)
+    (r,) = wrapper.se_conversion.replaced
+    assert (r.activation, r.gate) == (act, gate)
+    assert isinstance(wrapper[0], ConvertedSE)
+    with torch.no_grad():
+        out = wrapper(x)
+    assert rel_err(out, ref) <= 1e-6
+    return wrapper[0], out, ref
+
+
+def test_timm_layers_and_legacy_modules():
+    from timm.layers import SEModule
+    from timm.layers.squeeze_excite import SqueezeExciteCl
+    from timm.models._efficientnet_blocks import SqueezeExcite
+    from timm.models.senet import SEModule as LegacySE
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 5, 7)
+    _module_check(SEModule(32, gate_layer="hard_sigmoid"), x, act="relu", gate="hardsigmoid")
+    _module_check(SEModule(32, act_layer=nn.SiLU, gate_layer="tanh"), x, act="silu",
+                  gate="tanh")
+    _module_check(SEModule(32, bias=False), x, act="relu", gate="sigmoid")
+    _module_check(SqueezeExcite(32, act_layer=nn.SiLU), x, act="silu", gate="sigmoid")
+    _module_check(LegacySE(32, reduction=4), x, act="relu", gate="sigmoid")
+    # channels-last (N, H, W, C) tensors: viewed in place as NCHW channels_last
+    m, out, _ = _module_check(SqueezeExciteCl(32), x.permute(0, 2, 3, 1).contiguous(),
+                              act="relu", gate="sigmoid")
+    assert out.shape == (2, 5, 7, 32) and m.channels_last_input
+
+
+def test_effective_se_single_fc_is_exact():
+    """One FC, no bottleneck: W1 = [W; -W], ReLU, W2 = [I, -I] reproduces it exactly."""
+    from timm.layers import EffectiveSEModule
+    from timm.models.hgnet import EseModule
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 6, 6, dtype=torch.float64)
+    ese = EffectiveSEModule(24).double()
+    m, out, ref = _module_check(ese, x, act="relu", gate="hardsigmoid")
+    assert m.single_fc and m.reduced_channels == 48 and m.fc.weight is ese.fc.weight
+    assert list(m.state_dict()) == ["fc.weight", "fc.bias"]
+    _module_check(EseModule(24).double(), x, act="relu", gate="sigmoid")
+    # gradients reach the shared single FC's parameters
+    xr = x.clone().requires_grad_()
+    nn.Sequential(m)(xr).sum().backward()
+    assert ese.fc.weight.grad is not None and ese.fc.weight.grad.abs().sum() > 0
+
+
+def test_converted_compiles_without_graph_breaks():
+    from timm.layers import EffectiveSEModule, SEModule
+
+    model = nn.Sequential(SEModule(16), EffectiveSEModule(16)).eval()
+    se_kernels.convert(model, backend=FUSED)
+    x = torch.randn(2, 16, 4, 4)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), model(x))
+
+
+def test_left_alone_with_reasons():
+    from timm.layers import EffectiveSEModule, SEModule
+
+    model = nn.Sequential(
+        SEModule(32, norm_layer=nn.BatchNorm2d),      # ReXNet's norm layer between the FCs
+        SEModule(32, add_maxpool=True),               # avg + max squeeze
+        SEModule(32, act_layer=nn.ReLU6),             # activation fused_se does not have
+        SEModule(32, gate_layer="hard_swish"),        # not a gate fused_se has
+        EffectiveSEModule(32, add_maxpool=True),
+        SEModule(32),                                 # this one is converted
+    ).eval()
+    se_kernels.convert(model, backend=FUSED)
+    report = model.se_conversion
+    assert [r.name for r in report.replaced] == ["5"]
+    reasons = [s.reason for s in report.skipped]
+    assert [s.name for s in report.skipped] == ["0", "1", "2", "3", "4"]
+    assert "norm layer" in reasons[0] and "add_maxpool" in reasons[1]
+    assert "ReLU6" in reasons[2] and "Hardswish" in reasons[3] and "add_maxpool" in reasons[4]
+    assert [type(m).__name__ for m in model][:5] == ["SEModule"] * 4 + ["EffectiveSEModule"]
+
+
+def test_root_module_and_complexity():
+    tv_se = torchvision.ops.SqueezeExcitation(64, 16)
+    new = se_kernels.convert(tv_se)
+    assert isinstance(new, ConvertedSE) and new.se_conversion.replaced[0].name == ""
+    assert se_kernels.complexity(new, (64, 8, 8))["macs"] == 2 * 64 * 16 + 64 * 64
+
+
+def test_convert_imports_neither_library():
+    code = ("import sys, torch, se_kernels\n"
+            "m = se_kernels.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))\n"
+            "assert m.se_conversion.replaced == []\n"
+            "bad = [k for k in ('torchvision', 'timm') if k in sys.modules]\n"
+            "assert not bad, bad\n"
+            "import se_kernels.models\n"
+            "m = se_kernels.models.se_resnet18(); se_kernels.complexity(m, (3, 8, 8))\n"
+            "bad = [k for k in ('torchvision', 'timm') if k in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bad_backend():
+    with pytest.raises(ValueError, match="backend"):
+        se_kernels.convert(nn.Identity(), backend="gpu")

@@ -1,0 +1,316 @@
+"""The Triton backend against the float64 reference: every option, fp32 and bf16 (fp16 and
+fp64 on a subset), both layouts and a strided view, both launch paths, outputs poisoned.
+
+Without a GPU the kernels run under TRITON_INTERPRET=1 on CPU tensors (tests/conftest.py). The
+interpreter's cost is per Triton operation, so the option matrix is crossed with the shapes,
+layouts and launch paths pairwise rather than in full: every (squeeze, activation, gate,
+bias, residual) combination runs forward and all gradients in fp32 and in bf16, and every
+pair of values of (N, C, HxW, layout, path) occurs in some case. With a GPU the same tests
+run on CUDA tensors, plus the SE-ResNet-50 stage shapes at N = 1 and 256.
+"""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import se_kernels
+from helpers import (TOLERANCES, check_backend, make_inputs, option_id, option_matrix,
+                     requires_cuda)
+from se_kernels.triton import config
+
+pytestmark = pytest.mark.skipif(
+    "triton" not in se_kernels.available_backends(),
+    reason="the triton backend cannot run here (no CUDA device and TRITON_INTERPRET unset, "
+           "or Triton missing)")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRET = DEVICE == "cpu"
+
+NS = (1, 3, 8)
+CS = {3: 2, 64: 4, 100: 7}                 # C -> Cr
+HWS = ((1, 1), (7, 7), (13, 17))
+LAYOUTS = ("contiguous", "channels_last", "strided")
+# Launch paths: the heuristic's own plan, and two forced plans with small tiles so that
+# every loop (channel blocks, pixel blocks, hidden blocks, sample groups with a partial last
+# group, channel chunks, weight-gradient sample blocks) runs more than once.
+PATHS = {
+    "auto": {},
+    "split": dict(split=True, G=4, chunk=32, BC=32, BHW=128, BJ=4, BK=16, BJ2=4, BCW=32,
+                  BN=4, BJW=4),
+    "fused-g2": dict(split=False, G=2, BC=32, BHW=64, BJ=4, BK=32, BJ2=4, BCW=64, BN=4,
+                     BJW=8),
+}
+
+
+def pairwise_case(i: int):
+    """(N, C, HW, layout, path) for case i: (a, b) = the base-3 digits of i % 9 give an L9
+    orthogonal array over four factors, and the path rotates with i // 9, so that over the
+    64 option combinations every pair of factor values occurs."""
+    a, b = divmod(i % 9, 3)
+    k = i // 9
+    return (NS[a], list(CS)[b], HWS[(a + b) % 3], LAYOUTS[(a + 2 * b) % 3],
+            list(PATHS)[(k + a + 2 * b) % 3])
+
+
+def run_case(i, opts, dtype, *, grads=True):
+    squeeze, act, gate, bias, res = opts
+    n, c, (h, w), layout, path = pairwise_case(i)
+    gen = torch.Generator().manual_seed(1000 * i + list(TOLERANCES).index(dtype))
+    inp = make_inputs(n, c, h, w, CS[c], dtype=dtype, layout=layout, bias=bias, residual=res,
+                      generator=gen, requires_grad=True, device=DEVICE)
+    with config.forced(**PATHS[path]):
+        check_backend("triton", inp, squeeze, act, gate, grads=grads)
+
+
+def test_pairwise_design_covers_every_pair():
+    cases = [pairwise_case(i) for i in range(len(option_matrix()))]
+    levels = [NS, list(CS), HWS, LAYOUTS, list(PATHS)]
+    for f, g in itertools.combinations(range(5), 2):
+        seen = {(case[f], case[g]) for case in cases}
+        assert len(seen) == len(levels[f]) * len(levels[g]), (f, g)
+
+
+OPTIONS = list(enumerate(option_matrix()))
+
+
+@pytest.mark.parametrize("i,opts", OPTIONS, ids=[option_id(o) for _, o in OPTIONS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_every_option(i, opts, dtype, poison):
+    run_case(i, opts, dtype)
+
+
+# fp16 and fp64: one case in four of the option matrix (every squeeze, activation and gate).
+SUBSET = OPTIONS[::4] + OPTIONS[1::16]
+
+
+@pytest.mark.parametrize("i,opts", SUBSET, ids=[option_id(o) for _, o in SUBSET])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=str)
+def test_triton_other_dtypes(i, opts, dtype, poison):
+    run_case(i, opts, dtype)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_triton_empty_batch(path, layout, poison):
+    inp = make_inputs(0, 16, 5, 5, 4, layout=layout, bias=True, residual=True,
+                      requires_grad=True, device=DEVICE)
+    with config.forced(**PATHS[path]):
+        y = se_kernels.fused_se(*inp.args(), residual=inp.residual, backend="triton")
+        assert y.shape == inp.x.shape
+        grads = torch.autograd.grad(y.sum(), inp.tensors(), allow_unused=True)
+    for g, t in zip(grads, inp.tensors()):
+        assert g.shape == t.shape and not g.isnan().any() and (g == 0).all()
+
+
+def test_triton_odd_sizes(poison):
+    """Cr = 1, C = 1, H*W = 1 and a prime H*W in one program, avg and max."""
+    for squeeze, (n, c, h, w, cr) in itertools.product(("avg", "max"), [(2, 1, 1, 1, 1),
+                                                                        (2, 5, 1, 31, 1)]):
+        inp = make_inputs(n, c, h, w, cr, bias=True, residual=True, requires_grad=True,
+                          device=DEVICE)
+        check_backend("triton", inp, squeeze, "silu", "hardsigmoid")
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_triton_max_ties_split_evenly(path):
+    """With tied maxima the gradient is shared between them, as torch.amax's is."""
+    x = torch.tensor([[[[1.0, 3.0], [3.0, 2.0]]]], device=DEVICE, requires_grad=True)
+    w1 = torch.tensor([[0.5]], device=DEVICE)
+    w2 = torch.tensor([[0.25]], device=DEVICE)
+    grads = {}
+    for backend in ("triton", "reference"):
+        with config.forced(**PATHS[path]):
+            y = se_kernels.fused_se(x, w1, w2, squeeze="max", backend=backend)
+            (grads[backend],) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grads["triton"], grads["reference"])
+    pooled = grads["triton"] - grads["triton"][0, 0, 0, 0]  # the pooling term
+    assert pooled[0, 0, 0, 1] == pooled[0, 0, 1, 0] != 0 and pooled[0, 0, 1, 1] == 0
+
+
+def test_triton_nan_propagates_like_reference():
+    """A NaN in x reaches y and the gradients where it does in the reference (amax and relu
+    let NaN through)."""
+    for squeeze in ("avg", "max"):
+        inp = make_inputs(2, 6, 3, 3, 2, residual=True, requires_grad=True, device=DEVICE)
+        with torch.no_grad():
+            inp.x[1, 2, 1, 1] = float("nan")
+        outs = {}
+        for backend in ("triton", "reference"):
+            y = se_kernels.fused_se(*inp.args(), residual=inp.residual, squeeze=squeeze,
+                                    backend=backend)
+            dx, = torch.autograd.grad(y.sum(), inp.x)
+            outs[backend] = (y.isnan(), dx.isnan())
+        assert torch.equal(outs["triton"][0], outs["reference"][0])
+        assert torch.equal(outs["triton"][1], outs["reference"][1])
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_triton_grads_bitwise_reproducible(path, deterministic):
+    """No atomics anywhere: every run gives bitwise the same gradients, with or without
+    torch.use_deterministic_algorithms."""
+    gen = torch.Generator().manual_seed(11)
+    inp = make_inputs(8, 64, 7, 7, 4, dtype=torch.float32, bias=True, residual=True,
+                      generator=gen, requires_grad=True, device=DEVICE)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        grads = []
+        for _ in range(3):
+            with config.forced(**PATHS[path]):
+                y = se_kernels.fused_se(*inp.args(), residual=inp.residual, backend="triton")
+                grads.append(torch.autograd.grad(y.square().sum(), inp.tensors()))
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    for g in grads[1:]:
+        for a, b in zip(grads[0], g):
+            assert torch.equal(a, b)
+
+
+def test_triton_does_not_modify_inputs():
+    inp = make_inputs(3, 8, 5, 5, 2, bias=True, residual=True, requires_grad=True,
+                      device=DEVICE)
+    before = [t.detach().clone() for t in inp.tensors()]
+    y = se_kernels.fused_se(*inp.args(), residual=inp.residual, backend="triton")
+    y.sum().backward()
+    for a, b in zip(inp.tensors(), before):
+        assert torch.equal(a.detach(), b)
+
+
+# ---- the config heuristic (pure Python) ------------------------------------------------------
+
+H100 = config.Device(sms=132, tile=4096, fc_tile=4096, min_group=1, interpret=False)
+SE_RESNET50 = [(256, 56 * 56, 16), (512, 28 * 28, 32), (1024, 14 * 14, 64), (2048, 7 * 7, 128)]
+
+
+@pytest.mark.parametrize("n", [1, 8, 64, 256])
+@pytest.mark.parametrize("c,hw,cr", SE_RESNET50 + [(3, 1, 1), (100, 221, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_plan_is_consistent(n, c, hw, cr, channels_last):
+    p = config.make_plan(n, c, hw, cr, 2, channels_last, H100)
+    assert 1 <= p.G <= 16 and p.P * p.chunk >= c > (p.P - 1) * p.chunk
+    assert p.split == (p.P > 1)
+    for v in (p.BC, p.BHW, p.BJ, p.BK, p.BJ2, p.BCW, p.BN, p.BJW):
+        assert v >= 1 and v & (v - 1) == 0, p
+    assert p.BC * p.BHW <= H100.tile
+    assert p.G_PAD * p.BJ * p.BK <= H100.fc_tile and p.G_PAD * p.BJ2 * p.BC <= H100.fc_tile
+    assert p.BN * p.BCW * p.BJW <= H100.fc_tile
+    # weights never cost more than the activations, unless capped by G <= 16 or by N
+    assert 2 * c * cr <= p.G * c * hw or p.G == 16 or p.G >= n
+
+
+def test_plan_conv5_amortises_weights():
+    """conv5_x at N=256: |W| is 5x the slab, so samples are grouped (G=8) and, with only 32
+    groups for 132 SMs, split over channel chunks."""
+    p = config.make_plan(256, 2048, 49, 128, 2, True, H100)
+    assert p.G == 8 and p.split and p.P > 1
+    p = config.make_plan(256, 256, 3136, 16, 2, True, H100)
+    assert p.G == 1 and not p.split
+
+
+# ---- torch.library: opcheck and torch.compile -----------------------------------------------
+
+def op_args(squeeze=0, residual=True, layout="contiguous"):
+    inp = make_inputs(2, 6, 3, 5, 2, bias=True, residual=residual, layout=layout,
+                      requires_grad=True, device=DEVICE)
+    return (inp.x, inp.w1, inp.w2, inp.b1, inp.b2, inp.residual, squeeze, 1, 0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("squeeze,residual", [(0, True), (1, False)])
+def test_opcheck_triton_se_forward(layout, squeeze, residual):
+    torch.library.opcheck(torch.ops.se_kernels.triton_se_forward.default,
+                          op_args(squeeze, residual, layout))
+
+
+@pytest.mark.parametrize("with_y", [False, True])
+def test_opcheck_triton_se_backward(with_y):
+    x, w1, w2, b1, b2, r, sq, act, gate = op_args(residual=with_y)
+    y, z, hpre, gpre = torch.ops.se_kernels.triton_se_forward(x, w1, w2, b1, b2, r, sq, act,
+                                                              gate)
+    args = (torch.randn_like(y), x.detach(), w1.detach(), w2.detach(),
+            y.detach() if with_y else None, z, hpre, gpre, sq, act, gate)
+    torch.library.opcheck(torch.ops.se_kernels.triton_se_backward.default, args)
+
+
+class Block(nn.Module):
+    """A conv followed by an SE block with the fused residual tail, on the Triton backend."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.se = se_kernels.SqueezeExcitation(c, reduction=4, backend="triton")
+
+    def forward(self, x):
+        return self.se(self.conv(x), residual=x)
+
+
+def test_compile_fullgraph_matches_eager():
+    """On CUDA Inductor traces into the kernels (triton_op's decomposition); under the
+    interpreter the ops stay opaque custom ops (se_kernels/triton/ops.py says why), which
+    still checks the fake kernels, autograd and fullgraph tracing."""
+    torch.manual_seed(0)
+    model = Block().to(DEVICE)
+    x = torch.randn(2, 16, 9, 9, device=DEVICE, requires_grad=True)
+    eager = model(x)
+    (g_eager,) = torch.autograd.grad(eager.sum(), x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    out = compiled(x)
+    (g_comp,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_comp, g_eager, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_has_no_graph_break():
+    model = Block().to(DEVICE)
+    x = torch.randn(2, 16, 9, 9, device=DEVICE)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+@requires_cuda
+def test_compile_inductor_sees_the_kernels():
+    """On CUDA the compiled graph calls the user-defined Triton kernels directly."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = Block().cuda()
+    x = torch.randn(2, 16, 9, 9, device="cuda")
+    torch._dynamo.reset()
+    _, codes = run_and_get_code(torch.compile(model, fullgraph=True), x)
+    assert any("se_fwd_" in code for code in codes), "no Triton SE kernel in the compiled code"
+
+
+# ---- GPU: real sizes ------------------------------------------------------------------------
+
+@requires_cuda
+@pytest.mark.parametrize("c,hw,cr", SE_RESNET50, ids=["conv2", "conv3", "conv4", "conv5"])
+@pytest.mark.parametrize("n,dtype", [(1, torch.float32), (1, torch.bfloat16),
+                                     (256, torch.bfloat16)], ids=["1-fp32", "1-bf16", "256-bf16"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_triton_se_resnet50_stages(c, hw, cr, n, dtype, layout, poison):
+    """The four stage shapes at N = 1 (split path) and N = 256 (fused path, split for conv5);
+    fp32 at N = 256 is left out only because the float64 oracle's host-side comparison of
+    ~200M-element tensors takes minutes per case."""
+    side = int(hw ** 0.5)
+    gen = torch.Generator().manual_seed(c + n)
+    inp = make_inputs(n, c, side, side, cr, dtype=dtype, layout=layout, bias=True,
+                      residual=True, generator=gen, requires_grad=True, device="cuda")
+    check_backend("triton", inp, "avg", "relu", "sigmoid")
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", [(2, 64, 112, 112, 4), (3, 37, 9, 11, 5), (64, 3, 7, 7, 1),
+                                   (5, 2048, 1, 1, 128), (1, 130, 3, 3, 9)], ids=str)
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("squeeze", ["avg", "max"])
+def test_triton_gpu_odd_shapes(shape, path, squeeze, poison):
+    n, c, h, w, cr = shape
+    inp = make_inputs(n, c, h, w, cr, dtype=torch.bfloat16, layout="channels_last",
+                      bias=True, residual=True, requires_grad=True, device="cuda")
+    with config.forced(**PATHS[path]):
+        check_backend("triton", inp, squeeze, "silu", "tanh")
