@@ -9,8 +9,8 @@ For every stage (C, HxW, Cr), batch N, layout and variant (plain SE, or the SE-R
 with residual) it measures forward and forward+backward of
   * the cuda backend with SE_KERNELS_CUDA_PATH = auto, persistent, cluster (sm_90);
   * optionally each cluster shape K,G (--sweep-cluster, SE_KERNELS_CUDA_CLUSTER);
-  * eager PyTorch (mean, linear, relu, linear, sigmoid, mul [, add, relu]) and torch.compile of
-    it, and the triton backend when it is available;
+  * eager PyTorch (mean, linear, relu, linear, sigmoid, mul [, add, relu]), torch.compile of
+    it (--compile), and the triton backend when it is available;
 and the floor: the fewest bytes (forward 2|x| + |W|, 3|x| + |W| with the residual; backward
 3|x| + 2|W|, 5|x| + 2|W| with it) over the copy bandwidth measured in the same run.
 
@@ -251,7 +251,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="plain,residual")
     ap.add_argument("--paths", default="auto,persistent,cluster")
     ap.add_argument("--no-baselines", action="store_true", help="skip eager/compile/triton")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    ap.add_argument("--compile", action="store_true",
+                    help="also torch.compile of the eager module (compiles once per shape: slow)")
     ap.add_argument("--no-backward", action="store_true", help="forward only")
     ap.add_argument("--sweep-cluster", action="store_true",
                     help="also every cluster shape K,G (K in 1,2,4,8,16; G in 1,2,4,8)")
@@ -279,7 +280,7 @@ def main(argv=None) -> int:
 
     impls = [f"cuda:{p}" for p in args.paths.split(",") if p != "cluster" or cap >= (9, 0)]
     if not args.no_baselines:
-        impls += ["eager"] + ([] if args.no_compile else ["compile"])
+        impls += ["eager"] + (["compile"] if args.compile else [])
         if "triton" in se_kernels.available_backends():
             impls.append("triton")
     sweep = [(k, g) for k in (1, 2, 4, 8, 16) for g in (1, 2, 4, 8)] if (

@@ -46,19 +46,20 @@ __device__ void backward_fc(const BackwardArgs& a, const PersistentConfig& c, in
   A* h = ws + c.off.h;
   const int64_t C = a.C, Cr = a.Cr, npb = c.tiles.npb;
 
-  // dpre and s; the tie counts wait in coef
-  for (int64_t i = threadIdx.x; i < G * C; i += kThreads) {
-    const int64_t n = n0 + i / C, ch = i % C, o = n * C + ch;
-    A ds = A(0);
-    for (int64_t b = 0; b < npb; ++b) ds += load_cg(pds + (n * npb + b) * C + ch);
+  // dpre and s from the npb partials of ds at pds[(n npb + b) C + c]; the tie counts wait in
+  // coef
+  auto partial = [&](const A* base) {
+    return [=](int64_t i) { return base + ((n0 + i / C) * npb) * C + i % C; };
+  };
+  combine_strided<false, A>(G * C, npb, C, partial(pds), [&](int64_t i, A ds) {
+    const int64_t o = n0 * C + i;
     const A v = gpre[o];
     dpre[o] = gate_backward(a.gate, v, ds);  // selects 0 where the gate is flat (options.h)
     s[o] = gate_fwd(a.gate, v);
-    if constexpr (kMax) {
-      A k = A(0);
-      for (int64_t b = 0; b < npb; ++b) k += load_cg(pcnt + (n * npb + b) * C + ch);
-      coef[o] = k;
-    }
+  });
+  if constexpr (kMax) {
+    combine_strided<false, A>(G * C, npb, C, partial(pcnt),
+                              [&](int64_t i, A k) { coef[n0 * C + i] = k; });
   }
   __syncthreads();
   // dh[g, j] = sum_c dpre[g, c] W2[c, j]

@@ -14,6 +14,29 @@ using cuda_plan::kGemmK;
 using cuda_plan::kGemmTile;
 using cuda_plan::kMaxGroup;
 
+// emit(i, v) for i < count: v combines (sum, or NaN-propagating max) the nb values
+// addr(i)[b * stride], b < nb, written earlier in this launch (read through L2). Groups of L
+// lanes share an i when nb is large (a long sequential loop of dependent L2 reads would
+// stall), each lane a strided subset of b, then a butterfly: a fixed order.
+template <bool kMax, typename A, typename Addr, typename Emit>
+__device__ __forceinline__ void combine_strided(int64_t count, int64_t nb, int64_t stride,
+                                                Addr&& addr, Emit&& emit) {
+  const int L = cuda_plan::lanes_for(nb);
+  const int groups = kThreads / L;
+  const int sub = threadIdx.x / L, sl = threadIdx.x % L;
+  for (int64_t base = 0; base < count; base += groups) {
+    const int64_t i = base + sub;
+    A v = identity<kMax, A>();
+    if (i < count) {
+      const A* p = addr(i);
+#pragma unroll 4
+      for (int64_t b = sl; b < nb; b += L) v = combine<kMax>(v, load_cg(p + b * stride));
+    }
+    v = group_reduce<kMax>(v, L);
+    if (i < count && sl == 0) emit(i, v);
+  }
+}
+
 // out(g, r) = sum_{k < K} M[r * ldm + k] * v[g * ldv + k] for rows r < R and samples g < G.
 // Rows of M are contiguous: groups of L lanes share a row (coalesced), rows go round the
 // groups. A row always belongs to the same lane group for a given L, so callers that

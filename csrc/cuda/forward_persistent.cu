@@ -40,13 +40,10 @@ __device__ void forward_fc(const ForwardArgs& a, const PersistentConfig& c, int6
   A* s = static_cast<A*>(c.ws) + c.off.s;
   const int64_t C = a.C, Cr = a.Cr, npb = c.tiles.npb;
 
-  for (int64_t i = threadIdx.x; i < G * C; i += kThreads) {
-    const int64_t n = n0 + i / C, ch = i % C;
-    const A* pp = part + n * npb * C + ch;
-    A v = identity<kMax, A>();
-    for (int64_t b = 0; b < npb; ++b) v = combine<kMax>(v, load_cg(pp + b * C));
-    z[n * C + ch] = kMax ? v : v / A(a.HW);
-  }
+  // z[n, c] from the npb partials of (n, c), at part[(n npb + b) C + c]
+  combine_strided<kMax, A>(
+      G * C, npb, C, [&](int64_t i) { return part + ((n0 + i / C) * npb) * C + i % C; },
+      [&](int64_t i, A v) { z[n0 * C + i] = kMax ? v : v / A(a.HW); });
   __syncthreads();
 
   const int L1 = cuda_plan::lanes_for(C < kFcChunk ? C : kFcChunk);

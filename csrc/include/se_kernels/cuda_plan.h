@@ -226,7 +226,7 @@ struct ClusterLimits {
 
 // Cc for K CTAs, or 0 when some CTA would get no channel or a too-wide NHWC row.
 SE_HOST_DEVICE int64_t cluster_channels(int64_t C, int K, int64_t vec, bool nhwc) {
-  const int64_t Cc = round_up(ceil_div(C, K), vec);
+  const int64_t Cc = K == 1 ? C : round_up(ceil_div(C, K), vec);  // one CTA: no padding
   if ((K - 1) * Cc >= C) return 0;
   if (nhwc && Cc / vec > kThreads) return 0;
   return Cc;
