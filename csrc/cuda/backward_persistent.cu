@@ -205,7 +205,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
         const int64_t o = (n * C + c0) * HW + p0;
         const T* yo = kRes ? y + o : nullptr;
         T* ro = kRes ? dres + o : nullptr;
-        if (kHasVecPath<T> && a.vec) {
+        if (kHasVecPath<T> && c.flat_vec && np == HW) {  // whole rows: one aligned span
+          grad_write_flat<kMax, kRes, V>(dy + o, x + o, yo, dx + o, ro, int(nc * HW), int(HW), sm,
+                                         sm + tc, sm + 2 * tc);
+        } else if (kHasVecPath<T> && a.vec) {
           grad_write_rows<kMax, kRes, V>(dy + o, x + o, yo, dx + o, ro, HW, int(nc), int(np), sm,
                                          sm + tc, sm + 2 * tc);
         } else {

@@ -69,35 +69,6 @@ __device__ __forceinline__ void copy_rows(T* dst, int ds, const T* src, int64_t 
   }
 }
 
-// y = x * s[c] (+ residual, relu) over a contiguous NCHW span of len elements whose channel
-// c has HW pixels; x read from the shared slab, residual and y at the same global offsets.
-template <bool kRes, int VEC, typename T>
-__device__ __forceinline__ void scale_flat(const T* xs, const T* res, T* y, int len, int HW,
-                                           const acc_t<T>* s) {
-  using A = acc_t<T>;
-  const int nv = len / VEC;
-#pragma unroll 2
-  for (int i = threadIdx.x; i < nv; i += kThreads) {
-    const int e0 = i * VEC;
-    int c = e0 / HW;
-    int r = e0 - c * HW;
-    const Pack<T, VEC> vx = load_pack<VEC>(xs + e0);
-    Pack<T, VEC> vr, out;
-    if constexpr (kRes) vr = load_pack<VEC>(res + e0);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      A v = to_acc(vx.v[e]) * s[c];
-      if constexpr (kRes) v = relu(v + to_acc(vr.v[e]));
-      out.v[e] = from_acc<T>(v);
-      if (++r == HW) {
-        r = 0;
-        ++c;
-      }
-    }
-    store_pack<VEC>(y + e0, out);
-  }
-}
-
 // hot-kernel: se_fwd_cluster_kernel
 template <typename T, bool kNHWC, bool kMax, bool kRes>
 // Two CTAs per SM (64 registers a thread) so that one CTA can load while the other stores;

@@ -154,7 +154,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
       if constexpr (!kNHWC) {
         const int64_t o = (n * C + c0) * HW + p0;
         const T* r = kRes ? res + o : nullptr;
-        if (kHasVecPath<T> && a.vec) {
+        if (kHasVecPath<T> && c.flat_vec && np == HW) {  // whole rows: one aligned span
+          scale_flat<kRes, V>(x + o, r, y + o, int(nc * HW), int(HW), sm);
+        } else if (kHasVecPath<T> && a.vec) {
           scale_rows<kRes, V>(x + o, r, y + o, HW, int(nc), int(np), sm);
         } else {
           scale_rows<kRes, 1>(x + o, r, y + o, HW, int(nc), int(np), sm);

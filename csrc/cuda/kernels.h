@@ -90,6 +90,7 @@ struct PersistentConfig {
   Workspace off;
   counter_t* counters;  // Counters::count(groups), zeroed
   int64_t groups;
+  bool flat_vec;  // NCHW: tiles of whole rows are 16-byte aligned spans (flat vector passes)
 };
 
 struct ClusterConfig {

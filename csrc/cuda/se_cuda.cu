@@ -129,14 +129,21 @@ bool aligned16(const at::Tensor& t) {
 // ---- the persistent plan (forward and backward) --------------------------------------------
 
 template <typename Occupancy>
+// vec: the vector width of the tile passes (1: scalar); flat_vec: NCHW spans of whole rows
+// may be processed as flat runs of 16-byte vectors (the tensors are 16-byte aligned and
+// H*W or C is a multiple of the vector width).
 PersistentConfig plan_persistent(const Problem& p, int64_t esize, int64_t asize, int64_t vec,
-                                 bool backward, bool max_squeeze, bool residual,
+                                 bool flat_vec, bool backward, bool max_squeeze, bool residual,
                                  const cudaDeviceProp& prop, Occupancy&& blocks_per_sm) {
+  const bool nhwc = p.layout == Layout::NHWC;
+  const int64_t V = 16 / esize;
+  const int64_t row_align = (!nhwc && flat_vec && p.HW % V != 0) ? V : 1;
   const plan::PersistentShape shape = plan::plan_persistent_shape(
-      p.N, p.C, p.HW, p.Cr, p.layout == Layout::NHWC, esize, asize, vec, backward, residual,
+      p.N, p.C, p.HW, p.Cr, nhwc, esize, asize, vec, row_align, backward, residual,
       prop.multiProcessorCount, prop.l2CacheSize, env_int("SE_KERNELS_CUDA_TILE", 0),
       env_int("SE_KERNELS_CUDA_LAG", 0));
   PersistentConfig c{};
+  c.flat_vec = !nhwc && flat_vec;
   c.G = shape.G;
   c.tiles = shape.tiles;
   c.smem = shape.smem;
@@ -318,8 +325,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(
                 "call: ",
                 why);
   }
+  const bool flat_vec = a.dtype != DType::kDouble && ptrs && (p.HW % V == 0 || p.C % V == 0);
   PersistentConfig c = plan_persistent(
-      p, esize, z.element_size(), a.vec ? V : 1, /*backward=*/false, a.max_squeeze,
+      p, esize, z.element_size(), a.vec ? V : 1, flat_vec, /*backward=*/false, a.max_squeeze,
       residual.has_value(), prop,
       [&](int64_t smem) { return forward_persistent_blocks_per_sm(a, smem); });
   const PersistentBuffers keep = allocate(c, x, stream);
@@ -381,9 +389,10 @@ se_backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1
   const int device = x.get_device();
   const cudaDeviceProp& prop = device_props(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  const bool flat_vec = a.dtype != DType::kDouble && ptrs && (p.HW % V == 0 || p.C % V == 0);
   PersistentConfig c = plan_persistent(
-      p, esize, z.element_size(), a.vec ? V : 1, /*backward=*/true, a.max_squeeze, y.has_value(),
-      prop, [&](int64_t smem) { return backward_persistent_blocks_per_sm(a, smem); });
+      p, esize, z.element_size(), a.vec ? V : 1, flat_vec, /*backward=*/true, a.max_squeeze,
+      y.has_value(), prop, [&](int64_t smem) { return backward_persistent_blocks_per_sm(a, smem); });
   const PersistentBuffers keep = allocate(c, x, stream);
   launch_backward_persistent(a, c, stream);
   return {dx, dw1, dw2, db1, db2, dres};

@@ -174,6 +174,73 @@ __device__ __forceinline__ void grad_write_rows(const T* dy, const T* x, const T
   }
 }
 
+// The same two passes over a contiguous NCHW span of `len` elements (whole rows: channel
+// c = element / HW), as one flat run of vectors: full 16-byte vectors even when rows are not
+// 16-byte aligned (H*W = 49, 196 in bfloat16), as long as the span is (len % VEC == 0).
+// x may be global or the cluster's shared slab; the other tensors share y's offsets.
+template <bool kRes, int VEC, typename T>
+__device__ __forceinline__ void scale_flat(const T* xs, const T* res, T* y, int len, int HW,
+                                           const acc_t<T>* s) {
+  using A = acc_t<T>;
+  const int nv = len / VEC;
+#pragma unroll 2
+  for (int i = threadIdx.x; i < nv; i += kThreads) {
+    const int e0 = i * VEC;
+    int c = e0 / HW;
+    int r = e0 - c * HW;
+    const Pack<T, VEC> vx = load_pack<VEC>(xs + e0);
+    Pack<T, VEC> vr, out;
+    if constexpr (kRes) vr = load_pack<VEC>(res + e0);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      A v = to_acc(vx.v[e]) * s[c];
+      if constexpr (kRes) v = relu(v + to_acc(vr.v[e]));
+      out.v[e] = from_acc<T>(v);
+      if (++r == HW) {
+        r = 0;
+        ++c;
+      }
+    }
+    store_pack<VEC>(y + e0, out);
+  }
+}
+
+template <bool kMax, bool kRes, int VEC, typename T>
+__device__ __forceinline__ void grad_write_flat(const T* dy, const T* x, const T* y, T* dx,
+                                                T* dres, int len, int HW, const acc_t<T>* s,
+                                                const acc_t<T>* coef, const acc_t<T>* zr) {
+  using A = acc_t<T>;
+  const int nv = len / VEC;
+#pragma unroll 2
+  for (int i = threadIdx.x; i < nv; i += kThreads) {
+    const int e0 = i * VEC;
+    int c = e0 / HW;
+    int r = e0 - c * HW;
+    const Pack<T, VEC> vd = load_pack<VEC>(dy + e0);
+    Pack<T, VEC> vx, vy, out, og;
+    if constexpr (kMax) vx = load_pack<VEC>(x + e0);
+    if constexpr (kRes) vy = load_pack<VEC>(y + e0);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const A g = upstream<kRes>(to_acc(vd.v[e]), kRes ? to_acc(vy.v[e]) : A(0));
+      A d;
+      if constexpr (kMax) {
+        d = g * s[c] + (to_acc(vx.v[e]) == zr[c] ? A(1) : A(0)) * coef[c];
+      } else {
+        d = g * s[c] + coef[c];
+      }
+      out.v[e] = from_acc<T>(d);
+      if constexpr (kRes) og.v[e] = from_acc<T>(g);
+      if (++r == HW) {
+        r = 0;
+        ++c;
+      }
+    }
+    store_pack<VEC>(dx + e0, out);
+    if constexpr (kRes) store_pack<VEC>(dres + e0, og);
+  }
+}
+
 // ---- NHWC ----------------------------------------------------------------------------------
 
 // emit(c, v) for c < nc, where v combines column c of scratch (P rows, row stride `stride`):

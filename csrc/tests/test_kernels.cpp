@@ -300,12 +300,13 @@ int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tai
 }
 
 // Tiles cover the slab exactly once, keep vector alignment and the NHWC width bound.
-int check_tiles(int64_t C, int64_t HW, bool nhwc, int64_t target, int64_t vec) {
+int check_tiles(int64_t C, int64_t HW, bool nhwc, int64_t target, int64_t vec,
+                int64_t row_align) {
   namespace P = se_kernels::cuda_plan;
-  const P::Tiles t = P::make_tiles(C, HW, nhwc, target, vec);
+  const P::Tiles t = P::make_tiles(C, HW, nhwc, target, vec, row_align);
   const std::string where = "tiles C=" + std::to_string(C) + " HW=" + std::to_string(HW) +
                             (nhwc ? " NHWC" : " NCHW") + " target=" + std::to_string(target) +
-                            " vec=" + std::to_string(vec);
+                            " vec=" + std::to_string(vec) + " align=" + std::to_string(row_align);
   std::vector<int> cover(size_t(C * HW), 0);
   for (int64_t i = 0; i < t.count(); ++i) {
     int64_t c0, nc, p0, np, pb;
@@ -317,6 +318,9 @@ int check_tiles(int64_t C, int64_t HW, bool nhwc, int64_t target, int64_t vec) {
       return plan_failure(where + ": NHWC tile misaligned");
     if (!nhwc && HW % vec == 0 && (p0 % vec != 0 || np % vec != 0))
       return plan_failure(where + ": NCHW tile misaligned");
+    // whole-row NCHW tiles are aligned spans for the flat passes
+    if (!nhwc && np == HW && C % row_align == 0 && (c0 % row_align != 0 || nc % row_align != 0))
+      return plan_failure(where + ": NCHW span misaligned");
     for (int64_t c = c0; c < c0 + nc; ++c)
       for (int64_t p = p0; p < p0 + np; ++p) ++cover[size_t(c * HW + p)];
   }
@@ -360,7 +364,9 @@ int check_plans() {
     for (int64_t vec : {1, 2, 4, 8})
       for (const auto& [C, HW] : std::vector<std::pair<int64_t, int64_t>>{
                {1, 1}, {3, 221}, {19, 35}, {64, 49}, {256, 3136}, {2048, 49}, {4104, 8}, {16, 12544}})
-        for (int64_t target : {1, 100, 4096, 32768}) f += check_tiles(C, HW, nhwc, target, vec);
+        for (int64_t target : {1, 100, 4096, 32768})
+          for (int64_t row_align : {int64_t(1), vec})
+            f += check_tiles(C, HW, nhwc, target, vec, row_align);
   // the SE-ResNet-50 stages fit a cluster in bf16 and float32, at N = 1 and 256
   for (bool nhwc : {false, true})
     for (int64_t N : {1, 256})

@@ -89,7 +89,10 @@ struct Tiles {
 // Tiles of about `target` elements. `vec` is the vector width in elements the kernel will use
 // (1 on the scalar path): tile widths along the contiguous dimension stay multiples of it, and
 // an NHWC tile is at most kThreads * vec channels wide (one vector column per thread).
-inline Tiles make_tiles(int64_t C, int64_t HW, bool nhwc, int64_t target, int64_t vec) {
+// `row_align`: NCHW tiles of whole rows hold a multiple of this many channels (where C allows),
+// so that each tile is a 16-byte aligned span for the flat passes.
+inline Tiles make_tiles(int64_t C, int64_t HW, bool nhwc, int64_t target, int64_t vec,
+                        int64_t row_align = 1) {
   Tiles t{};
   t.C = C;
   t.HW = HW;
@@ -98,9 +101,10 @@ inline Tiles make_tiles(int64_t C, int64_t HW, bool nhwc, int64_t target, int64_
   if (nhwc) {
     t.tc = min64(C, min64(kMaxTileChannels, int64_t(kThreads) * vec));
     t.tp = clamp64(target / t.tc, 1, HW);
-  } else if (HW <= target) {
+  } else if (HW <= max64(target, vec)) {  // whole rows (a split would leave rows whole anyway)
     t.tp = HW;
     t.tc = clamp64(target / HW, 1, C);
+    if (t.tc < C && row_align > 1) t.tc = min64(C, max64(row_align, t.tc / row_align * row_align));
   } else {
     t.tc = 1;
     t.tp = min64(HW, max64(vec, target / vec * vec));
@@ -317,15 +321,15 @@ struct PersistentShape {
 //    and y with the residual (backward).
 inline PersistentShape plan_persistent_shape(int64_t N, int64_t C, int64_t HW, int64_t Cr,
                                              bool nhwc, int64_t esize, int64_t asize,
-                                             int64_t vec, bool backward, bool residual,
-                                             int64_t sms, int64_t l2_bytes, int64_t tile_bytes,
-                                             int64_t lag) {
+                                             int64_t vec, int64_t row_align, bool backward,
+                                             bool residual, int64_t sms, int64_t l2_bytes,
+                                             int64_t tile_bytes, int64_t lag) {
   PersistentShape s{};
   const int64_t slab = max64(C * HW * esize, 1);
   const int64_t weight_bytes = 2 * C * Cr * esize;
   s.G = min64(clamp64(ceil_div(2 * weight_bytes, slab), 1, kMaxGroup), max64(N, 1));
   if (tile_bytes <= 0) tile_bytes = clamp64(N * slab / (16 * max64(sms, 1)), 8 << 10, 64 << 10);
-  s.tiles = make_tiles(C, HW, nhwc, max64(1, tile_bytes / esize), vec);
+  s.tiles = make_tiles(C, HW, nhwc, max64(1, tile_bytes / esize), vec, row_align);
   const int64_t elems = backward ? persistent_backward_smem_elems(s.tiles, s.G, vec)
                                  : persistent_forward_smem_elems(s.tiles, s.G, vec);
   s.smem = round_up(elems * asize, 16);
