@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -50,9 +49,15 @@ using acc_t = at::opmath_type<T>;
 template <typename T>
 using AccVec = Vectorized<acc_t<T>>;
 
-// A group's activations should fit in this many bytes of cache (L2s plus a share of L3).
-static const int64_t kCacheBudgetBytes = std::getenv("SE_BUDGET_KB") ? std::atoll(std::getenv("SE_BUDGET_KB")) * 1024 : (int64_t(1) << 20);
-static const int64_t kStreamMinBytes = std::getenv("SE_STREAM_KB") ? std::atoll(std::getenv("SE_STREAM_KB")) * 1024 : (int64_t(8) << 20);
+// A group's activations should fit in this many bytes of cache per thread (about half of an
+// L2 of 2 MiB: the weights and the output pass through it too). Measured on a 2-core Xeon
+// (docs/perf-notes.md): 1 MiB beat 256 KiB, 1.5 MiB and 4 MiB at conv3_x/conv4_x shapes.
+constexpr int64_t kCacheBudgetBytes = int64_t(1) << 20;
+// Outputs of at least this many bytes are written with streaming stores: they would leave
+// the cache before anyone reads them, and streaming skips the read-for-ownership of each line
+// (measured: conv3_x N=1 fp32 192 -> 142 us; neutral at conv2_x and conv5_x). Smaller outputs
+// stay in cache for the next layer.
+constexpr int64_t kStreamMinBytes = int64_t(1) << 20;
 // Elements a parallel task should own, so that thread start-up stays small beside the work.
 constexpr int64_t kGrainElems = int64_t(1) << 15;
 // Channels per task when reducing a channels_last slab.
@@ -169,22 +174,41 @@ void accumulate_run(acc_t<T>* acc, const T* p, int64_t n) {
   }
 }
 
-// sum_i a[i] * b[i], a in the weight dtype, b in the accumulation type.
-template <typename T>
-acc_t<T> dot(const T* a, const acc_t<T>* b, int64_t n) {
+// out[k] = sum_i w[i] * b[k * b_stride + i] for k < B: one weight row against B samples, the
+// row loaded once for all of them. Each dot sums in the same order whatever B is (one vector
+// accumulator, then its lanes, then the scalar tail), so a sample's result does not depend
+// on how samples are blocked. w in the weight dtype, b in the accumulation type.
+template <int B, typename T>
+void dot_block(const T* w, const acc_t<T>* b, int64_t b_stride, int64_t n, acc_t<T>* out) {
   using A = acc_t<T>;
   using V = AccVec<T>;
   constexpr int64_t kV = V::size();
-  V s0(A(0)), s1(A(0));
+  V acc[B];
+  for (int k = 0; k < B; ++k) acc[k] = V(A(0));
   int64_t i = 0;
-  for (; i + 2 * kV <= n; i += 2 * kV) {
-    s0 = at::vec::fmadd(vload(a + i), V::loadu(b + i), s0);
-    s1 = at::vec::fmadd(vload(a + i + kV), V::loadu(b + i + kV), s1);
+  for (; i + kV <= n; i += kV) {
+    const V wv = vload(w + i);
+    for (int k = 0; k < B; ++k) acc[k] = at::vec::fmadd(wv, V::loadu(b + k * b_stride + i), acc[k]);
   }
-  for (; i + kV <= n; i += kV) s0 = at::vec::fmadd(vload(a + i), V::loadu(b + i), s0);
-  A r = at::vec::vec_reduce_all<A>([](const V& u, const V& v) { return u + v; }, s0 + s1);
-  for (; i < n; ++i) r += static_cast<A>(a[i]) * b[i];
-  return r;
+  for (int k = 0; k < B; ++k) {
+    A r = at::vec::vec_reduce_all<A>([](const V& u, const V& v) { return u + v; }, acc[k]);
+    for (int64_t t = i; t < n; ++t) r += static_cast<A>(w[t]) * b[k * b_stride + t];
+    out[k] = r;
+  }
+}
+
+// out[k] = w . b[k] for the G samples b[k] = b + k * b_stride, in blocks of four.
+template <typename T>
+void dot_samples(const T* w, const acc_t<T>* b, int64_t b_stride, int64_t n, int64_t G,
+                 acc_t<T>* out) {
+  int64_t k = 0;
+  for (; k + 4 <= G; k += 4) dot_block<4>(w, b + k * b_stride, b_stride, n, out + k);
+  switch (G - k) {
+    case 3: dot_block<3>(w, b + k * b_stride, b_stride, n, out + k); break;
+    case 2: dot_block<2>(w, b + k * b_stride, b_stride, n, out + k); break;
+    case 1: dot_block<1>(w, b + k * b_stride, b_stride, n, out + k); break;
+    default: break;
+  }
 }
 
 // y[0:n] += alpha * p[0:n]; p in the weight dtype or the accumulation type.
@@ -246,7 +270,9 @@ void scale_flat(T* y, const T* x, const T* r, const RowGate& gate_of_row, int64_
     V g;
     if (i + kV <= row_end) {
       g = V(gate_of_row(row));
-    } else {  // straddles a row boundary
+    } else if (row_len >= kV) {  // straddles one boundary: lanes [0, m) of row, the rest of row + 1
+      g = V::set(V(gate_of_row(row + 1)), V(gate_of_row(row)), row_end - i);
+    } else {  // rows shorter than a vector: gather lane by lane
       A tmp[kV];
       int64_t rr = row, re = row_end;
       for (int64_t k = 0; k < kV; ++k) {
@@ -423,29 +449,34 @@ void squeeze_group(const Problem& p, const T* x, acc_t<T>* z, int64_t n0, int64_
   }
 }
 
-// hpre, gpre and s = gate(gpre) for samples [n0, n1); s is (n1 - n0, C) scratch.
+// hpre, gpre and s = gate(gpre) for samples [n0, n1); h and s are (n1 - n0, Cr) and
+// (n1 - n0, C) scratch. Each weight row is read once for the whole group.
 template <typename T>
 void excite_group(const Problem& p, const ForwardArgs<T>& a, int64_t act, int64_t gate,
                   int64_t n0, int64_t n1, acc_t<T>* h, acc_t<T>* s) {
   using A = acc_t<T>;
   const int64_t C = p.C, Cr = p.Cr, G = n1 - n0;
   at::parallel_for(0, Cr, grain_for(C * G), [&](int64_t j0, int64_t j1) {
+    std::vector<A> out(G);
     for (int64_t j = j0; j < j1; ++j) {
+      dot_samples(a.w1 + j * C, a.z + n0 * C, C, C, G, out.data());
       const A bias = a.b1 ? static_cast<A>(a.b1[j]) : A(0);
-      for (int64_t n = n0; n < n1; ++n) {
-        const A v = dot(a.w1 + j * C, a.z + n * C, C) + bias;
-        a.hpre[n * Cr + j] = v;
-        h[(n - n0) * Cr + j] = activation_fwd(act, v);
+      for (int64_t k = 0; k < G; ++k) {
+        const A v = out[k] + bias;
+        a.hpre[(n0 + k) * Cr + j] = v;
+        h[k * Cr + j] = activation_fwd(act, v);
       }
     }
   });
   at::parallel_for(0, C, grain_for(Cr * G), [&](int64_t c0, int64_t c1) {
+    std::vector<A> out(G);
     for (int64_t c = c0; c < c1; ++c) {
+      dot_samples(a.w2 + c * Cr, h, Cr, Cr, G, out.data());
       const A bias = a.b2 ? static_cast<A>(a.b2[c]) : A(0);
-      for (int64_t n = n0; n < n1; ++n) {
-        const A v = dot(a.w2 + c * Cr, h + (n - n0) * Cr, Cr) + bias;
-        a.gpre[n * C + c] = v;
-        s[(n - n0) * C + c] = gate_fwd(gate, v);
+      for (int64_t k = 0; k < G; ++k) {
+        const A v = out[k] + bias;
+        a.gpre[(n0 + k) * C + c] = v;
+        s[k * C + c] = gate_fwd(gate, v);
       }
     }
   });
