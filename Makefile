@@ -37,7 +37,6 @@ help:
 
 $(VENV)/.se_kernels-env:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --upgrade pip
 	$(VENV)/bin/python -m pip install $(TORCH_SPEC)
 	$(VENV)/bin/python -m pip install $(EXTRAS_SPEC)
 	touch $@
@@ -51,7 +50,7 @@ build: $(ENV_STAMP)
 	@mkdir -p $(dir $(BUILD_LOG))
 	SE_KERNELS_PTXAS_VERBOSE=1 $(PY) -m pip install -v --no-build-isolation --no-deps -e . \
 		> $(BUILD_LOG) 2>&1 || { tail -n 60 $(BUILD_LOG); exit 1; }
-	@grep -E "^\[se_kernels build\]|warning" $(BUILD_LOG) | grep -v "is ignored" || true
+	@grep -E "^\s*\[se_kernels build\]" $(BUILD_LOG) | sed 's/^\s*//' | sort -u || true
 	$(PY) tools/check_build_log.py $(BUILD_LOG)
 
 test: build

@@ -9,10 +9,11 @@
 // shapes (the SE-ResNet-50 stage shapes included), dtypes, layouts (and misaligned storage,
 // for the scalar paths) and options, with outputs poisoned (NaN-filled allocations), and
 // compares every output with a plain C++ reference computed in double on the same (rounded)
-// inputs. The tolerance is the
-// dtype's (1e-5 float, 2e-2 half/bfloat16), or twice the error of the same reference run in
-// float and rounded to the dtype, whichever is larger (sums that cancel, and results
-// rounded to 8 or 11 bits, are not the kernel's fault). Exit code 0 = all passed.
+// inputs. Errors are norm-wise, relative to the magnitudes of each output's terms (so that
+// sums which cancel are not blamed on the kernel), and must be within the dtype's tolerance
+// (1e-5 float, 2e-2 half/bfloat16) or twice the error of the same reference run in float (in
+// both summation orders) and rounded to the dtype, whichever is larger. Exit code 0 = all
+// passed.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -59,10 +60,19 @@ Vec to_vec(const at::Tensor& t) {  // NCHW-ordered copy in double
 }
 
 // The SE block and its gradients, sample by sample, computed in R (double: the oracle;
-// float: the same-precision baseline).
-template <typename R>
+// float: the same-precision baselines). kReverse runs every sum in the opposite order: two
+// float baselines show how much a float32 result legitimately moves with the summation order
+// where sums cancel.
+//
+// kMagnitude: the backward with every term replaced by its magnitude (sum |g*x|, |gate'|,
+// |h|, |w|, ...): the scale against which a gradient's error is measured. Where a sum
+// cancels (sum g*x over H*W near 0), float32 rounding of the terms is a large fraction of the
+// small result, in any correct implementation; relative to the magnitudes it stays ~1e-7.
+template <typename R, bool kReverse = false, bool kMagnitude = false>
 Outputs<R> reference(const Case& k, const Vec& x_, const Vec& w1_, const Vec& w2_,
                      const Vec& b1_, const Vec& b2_, const Vec& r_, const Vec& dy_) {
+  auto at = [](int64_t i, int64_t len) { return kReverse ? len - 1 - i : i; };
+  auto mag = [](R v) { return kMagnitude ? std::abs(v) : v; };
   auto cast = [](const Vec& v) { return VecT<R>(v.begin(), v.end()); };
   const VecT<R> x = cast(x_), w1 = cast(w1_), w2 = cast(w2_), b1 = cast(b1_), b2 = cast(b2_),
                 r = cast(r_), dy = cast(dy_);
@@ -75,60 +85,63 @@ Outputs<R> reference(const Case& k, const Vec& x_, const Vec& w1_, const Vec& w2
   o.dw2.assign(C * Cr, R(0));
   o.db1.assign(Cr, R(0));
   o.db2.assign(C, R(0));
-  for (int64_t n = 0; n < k.N; ++n) {
+  for (int64_t n_ = 0; n_ < k.N; ++n_) {
+    const int64_t n = at(n_, k.N);
     const R* xs = x.data() + n * C * HW;
     VecT<R> z(C), hpre(Cr), h(Cr), gpre(C), s(C), cnt(C, R(0));
     for (int64_t c = 0; c < C; ++c) {
       R acc = k.squeeze == se_kernels::kSqueezeMax ? R(-INFINITY) : R(0);
-      for (int64_t p = 0; p < HW; ++p)
-        acc = k.squeeze == se_kernels::kSqueezeMax ? std::max(acc, xs[c * HW + p])
-                                                   : acc + xs[c * HW + p];
+      for (int64_t p_ = 0; p_ < HW; ++p_)
+        acc = k.squeeze == se_kernels::kSqueezeMax ? std::max(acc, xs[c * HW + at(p_, HW)])
+                                                   : acc + xs[c * HW + at(p_, HW)];
       z[c] = k.squeeze == se_kernels::kSqueezeMax ? acc : acc / R(HW);
       for (int64_t p = 0; p < HW; ++p) cnt[c] += xs[c * HW + p] == z[c];
     }
     for (int64_t j = 0; j < Cr; ++j) {
       hpre[j] = k.bias ? b1[j] : R(0);
-      for (int64_t c = 0; c < C; ++c) hpre[j] += w1[j * C + c] * z[c];
+      for (int64_t c_ = 0; c_ < C; ++c_) hpre[j] += w1[j * C + at(c_, C)] * z[at(c_, C)];
       h[j] = activation_fwd<R>(k.act, hpre[j]);
     }
     for (int64_t c = 0; c < C; ++c) {
       gpre[c] = k.bias ? b2[c] : R(0);
-      for (int64_t j = 0; j < Cr; ++j) gpre[c] += w2[c * Cr + j] * h[j];
+      for (int64_t j_ = 0; j_ < Cr; ++j_) gpre[c] += w2[c * Cr + at(j_, Cr)] * h[at(j_, Cr)];
       s[c] = gate_fwd<R>(k.gate, gpre[c]);
     }
     // forward tail and g = dy (masked by the fused relu)
     VecT<R> g(C * HW), ds(C, R(0));
     for (int64_t c = 0; c < C; ++c)
-      for (int64_t p = 0; p < HW; ++p) {
-        const int64_t i = n * C * HW + c * HW + p;
+      for (int64_t p_ = 0; p_ < HW; ++p_) {
+        const int64_t p = at(p_, HW), i = n * C * HW + c * HW + p;
         R v = x[i] * s[c];
         if (k.residual) v = std::max(v + r[i], R(0));
         o.y[i] = v;
         g[c * HW + p] = (k.residual && v <= R(0)) ? R(0) : dy[i];
-        if (k.residual) o.dres[i] = g[c * HW + p];
-        ds[c] += g[c * HW + p] * x[i];
+        if (k.residual) o.dres[i] = mag(g[c * HW + p]);
+        ds[c] += mag(g[c * HW + p] * x[i]);
       }
     VecT<R> dpre(C), dh(Cr, R(0)), dz(C, R(0));
-    for (int64_t c = 0; c < C; ++c) {
-      dpre[c] = gate_backward<R>(k.gate, gpre[c], ds[c]);
+    for (int64_t c_ = 0; c_ < C; ++c_) {
+      const int64_t c = at(c_, C);
+      dpre[c] = mag(gate_backward<R>(k.gate, gpre[c], ds[c]));
       o.db2[c] += dpre[c];
       for (int64_t j = 0; j < Cr; ++j) {
-        o.dw2[c * Cr + j] += dpre[c] * h[j];
-        dh[j] += dpre[c] * w2[c * Cr + j];
+        o.dw2[c * Cr + j] += dpre[c] * mag(h[j]);
+        dh[j] += dpre[c] * mag(w2[c * Cr + j]);
       }
     }
-    for (int64_t j = 0; j < Cr; ++j) {
-      const R dhp = activation_backward<R>(k.act, hpre[j], dh[j]);
+    for (int64_t j_ = 0; j_ < Cr; ++j_) {
+      const int64_t j = at(j_, Cr);
+      const R dhp = mag(activation_backward<R>(k.act, hpre[j], dh[j]));
       o.db1[j] += dhp;
       for (int64_t c = 0; c < C; ++c) {
-        o.dw1[j * C + c] += dhp * z[c];
-        dz[c] += dhp * w1[j * C + c];
+        o.dw1[j * C + c] += dhp * mag(z[c]);
+        dz[c] += dhp * mag(w1[j * C + c]);
       }
     }
     for (int64_t c = 0; c < C; ++c)
       for (int64_t p = 0; p < HW; ++p) {
         const int64_t i = n * C * HW + c * HW + p;
-        R d = g[c * HW + p] * s[c];
+        R d = mag(g[c * HW + p] * s[c]);
         if (k.squeeze == se_kernels::kSqueezeMax) {
           d += (x[i] == z[c] ? R(1) : R(0)) * dz[c] / cnt[c];
         } else {
@@ -140,17 +153,18 @@ Outputs<R> reference(const Case& k, const Vec& x_, const Vec& w1_, const Vec& w2
   return o;
 }
 
-// ||a - b|| / (||b|| + atol sqrt(n)): atol covers float16's subnormal range, where a result
-// of 1e-6 keeps only a few bits.
-double rel_err(const Vec& a, const Vec& b, double atol) {
+// ||a - b|| / (||scale|| + atol sqrt(n)), scale = b's magnitudes (see reference's kMagnitude;
+// b itself for y). atol covers float16's subnormal range, where a result of 1e-6 keeps only
+// a few bits.
+double rel_err(const Vec& a, const Vec& b, const Vec& scale, double atol) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
+    den += scale[i] * scale[i];
   }
   if (std::isnan(num)) return INFINITY;
-  const double scale = std::sqrt(den) + atol * std::sqrt(double(a.size()));
-  return scale > 0 ? std::sqrt(num) / scale : std::sqrt(num);
+  const double s = std::sqrt(den) + atol * std::sqrt(double(a.size()));
+  return s > 0 ? std::sqrt(num) / s : std::sqrt(num);
 }
 
 // The float baseline, rounded to the kernel's dtype as the kernel's outputs are.
@@ -223,16 +237,18 @@ int run_case(const Case& k, at::Device device, at::ScalarType dtype, bool channe
   const Vec xv = to_vec(x), w1v = to_vec(w1), w2v = to_vec(w2), b1v = b1 ? to_vec(*b1) : none,
             b2v = b2 ? to_vec(*b2) : none, rv = r ? to_vec(*r) : none, dyv = to_vec(dy);
   const auto ref = reference<double>(k, xv, w1v, w2v, b1v, b2v, rv, dyv);
+  const auto mags = reference<double, false, true>(k, xv, w1v, w2v, b1v, b2v, rv, dyv);
   const auto base = reference<float>(k, xv, w1v, w2v, b1v, b2v, rv, dyv);
+  const auto base_rev = reference<float, true>(k, xv, w1v, w2v, b1v, b2v, rv, dyv);
   const double dtype_tol = dtype == at::kDouble ? 1e-9 : dtype == at::kFloat ? 1e-5 : 2e-2;
   const double atol = dtype == at::kHalf ? 1e-7 : 0.0;
   int failures = 0;
-  auto check = [&](const char* name, const at::Tensor& got, const Vec& want,
-                   const VecT<float>& baseline) {
-    const double tol = dtype == at::kDouble
-                           ? dtype_tol
-                           : std::max(dtype_tol, 2 * rel_err(rounded(baseline, dtype), want, atol));
-    const double e = rel_err(to_vec(got), want, atol);
+  auto check = [&](const char* name, const at::Tensor& got, const Vec& want, const Vec& scale,
+                   const VecT<float>& baseline, const VecT<float>& baseline_rev) {
+    const double base_err = std::max(rel_err(rounded(baseline, dtype), want, scale, atol),
+                                     rel_err(rounded(baseline_rev, dtype), want, scale, atol));
+    const double tol = dtype == at::kDouble ? dtype_tol : std::max(dtype_tol, 2 * base_err);
+    const double e = rel_err(to_vec(got), want, scale, atol);
     if (!(e <= tol)) {
       std::printf("FAIL %s on %s (%s) %s %s%s N=%ld C=%ld Cr=%ld H=%ld W=%ld sq=%ld act=%ld "
                   "gate=%ld bias=%d res=%d: rel err %.3e > %.1e\n",
@@ -248,15 +264,15 @@ int run_case(const Case& k, at::Device device, at::ScalarType dtype, bool channe
     std::printf("FAIL y does not keep the layout of x\n");
     ++failures;
   }
-  check("y", y, ref.y, base.y);
-  check("dx", dx, ref.dx, base.dx);
-  check("dw1", dw1, ref.dw1, base.dw1);
-  check("dw2", dw2, ref.dw2, base.dw2);
+  check("y", y, ref.y, ref.y, base.y, base_rev.y);
+  check("dx", dx, ref.dx, mags.dx, base.dx, base_rev.dx);
+  check("dw1", dw1, ref.dw1, mags.dw1, base.dw1, base_rev.dw1);
+  check("dw2", dw2, ref.dw2, mags.dw2, base.dw2, base_rev.dw2);
   if (k.bias) {
-    check("db1", db1, ref.db1, base.db1);
-    check("db2", db2, ref.db2, base.db2);
+    check("db1", db1, ref.db1, mags.db1, base.db1, base_rev.db1);
+    check("db2", db2, ref.db2, mags.db2, base.db2, base_rev.db2);
   }
-  if (k.residual) check("dresidual", dres, ref.dres, base.dres);
+  if (k.residual) check("dresidual", dres, ref.dres, mags.dres, base.dres, base_rev.dres);
   return failures;
 }
 
