@@ -1,63 +1,86 @@
 #!/usr/bin/env bash
 # The one-shot GPU check, for a machine with a CUDA GPU and a preinstalled torch (our
-# H100/H200 machines: Python 3.12, torch 2.11, Triton 3.6, no network).
+# H100/H200 machines: Python 3.12, torch 2.11, Triton 3.6, pytest-xdist, no network).
 #
-#   OUT=/some/dir tools/gpu_check.sh        (or: make gpu-check)
+#   OUT=/some/dir tools/gpu_check.sh [STEP ...]      (or: make gpu-check)
 #
-# Builds in place against that torch (--no-build-isolation, nothing downloaded), runs the whole
-# test suite (GPU tests included), the C++ test program under compute-sanitizer (memcheck,
-# racecheck), and the benchmark suite. Writes at most 8 files into $OUT:
-#   summary.txt   device, versions, what passed, timings of each step
-#   build.log     the build with the ptxas resource report
-#   tests.log     pytest
-#   sanitizer.log ctest program under memcheck and racecheck
-#   bench.json, bench_bandwidth.png, bench_model.png, bench.log   the benchmark run
+# STEPs, in order (default: all of them):
+#   build      build se_kernels._C in place for this device's arch (--no-build-isolation)
+#   tests      the whole pytest suite, GPU tests included (in parallel with pytest-xdist)
+#   sanitizer  the C++ test program (CMake build) under compute-sanitizer memcheck/racecheck
+#   bench      the benchmark CLI's default GPU run
+# Each step has a time limit so that a hang (a deadlocked kernel) ends the step, not the call.
+# The device tool stops a command after 10 minutes: run `build tests`, then `sanitizer`, then
+# `bench`, one call each (the build stays in place between calls on a warm machine), with a
+# different OUT per call or the files fetched in between.
+#
+# Writes at most 8 files into $OUT: summary.txt (device, versions, each step's status and
+# time), build.log, tests.log, sanitizer.log, bench.log, and the benchmark's bench.json,
+# bench_bandwidth.png, bench_model.png.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-out/gpu-check}
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
-: > "$SUMMARY"
 export PYTHONUNBUFFERED=1
+STEPS=("$@")
+[[ ${#STEPS[@]} -eq 0 ]] && STEPS=(build tests sanitizer bench)
+
 # The device's own arch only: a quicker build (CI compiles sm_80 and sm_90a).
 arch=$("$PY" -c 'import torch; p = torch.cuda.get_device_capability(); print(f"{p[0]}.{p[1]}" + ("a" if p == (9, 0) else ""))')
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch}
 
-step() {  # step NAME LOG COMMAND...: runs a step, records status and time in the summary
-  local name=$1 log=$2; shift 2
+step() {  # step NAME LIMIT_S LOG COMMAND...: runs a step with a time limit, records it
+  local name=$1 limit=$2 log=$3; shift 3
   local t0=$(date +%s)
-  "$@" > "$log" 2>&1
+  timeout --kill-after=20 "$limit" "$@" > "$log" 2>&1
   local rc=$?
-  echo "$(printf '%-10s' "$name") rc=$rc $(( $(date +%s) - t0 )) s   (log: $(basename "$log"))" | tee -a "$SUMMARY"
+  local note=""
+  [[ $rc -eq 124 || $rc -eq 137 ]] && note=" (TIMED OUT after ${limit} s)"
+  echo "$(printf '%-10s' "$name") rc=$rc $(( $(date +%s) - t0 )) s$note   (log: $(basename "$log"))" >> "$SUMMARY"
   return $rc
 }
 
 {
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)   commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) steps: ${STEPS[*]}   commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null
   "$PY" -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, "device", torch.cuda.get_device_name())'
   nvcc --version | tail -n 1
   echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
 } >> "$SUMMARY" 2>&1
 
-step build "$OUT/build.log" env SE_KERNELS_PTXAS_VERBOSE=1 "$PY" setup.py build_ext --inplace
-"$PY" tools/check_build_log.py "$OUT/build.log" >> "$OUT/build.log" 2>&1 \
-  && echo "ptxas check: ok" >> "$SUMMARY" || echo "ptxas check: FAILED (see build.log)" >> "$SUMMARY"
-
-step tests "$OUT/tests.log" "$PY" -m pytest -q -ra -p no:cacheprovider tests
-tail -n 3 "$OUT/tests.log" >> "$SUMMARY"
-
-if command -v compute-sanitizer >/dev/null; then
-  step sanitizer "$OUT/sanitizer.log" bash -c "
-    CMAKE_BUILD_DIR=build/cmake-gpu tools/cmake_check.sh $PY &&
-    compute-sanitizer --tool memcheck --error-exitcode 1 build/cmake-gpu/se_kernels_test &&
-    compute-sanitizer --tool racecheck --error-exitcode 1 build/cmake-gpu/se_kernels_test"
-else
-  echo "sanitizer  skipped: compute-sanitizer not found" >> "$SUMMARY"
-fi
-
-if "$PY" -c 'import se_kernels.cli' 2>/dev/null; then
-  step bench "$OUT/bench.log" "$PY" -m se_kernels bench --output "$OUT"
-fi
+for s in "${STEPS[@]}"; do
+  case "$s" in
+    build)
+      step build 300 "$OUT/build.log" env SE_KERNELS_PTXAS_VERBOSE=1 "$PY" setup.py build_ext --inplace
+      "$PY" tools/check_build_log.py "$OUT/build.log" >> "$OUT/build.log" 2>&1 \
+        && echo "ptxas check: ok" >> "$SUMMARY" || echo "ptxas check: FAILED (see build.log)" >> "$SUMMARY"
+      ;;
+    tests)
+      xdist=()
+      "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 8 --dist load)
+      timeouts=()
+      "$PY" -c 'import pytest_timeout' 2>/dev/null && timeouts=(--timeout 240 --timeout-method thread)
+      step tests 450 "$OUT/tests.log" "$PY" -m pytest -q -ra -p no:cacheprovider "${xdist[@]}" "${timeouts[@]}" tests
+      grep -E "passed|failed" "$OUT/tests.log" | tail -n 1 >> "$SUMMARY"
+      ;;
+    sanitizer)
+      if command -v compute-sanitizer >/dev/null; then
+        step sanitizer 480 "$OUT/sanitizer.log" bash -c "
+          CMAKE_BUILD_DIR=build/cmake-gpu CMAKE_JOBS=16 tools/cmake_check.sh $PY &&
+          SE_KERNELS_TEST_QUICK=1 compute-sanitizer --tool memcheck --error-exitcode 1 build/cmake-gpu/se_kernels_test &&
+          SE_KERNELS_TEST_QUICK=1 compute-sanitizer --tool racecheck --error-exitcode 1 build/cmake-gpu/se_kernels_test"
+      else
+        echo "sanitizer  skipped: compute-sanitizer not found" >> "$SUMMARY"
+      fi
+      ;;
+    bench)
+      step bench 480 "$OUT/bench.log" "$PY" -m se_kernels bench --output "$OUT"
+      ;;
+    *)
+      echo "unknown step '$s' (build, tests, sanitizer, bench)" >> "$SUMMARY"
+      ;;
+  esac
+done
 cat "$SUMMARY"
