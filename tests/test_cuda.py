@@ -303,6 +303,20 @@ def test_cuda_more_than_2_31_elements(layout):
         assert err < 1e-2, f"dx of sample {i}: relative error {err:.3e}"
 
 
+def test_cuda_shared_memory_limit_survives_a_smaller_shape():
+    """A kernel's dynamic shared-memory limit is one attribute per kernel: a call that needs
+    less (but more than 48 KiB) must not lower it under what an earlier shape needs, or the
+    next call of that shape fails to launch. float64 backward (persistent, any GPU): 64 KiB
+    (G = 8), 52 KiB (G = 5), 64 KiB; bfloat16 forward on sm_90 (cluster, K = 16): 98 KiB
+    (conv2_x), 49 KiB (conv3_x), 98 KiB."""
+    cases = [((16, 256, 2, 2, 64), torch.float64), ((5, 256, 2, 2, 64), torch.float64),
+             ((16, 256, 2, 2, 64), torch.float64), ((1, 256, 56, 56, 16), torch.bfloat16),
+             ((1, 512, 28, 28, 32), torch.bfloat16), ((1, 256, 56, 56, 16), torch.bfloat16)]
+    for i, (shape, dtype) in enumerate(cases):
+        inp = _make(*shape, seed=i, dtype=dtype, layout="contiguous", bias=True, residual=True)
+        check_backend("cuda", inp, "avg", "relu", "sigmoid")
+
+
 def test_cuda_forcing_an_unavailable_path_raises(monkeypatch):
     """Forcing the cluster path where it cannot run is an error that says why (float64 has no
     cluster kernel on any device)."""

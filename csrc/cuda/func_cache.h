@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 
 namespace se_kernels {
 namespace cuda {
@@ -39,14 +40,20 @@ int cached(const CacheKey& key, F&& fn) {
 }
 
 // Raises the kernel's dynamic shared-memory limit to at least `bytes` (above the default
-// 48 KiB), once per device, kernel and size.
+// 48 KiB), per device and kernel. The attribute is one value per kernel, so it only ever
+// grows: a call with a smaller size than an earlier one must not lower it under the size a
+// later launch of the earlier shape needs (a cache keyed by size would skip that launch's
+// call and leave the limit too low: cudaErrorInvalidValue).
 inline void ensure_dynamic_smem(const void* kernel, int64_t bytes) {
   if (bytes <= (48 << 10)) return;
-  cached(CacheKey{current_device(), kernel, bytes, 0}, [&] {
-    C10_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    return 1;
-  });
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, int64_t> limit;
+  const std::lock_guard<std::mutex> lock(mu);
+  int64_t& cur = limit[{current_device(), kernel}];
+  if (bytes <= cur) return;
+  C10_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  cur = bytes;
 }
 
 }  // namespace cuda
