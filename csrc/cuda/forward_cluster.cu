@@ -267,10 +267,12 @@ bool forward_cluster_compiled(const ForwardArgs& a) {
   const Kernel k = pick(a);
   if (k == nullptr) return false;
   const void* kp = reinterpret_cast<const void*>(k);
+  // The PTX arch, not the binary's: a build with compute_80 PTX (TORCH_CUDA_ARCH_LIST=8.0+PTX)
+  // JIT-compiles the empty sm_80 shell for an sm_90 device, and reports binaryVersion 90.
   return cached(CacheKey{current_device(), kp, 0, 0}, [&] {
            cudaFuncAttributes fa{};
            C10_CUDA_CHECK(cudaFuncGetAttributes(&fa, kp));
-           return fa.binaryVersion;
+           return fa.binaryVersion < fa.ptxVersion ? fa.binaryVersion : fa.ptxVersion;
          }) >= 90;
 }
 
