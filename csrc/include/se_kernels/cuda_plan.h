@@ -19,6 +19,10 @@ constexpr int kThreads = 512;           // threads per CTA, every kernel
 constexpr int kMaxGroup = 8;            // samples per FC group (register accumulators)
 constexpr int kFcChunk = 512;           // FC input vectors are staged in chunks of this length
 constexpr int64_t kMaxTileChannels = 1024;  // widest NHWC tile of the persistent kernels
+// Most channels in an NCHW tile of whole rows: the backward keeps 3 values per channel of a
+// tile in shared memory (48 KiB in float at this cap; uncapped, H*W = 1 in 16-bit types would
+// take 32768 channels, 384 KiB, more than any GPU's shared memory: a failed call).
+constexpr int64_t kMaxRowTileChannels = 4096;
 constexpr int kGemmTile = 64;           // weight-gradient output tile (kGemmTile x kGemmTile)
 constexpr int kGemmK = 32;              // batch rows staged per step of the weight gradients
 constexpr int kMaxCluster = 16;         // CTAs per cluster (more than 8 is non-portable)
@@ -103,7 +107,7 @@ inline Tiles make_tiles(int64_t C, int64_t HW, bool nhwc, int64_t target, int64_
     t.tp = clamp64(target / t.tc, 1, HW);
   } else if (HW <= max64(target, vec)) {  // whole rows (a split would leave rows whole anyway)
     t.tp = HW;
-    t.tc = clamp64(target / HW, 1, C);
+    t.tc = clamp64(target / HW, 1, min64(C, kMaxRowTileChannels));
     if (t.tc < C && row_align > 1) t.tc = min64(C, max64(row_align, t.tc / row_align * row_align));
   } else {
     t.tc = 1;
