@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -369,6 +370,23 @@ int check_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, b
   return 0;
 }
 
+// The persistent kernels' shared memory fits a block (227 KiB on an H100) for any C and H*W,
+// with default tiles: the backward keeps 3 values per channel of a tile.
+int check_persistent_smem(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, bool nhwc,
+                          bool backward) {
+  namespace P = se_kernels::cuda_plan;
+  const int64_t asize = esize == 8 ? 8 : 4;
+  const int64_t vec = esize == 8 ? 1 : 16 / esize;
+  const P::PersistentShape s = P::plan_persistent_shape(
+      N, C, HW, Cr, nhwc, esize, asize, vec, 1, backward, true, 132, 50 << 20, 0, 0);
+  if (s.smem > (227 << 10))
+    return plan_failure("persistent smem N=" + std::to_string(N) + " C=" + std::to_string(C) +
+                        " HW=" + std::to_string(HW) + " esize=" + std::to_string(esize) +
+                        (nhwc ? " NHWC" : " NCHW") + (backward ? " backward" : " forward") +
+                        ": " + std::to_string(s.smem) + " bytes");
+  return 0;
+}
+
 int check_plans() {
   int f = 0;
   for (int64_t N : {1, 2, 3, 5, 17})
@@ -393,6 +411,13 @@ int check_plans() {
         f += check_cluster(N, 2048, 49, 128, esize, nhwc, true);
         f += check_cluster(N, 64, 224 * 224, 4, esize, nhwc, false);  // 6.4 / 12.8 MB: too big
       }
+  for (int64_t esize : {2, 4, 8})
+    for (bool nhwc : {false, true})
+      for (bool backward : {false, true})
+        for (const auto& [C, HW] : std::vector<std::pair<int64_t, int64_t>>{
+                 {32768, 1}, {65536, 1}, {20000, 2}, {4096, 1}, {2048, 49}, {16, 1 << 26}})
+          f += check_persistent_smem(4096, C, HW, std::max<int64_t>(1, C / 16), esize, nhwc,
+                                     backward);
   std::printf("plan checks: %d failed\n", f);
   return f;
 }
@@ -445,8 +470,13 @@ int main() {
   // bfloat16, two option sets per shape and layout.
   const char* quick_env = std::getenv("SE_KERNELS_TEST_QUICK");
   const bool quick = quick_env != nullptr && std::string(quick_env) == "1";
+  // SE_KERNELS_TEST_PATH=auto|persistent|cluster: that CUDA path only (a sanitizer run split
+  // into pieces that each fit a time limit); the CPU is skipped too.
+  const char* only_env = std::getenv("SE_KERNELS_TEST_PATH");
+  const std::string only = only_env != nullptr ? only_env : "";
   for (const auto& [device, path] : runs) {
     if (quick && device.is_cpu()) continue;
+    if (!only.empty() && (device.is_cpu() || path != only)) continue;
     set_path(path);
     const char* label = device.is_cpu() ? "cpu" : path.c_str();
     // the forced paths: float and bfloat16 (auto covers every dtype)
