@@ -2,7 +2,7 @@
 """Compile every Triton kernel variant the launch heuristic produces, for a GPU target,
 without a GPU: the checks the interpreter (TRITON_INTERPRET=1) cannot make.
 
-    python tools/compile_triton_kernels.py [--arch 90 80] [--set plans|tests|all] [--quick]
+    python tools/compile_triton_kernels.py [--arch 90 80] [--set smoke|plans|tests|all] [--quick]
                                            [--json FILE] [--jobs N]
 
 For each case (shape, dtype, layout, options, plan) the real launch code of
@@ -14,8 +14,8 @@ unsupported ops, layout/broadcast errors of the real compiler -- and ptxas -v re
 registers and spills; the launch metadata gives the dynamic shared memory. Needs Triton with
 its CUDA backend and its bundled ptxas (or TRITON_PTXAS_PATH); no driver, no GPU.
 
-Sets: "plans" = the heuristic's own plans for the SE-ResNet-50 stages at N in {1, 8, 64,
-256}, both layouts, fp32/bf16/fp16/fp64, every option combination on one shape per path
+Sets: "smoke" = a quick subset (tests/test_triton_compile.py runs it); "plans" = the
+heuristic's own plans for the SE-ResNet-50 stages at N in {1, 8, 64, 256}, both layouts, fp32/bf16/fp16/fp64, every option combination on one shape per path
 (and the heaviest options on every plan); "tests" = the plans tests/test_triton.py makes on
 a CUDA device (forced paths included); "all" = both. Exit status 1 if any variant fails to
 compile, needs more shared memory than the arch has, or spills more than --max-spill bytes.
@@ -187,6 +187,19 @@ def plan_cases(quick: bool):
         yield (256, 256, 56, 56, 16, dt, False, opts, {})
 
 
+def smoke_cases():
+    """A quick subset for CI: the heuristic's plans of the four stages at N = 1 (split) and
+    256 (fused; split for conv5) with the heaviest options, and the tests' forced paths."""
+    import test_triton as T
+
+    for (c, h, w, cr), n in itertools.product(SE_RESNET50, (1, 256)):
+        yield (n, c, h, w, cr, "bf16", True, HEAVY, {})
+    yield (256, 256, 56, 56, 16, "fp32", False, HEAVY, {})
+    yield (1, 1024, 14, 14, 64, "fp64", False, HEAVY, {})
+    for path in T.PATHS.values():
+        yield (8, 100, 7, 7, 7, "fp32", False, HEAVY, path)
+
+
 def test_cases():
     """The Triton-kernel launches of tests/test_triton.py on a CUDA device."""
     import test_triton as T
@@ -222,7 +235,7 @@ def test_cases():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
-    ap.add_argument("--set", choices=("plans", "tests", "all"), default="plans")
+    ap.add_argument("--set", choices=("smoke", "plans", "tests", "all"), default="plans")
     ap.add_argument("--quick", action="store_true", help="bf16/fp32 and N in {1, 256} only")
     ap.add_argument("--json", help="write every result to this file")
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1))
@@ -233,7 +246,7 @@ def main():
 
     jobs, seen, cases_by_variant = [], {}, {}
     for arch in a.arch:
-        cases = []
+        cases = list(smoke_cases()) if a.set == "smoke" else []
         if a.set in ("plans", "all"):
             cases += list(plan_cases(a.quick))
         if a.set in ("tests", "all"):
