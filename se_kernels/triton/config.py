@@ -174,4 +174,6 @@ def make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
         tiles = {k: v for k, v in _FORCED.items() if k in ("BC", "BHW", "BJ", "BK", "BJ2",
                                                            "BCW", "BN", "BJW", "num_warps")}
         plan = dataclasses.replace(plan, **tiles)
+        if "num_warps" not in tiles:  # the same rule for forced tiles as for the heuristic's
+            plan = dataclasses.replace(plan, num_warps=8 if plan.BC * plan.BHW >= 4096 else 4)
     return plan

@@ -34,6 +34,7 @@ torch.are_deterministic_algorithms_enabled().
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -86,6 +87,15 @@ def _launches(x: torch.Tensor) -> bool:
     return True
 
 
+def _device_guard(x: torch.Tensor):
+    """Triton launches on the *current* CUDA device, and a Python custom op gets no device
+    guard from the dispatcher: x on cuda:1 while cuda:0 is current would run the kernels on
+    the wrong device. Switch only when needed (a no-op on one GPU)."""
+    if x.device.type == "cuda" and x.device.index not in (None, torch.cuda.current_device()):
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
+
+
 @triton_op("se_kernels::triton_se_forward", mutates_args=())
 def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                       b1: Optional[torch.Tensor], b2: Optional[torch.Tensor],
@@ -120,17 +130,18 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                   CHANNELS_LAST=cl, num_warps=plan.num_warps)
     opts = dict(ACT=act, GATE=gate, HAS_B1=b1 is not None, HAS_B2=b2 is not None,
                 HAS_RES=residual is not None)
-    if not plan.split:
-        wrap_triton(se_fwd_fused_kernel)[(groups,)](
-            x, w1, w2, b1_, b2_, res, y, z, hpre, gpre, part, n, c, hw, cr,
-            BJ=plan.BJ, BK=plan.BK, BJ2=plan.BJ2, SQUEEZE=squeeze, **opts, **common)
-    else:
-        wrap_triton(se_fwd_pool_kernel)[(groups, plan.P)](
-            x, w1, z, part, n, c, hw, cr, plan.chunk,
-            BJ=plan.BJ, BK=plan.BK, SQUEEZE=squeeze, **common)
-        wrap_triton(se_fwd_excite_kernel)[(groups, plan.P)](
-            x, w2, b1_, b2_, res, y, hpre, gpre, part, n, c, hw, cr, plan.chunk,
-            BJ2=plan.BJ2, **opts, **common)
+    with _device_guard(x):
+        if not plan.split:
+            wrap_triton(se_fwd_fused_kernel)[(groups,)](
+                x, w1, w2, b1_, b2_, res, y, z, hpre, gpre, part, n, c, hw, cr,
+                BJ=plan.BJ, BK=plan.BK, BJ2=plan.BJ2, SQUEEZE=squeeze, **opts, **common)
+        else:
+            wrap_triton(se_fwd_pool_kernel)[(groups, plan.P)](
+                x, w1, z, part, n, c, hw, cr, plan.chunk,
+                BJ=plan.BJ, BK=plan.BK, SQUEEZE=squeeze, **common)
+            wrap_triton(se_fwd_excite_kernel)[(groups, plan.P)](
+                x, w2, b1_, b2_, res, y, hpre, gpre, part, n, c, hw, cr, plan.chunk,
+                BJ2=plan.BJ2, **opts, **common)
     return y, z, hpre, gpre
 
 
@@ -175,15 +186,16 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     common = dict(G=plan.G, G_PAD=plan.G_PAD, BC=plan.BC, BHW=plan.BHW, SQUEEZE=squeeze,
                   ACT=act, GATE=gate, HAS_RES=has_res, CHANNELS_LAST=cl,
                   WRITE_DX=not plan.split, num_warps=plan.num_warps)
-    wrap_triton(se_bwd_reduce_kernel)[(groups, plan.P)](
-        dy, x, y_, w1, w2, z, hpre, gpre, dpre, cnt, dpart, dx, dres_, n, c, hw, cr,
-        plan.chunk, BJ=plan.BJ, BK=plan.BK, BJ2=plan.BJ2, **common)
-    common["WRITE_DX"] = plan.split
-    finish_grid = nw + (groups * plan.P if plan.split else 0)
-    wrap_triton(se_bwd_finish_kernel)[(finish_grid,)](
-        dy, x, y_, w1, z, hpre, gpre, cnt, dpre, dpart, dx, dres_, dw1, dw2, db1, db2,
-        n, c, hw, cr, plan.chunk, plan.P, nw,
-        BJ2=plan.BJ2, BCW=plan.BCW, BN=plan.BN, BJW=plan.BJW, **common)
+    with _device_guard(x):
+        wrap_triton(se_bwd_reduce_kernel)[(groups, plan.P)](
+            dy, x, y_, w1, w2, z, hpre, gpre, dpre, cnt, dpart, dx, dres_, n, c, hw, cr,
+            plan.chunk, BJ=plan.BJ, BK=plan.BK, BJ2=plan.BJ2, **common)
+        common["WRITE_DX"] = plan.split
+        finish_grid = nw + (groups * plan.P if plan.split else 0)
+        wrap_triton(se_bwd_finish_kernel)[(finish_grid,)](
+            dy, x, y_, w1, z, hpre, gpre, cnt, dpre, dpart, dx, dres_, dw1, dw2, db1, db2,
+            n, c, hw, cr, plan.chunk, plan.P, nw,
+            BJ2=plan.BJ2, BCW=plan.BCW, BN=plan.BN, BJW=plan.BJW, **common)
     return dx, dw1, dw2, db1, db2, dres
 
 
