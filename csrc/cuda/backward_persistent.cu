@@ -252,23 +252,12 @@ Kernel pick(const BackwardArgs& a) {
 }  // namespace
 
 int backward_persistent_blocks_per_sm(const BackwardArgs& a, int64_t smem) {
-  const Kernel k = pick(a);
-  const void* kp = reinterpret_cast<const void*>(k);
-  ensure_dynamic_smem(kp, smem);
-  return cached(CacheKey{current_device(), kp, smem, 0}, [&] {
-    int blocks = 0;
-    C10_CUDA_CHECK(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k, kThreads, size_t(smem)));
-    return blocks;
-  });
+  return occupancy_blocks_per_sm(pick(a), kThreads, smem);
 }
 
 void launch_backward_persistent(const BackwardArgs& a, const PersistentConfig& c,
-                                cudaStream_t stream) {
-  const Kernel k = pick(a);
-  ensure_dynamic_smem(reinterpret_cast<const void*>(k), c.smem);
-  k<<<dim3(unsigned(c.grid)), dim3(kThreads), size_t(c.smem), stream>>>(a, c);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+                               cudaStream_t stream) {
+  launch_checked(pick(a), c.grid, kThreads, c.smem, stream, a, c);
 }
 
 }  // namespace cuda

@@ -56,5 +56,32 @@ inline void ensure_dynamic_smem(const void* kernel, int64_t bytes) {
   cur = bytes;
 }
 
+// Blocks of `threads` threads with `smem` bytes of dynamic shared memory that fit on one SM
+// for `kernel` (its shared-memory limit raised first), cached per device, kernel and size.
+template <typename... Params>
+int occupancy_blocks_per_sm(void (*kernel)(Params...), int threads, int64_t smem) {
+  const void* kp = reinterpret_cast<const void*>(kernel);
+  ensure_dynamic_smem(kp, smem);
+  return cached(CacheKey{current_device(), kp, smem, threads}, [&] {
+    int blocks = 0;
+    C10_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, size_t(smem)));
+    return blocks;
+  });
+}
+
+#ifdef __CUDACC__
+// kernel<<<grid, threads, smem, stream>>>(args...), its shared-memory limit raised first,
+// the launch checked.
+template <typename... Params, typename... Args>
+void launch_checked(void (*kernel)(Params...), int64_t grid, int threads, int64_t smem,
+                    cudaStream_t stream, Args&&... args) {
+  ensure_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
+  kernel<<<dim3(unsigned(grid)), dim3(unsigned(threads)), size_t(smem), stream>>>(
+      std::forward<Args>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+#endif
+
 }  // namespace cuda
 }  // namespace se_kernels
