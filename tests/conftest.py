@@ -67,6 +67,17 @@ def poison():
         det.fill_uninitialized_memory = prev_fill
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small networks: at a few pixels one thread is
+    faster than two, and much faster on a shared, loaded machine (restored afterwards). Use
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False,
                      help="also run tests marked slow (ImageNet-size models, long fuzzing)")

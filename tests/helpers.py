@@ -183,3 +183,63 @@ def check_backend(backend: str, inp: SEInputs, squeeze: str, activation: str, ga
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                    reason="needs a CUDA device (none visible)")
+
+
+# ---- torch.library: opcheck and torch.compile, shared by the per-backend test files ----------
+
+def op_args(n=2, c=6, h=3, w=5, cr=2, *, bias=True, residual=True, layout="contiguous",
+            squeeze=0, act=1, gate=0, dtype=torch.float32, device="cpu"):
+    """Positional arguments of the ``se_forward`` schemas (options as their integer codes)."""
+    inp = make_inputs(n, c, h, w, cr, bias=bias, residual=residual, layout=layout,
+                      requires_grad=True, dtype=dtype, device=device)
+    return (inp.x, inp.w1, inp.w2, inp.b1, inp.b2, inp.residual, squeeze, act, gate)
+
+
+def opcheck_backward(forward_op, backward_op, with_y: bool, device="cpu"):
+    """opcheck on a backward op, fed with what its forward op saved (y only with the residual
+    tail, where the backward needs its relu mask)."""
+    x, w1, w2, b1, b2, r, sq, act, gate = op_args(residual=with_y, device=device)
+    y, z, hpre, gpre = forward_op(x, w1, w2, b1, b2, r, sq, act, gate)
+    args = (torch.randn_like(y), x.detach(), w1.detach(), w2.detach(),
+            y.detach() if with_y else None, z, hpre, gpre, sq, act, gate)
+    torch.library.opcheck(backward_op, args)
+
+
+class Bottleneck(torch.nn.Module):
+    """A small SE-ResNet bottleneck whose SE block and residual tail are one fused_se."""
+
+    def __init__(self, c=16, backend="auto"):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(c, c // 2, 1, bias=False)
+        self.conv2 = torch.nn.Conv2d(c // 2, c // 2, 3, padding=1, bias=False)
+        self.conv3 = torch.nn.Conv2d(c // 2, c, 1, bias=False)
+        self.se = se_kernels.SqueezeExcitation(c, reduction=4, backend=backend)
+
+    def forward(self, x):
+        out = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.se(self.conv3(out), residual=x)
+
+
+def assert_compile_matches_eager(model, x, *, rtol=1e-5, atol=1e-5):
+    """torch.compile(fullgraph=True) of ``model`` gives eager's output and input gradient.
+
+    No TF32 in the convs on CUDA: Inductor may run them in another layout (its channels_last
+    layout optimisation) with another cuDNN algorithm, and TF32 differences (~1e-3) between
+    the two would swamp the tolerance the SE kernels are checked at."""
+    x = x.detach().requires_grad_(True)
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+        eager = model(x)
+        (g_eager,) = torch.autograd.grad(eager.sum(), x)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True)
+        out = compiled(x)
+        (g_comp,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(out, eager, rtol=rtol, atol=atol)
+    torch.testing.assert_close(g_comp, g_eager, rtol=rtol, atol=atol)
+
+
+def assert_no_graph_break(model, x):
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

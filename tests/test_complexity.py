@@ -15,12 +15,7 @@ from se_kernels.models.paper import FIGURES, UNPRINTED
 HAS_CPU = "cpu" in se_kernels.available_backends()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # (constructor, keywords) -> (params, MACs, MACs with count_additions=True), at 224x224

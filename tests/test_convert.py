@@ -22,12 +22,7 @@ HAS_CPU = "cpu" in se_kernels.available_backends()
 FUSED = "cpu" if HAS_CPU else "reference"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -13,10 +13,10 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import se_kernels
-from helpers import (LAYOUTS, TOLERANCES, SEInputs, check_backend, make_inputs, option_id,
+from helpers import (LAYOUTS, TOLERANCES, Bottleneck, SEInputs, assert_compile_matches_eager,
+                     check_backend, make_inputs, op_args, opcheck_backward, option_id,
                      option_matrix, reference64, rel_err)
 
 
@@ -347,53 +347,23 @@ def test_cuda_paths_agree(shape, monkeypatch):
 
 # ---- torch.library: compile, opcheck -------------------------------------------------------
 
-class Bottleneck(nn.Module):
-    """A small SE-ResNet bottleneck whose SE block and residual tail are one fused_se."""
-
-    def __init__(self, c=64):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c // 2, 1, bias=False)
-        self.conv2 = nn.Conv2d(c // 2, c // 2, 3, padding=1, bias=False)
-        self.conv3 = nn.Conv2d(c // 2, c, 1, bias=False)
-        self.se = se_kernels.SqueezeExcitation(c, reduction=4, backend="cuda")
-
-    def forward(self, x):
-        out = torch.relu(self.conv2(torch.relu(self.conv1(x))))
-        return self.se(self.conv3(out), residual=x)
-
-
 def test_cuda_compile_fullgraph_matches_eager():
     torch.manual_seed(0)
-    model = Bottleneck().cuda()
-    x = torch.randn(4, 64, 14, 14, device="cuda", requires_grad=True)
-    eager = model(x)
-    (g_eager,) = torch.autograd.grad(eager.sum(), x)
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True)
-    out = compiled(x)
-    (g_comp,) = torch.autograd.grad(out.sum(), x)
-    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(g_comp, g_eager, rtol=1e-4, atol=1e-4)
-
-
-def _op_args(layout="contiguous", bias=True, residual=True, squeeze=0, dtype=torch.float32):
-    inp = _make(2, 16, 3, 5, 4, seed=2, dtype=dtype, layout=layout, bias=bias,
-                residual=residual)
-    return (inp.x, inp.w1, inp.w2, inp.b1, inp.b2, inp.residual, squeeze, 1, 0)
+    model = Bottleneck(c=64, backend="cuda").cuda()
+    assert_compile_matches_eager(model, torch.randn(4, 64, 14, 14, device="cuda"), rtol=1e-4,
+                                 atol=1e-4)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("bias,residual,squeeze", [(True, True, 0), (False, False, 1),
                                                    (True, False, 1)])
 def test_cuda_opcheck_se_forward(layout, bias, residual, squeeze):
-    args = _op_args(layout, bias, residual, squeeze)
+    args = op_args(2, 16, 3, 5, 4, bias=bias, residual=residual, layout=layout,
+                   squeeze=squeeze, device="cuda")
     torch.library.opcheck(torch.ops.se_kernels.se_forward.default, args)
 
 
 @pytest.mark.parametrize("with_y", [False, True])
 def test_cuda_opcheck_se_backward(with_y):
-    x, w1, w2, b1, b2, r, sq, act, gate = _op_args(residual=with_y)
-    y, z, hpre, gpre = torch.ops.se_kernels.se_forward(x, w1, w2, b1, b2, r, sq, act, gate)
-    args = (torch.randn_like(y), x.detach(), w1.detach(), w2.detach(),
-            y.detach() if with_y else None, z, hpre, gpre, sq, act, gate)
-    torch.library.opcheck(torch.ops.se_kernels.se_backward.default, args)
+    opcheck_backward(torch.ops.se_kernels.se_forward, torch.ops.se_kernels.se_backward.default,
+                     with_y, device="cuda")

@@ -21,14 +21,7 @@ ALL = models.list_models()
 SE_MODELS = models.list_models(se=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks run at a few pixels: one intra-op thread is faster than two, and much
-    faster on a shared, loaded machine (restored after the module)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_size(name: str) -> int:

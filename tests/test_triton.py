@@ -13,11 +13,11 @@ import itertools
 
 import pytest
 import torch
-from torch import nn
 
 import se_kernels
-from helpers import (TOLERANCES, check_backend, make_inputs, option_id, option_matrix,
-                     requires_cuda)
+from helpers import (TOLERANCES, Bottleneck, assert_compile_matches_eager, assert_no_graph_break,
+                     check_backend, make_inputs, op_args, opcheck_backward, option_id,
+                     option_matrix, requires_cuda)
 from se_kernels.triton import config
 
 pytestmark = pytest.mark.skipif(
@@ -212,39 +212,18 @@ def test_plan_conv5_amortises_weights():
 
 # ---- torch.library: opcheck and torch.compile -----------------------------------------------
 
-def op_args(squeeze=0, residual=True, layout="contiguous"):
-    inp = make_inputs(2, 6, 3, 5, 2, bias=True, residual=residual, layout=layout,
-                      requires_grad=True, device=DEVICE)
-    return (inp.x, inp.w1, inp.w2, inp.b1, inp.b2, inp.residual, squeeze, 1, 0)
-
-
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("squeeze,residual", [(0, True), (1, False)])
 def test_opcheck_triton_se_forward(layout, squeeze, residual):
     torch.library.opcheck(torch.ops.se_kernels.triton_se_forward.default,
-                          op_args(squeeze, residual, layout))
+                          op_args(residual=residual, layout=layout, squeeze=squeeze,
+                                  device=DEVICE))
 
 
 @pytest.mark.parametrize("with_y", [False, True])
 def test_opcheck_triton_se_backward(with_y):
-    x, w1, w2, b1, b2, r, sq, act, gate = op_args(residual=with_y)
-    y, z, hpre, gpre = torch.ops.se_kernels.triton_se_forward(x, w1, w2, b1, b2, r, sq, act,
-                                                              gate)
-    args = (torch.randn_like(y), x.detach(), w1.detach(), w2.detach(),
-            y.detach() if with_y else None, z, hpre, gpre, sq, act, gate)
-    torch.library.opcheck(torch.ops.se_kernels.triton_se_backward.default, args)
-
-
-class Block(nn.Module):
-    """A conv followed by an SE block with the fused residual tail, on the Triton backend."""
-
-    def __init__(self, c=16):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.se = se_kernels.SqueezeExcitation(c, reduction=4, backend="triton")
-
-    def forward(self, x):
-        return self.se(self.conv(x), residual=x)
+    opcheck_backward(torch.ops.se_kernels.triton_se_forward,
+                     torch.ops.se_kernels.triton_se_backward.default, with_y, device=DEVICE)
 
 
 def test_compile_fullgraph_matches_eager():
@@ -252,29 +231,13 @@ def test_compile_fullgraph_matches_eager():
     interpreter the ops stay opaque custom ops (se_kernels/triton/ops.py says why), which
     still checks the fake kernels, autograd and fullgraph tracing."""
     torch.manual_seed(0)
-    model = Block().to(DEVICE)
-    x = torch.randn(2, 16, 9, 9, device=DEVICE, requires_grad=True)
-    # No TF32 in the conv on CUDA: Inductor may run it in another layout (channels_last
-    # layout optimisation) with another cuDNN algorithm, and TF32 differences (~1e-3) between
-    # the two would swamp the 1e-5 this test checks the SE kernels at.
-    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-        eager = model(x)
-        (g_eager,) = torch.autograd.grad(eager.sum(), x)
-        torch._dynamo.reset()
-        compiled = torch.compile(model, fullgraph=True)
-        out = compiled(x)
-        (g_comp,) = torch.autograd.grad(out.sum(), x)
-    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(g_comp, g_eager, rtol=1e-5, atol=1e-5)
+    model = Bottleneck(backend="triton").to(DEVICE)
+    assert_compile_matches_eager(model, torch.randn(2, 16, 9, 9, device=DEVICE))
 
 
 def test_compile_has_no_graph_break():
-    model = Block().to(DEVICE)
-    x = torch.randn(2, 16, 9, 9, device=DEVICE)
-    torch._dynamo.reset()
-    explanation = torch._dynamo.explain(model)(x)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    assert explanation.graph_count == 1
+    model = Bottleneck(backend="triton").to(DEVICE)
+    assert_no_graph_break(model, torch.randn(2, 16, 9, 9, device=DEVICE))
 
 
 @requires_cuda
@@ -282,7 +245,7 @@ def test_compile_inductor_sees_the_kernels():
     """On CUDA the compiled graph calls the user-defined Triton kernels directly."""
     from torch._inductor.utils import run_and_get_code
 
-    model = Block().cuda()
+    model = Bottleneck(backend="triton").cuda()
     x = torch.randn(2, 16, 9, 9, device="cuda")
     torch._dynamo.reset()
     _, codes = run_and_get_code(torch.compile(model, fullgraph=True), x)
