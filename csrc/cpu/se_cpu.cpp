@@ -548,11 +548,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cpu(
     const c10::optional<at::Tensor>& residual, int64_t squeeze, int64_t act, int64_t gate) {
   const Problem p = check_forward_args(x, w1, w2, b1, b2, residual, squeeze, act, gate);
   TORCH_CHECK(x.device().is_cpu(), "se_kernels: se_forward (CPU) got x on ", x.device());
-  auto y = at::empty_like(x);
-  const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
-  auto z = at::empty({p.N, p.C}, acc);
-  auto hpre = at::empty({p.N, p.Cr}, acc);
-  auto gpre = at::empty({p.N, p.C}, acc);
+  at::Tensor y, z, hpre, gpre;
+  std::tie(y, z, hpre, gpre) = empty_forward_outputs(x, p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cpu", [&] {
     using A = acc_t<scalar_t>;
     ForwardArgs<scalar_t> a{x.const_data_ptr<scalar_t>(),
@@ -752,12 +749,8 @@ se_backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1,
                 int64_t gate) {
   const Problem p = check_backward_args(dy, x, w1, w2, y, z, hpre, gpre, squeeze, act, gate);
   TORCH_CHECK(x.device().is_cpu(), "se_kernels: se_backward (CPU) got x on ", x.device());
-  auto dx = at::empty_like(x);
-  auto dres = y.has_value() ? at::empty_like(x) : at::empty({0}, x.options());
-  auto dw1 = at::empty_like(w1);
-  auto dw2 = at::empty_like(w2);
-  auto db1 = at::empty({p.Cr}, w1.options());
-  auto db2 = at::empty({p.C}, w2.options());
+  at::Tensor dx, dw1, dw2, db1, db2, dres;
+  std::tie(dx, dw1, dw2, db1, db2, dres) = empty_backward_outputs(x, w1, w2, y.has_value(), p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cpu", [&] {
     using A = acc_t<scalar_t>;
     BackwardArgs<scalar_t> a{dy.const_data_ptr<scalar_t>(),

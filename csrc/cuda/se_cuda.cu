@@ -276,11 +276,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(
   const Problem p = check_forward_args(x, w1, w2, b1, b2, residual, squeeze, act, gate);
   TORCH_CHECK(x.is_cuda(), "se_kernels: se_forward (CUDA) got x on ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
-  auto y = at::empty_like(x);
-  const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
-  auto z = at::empty({p.N, p.C}, acc);
-  auto hpre = at::empty({p.N, p.Cr}, acc);
-  auto gpre = at::empty({p.N, p.C}, acc);
+  at::Tensor y, z, hpre, gpre;
+  std::tie(y, z, hpre, gpre) = empty_forward_outputs(x, p);
   if (p.N == 0) return {y, z, hpre, gpre};
   const Path path = forward_path_from_env();
 
@@ -343,12 +340,8 @@ se_backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1
   const Problem p = check_backward_args(dy, x, w1, w2, y, z, hpre, gpre, squeeze, act, gate);
   TORCH_CHECK(x.is_cuda(), "se_kernels: se_backward (CUDA) got x on ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
-  auto dx = at::empty_like(x);
-  auto dres = y.has_value() ? at::empty_like(x) : at::empty({0}, x.options());
-  auto dw1 = at::empty_like(w1);
-  auto dw2 = at::empty_like(w2);
-  auto db1 = at::empty({p.Cr}, w1.options());
-  auto db2 = at::empty({p.C}, w2.options());
+  at::Tensor dx, dw1, dw2, db1, db2, dres;
+  std::tie(dx, dw1, dw2, db1, db2, dres) = empty_backward_outputs(x, w1, w2, y.has_value(), p);
   if (p.N == 0) {  // sums over an empty batch
     dw1.zero_();
     dw2.zero_();

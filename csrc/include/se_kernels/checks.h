@@ -1,4 +1,5 @@
-// Argument checks shared by the CPU and CUDA implementations of the se_kernels ops.
+// Argument checks and output allocation shared by the CPU and CUDA implementations of the
+// se_kernels ops.
 //
 // The Python wrapper (se_kernels/ops.py) validates user input with friendly messages
 // before any op runs; these checks guard the ops themselves when they are called
@@ -7,8 +8,12 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
+
+#include <tuple>
 
 #include "se_kernels/options.h"
 
@@ -138,6 +143,29 @@ inline Problem check_backward_args(const at::Tensor& dy, const at::Tensor& x, co
   check_saved(hpre, "hpre", p.Cr);
   check_saved(gpre, "gpre", p.C);
   return p;
+}
+
+// ---- outputs, allocated alike by every backend ---------------------------------------------
+
+// se_forward's (y, z, hpre, gpre): y in x's dtype and memory format, the saved (N, C) and
+// (N, Cr) vectors in the accumulation dtype.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_forward_outputs(
+    const at::Tensor& x, const Problem& p) {
+  const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
+  return {at::empty_like(x), at::empty({p.N, p.C}, acc), at::empty({p.N, p.Cr}, acc),
+          at::empty({p.N, p.C}, acc)};
+}
+
+// se_backward's (dx, dw1, dw2, db1, db2, dresidual); dresidual is empty without a residual.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+empty_backward_outputs(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+                       bool residual, const Problem& p) {
+  return {at::empty_like(x),
+          at::empty_like(w1),
+          at::empty_like(w2),
+          at::empty({p.Cr}, w1.options()),
+          at::empty({p.C}, w2.options()),
+          residual ? at::empty_like(x) : at::empty({0}, x.options())};
 }
 
 }  // namespace se_kernels
