@@ -221,7 +221,7 @@ def provenance(copy_bw: float) -> dict:
     p = torch.cuda.get_device_properties(0)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": run(["git", "rev-parse", "HEAD"]),
+        "commit": run(["git", "rev-parse", "HEAD"]) or os.environ.get("SE_KERNELS_GIT_COMMIT", ""),
         "dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"])),
         "host": platform.node(),
         "device": torch.cuda.get_device_name(0),

@@ -90,7 +90,9 @@ def provenance(device: torch.device, *, threads: dict, copy_bw: dict, timer: str
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m se_kernels " + shlex.join(argv[1:]),
         "argv": argv,
-        "git_commit": _git("rev-parse", "HEAD"),
+        # The device machines get a copy of the working tree without .git: the caller passes
+        # the commit in SE_KERNELS_GIT_COMMIT (tools/gpu_check.sh says how).
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("SE_KERNELS_GIT_COMMIT"),
         "git_dirty": None if dirty is None else bool(dirty),
         "device": device_name(device),
         "device_type": device.type,

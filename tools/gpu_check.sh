@@ -16,6 +16,10 @@
 # `bench`, one call each (the build stays in place between calls on a warm machine), with a
 # different OUT per call or the files fetched in between.
 #
+# The device tool copies the working tree without .git: pass the commit you are testing,
+#   SE_KERNELS_GIT_COMMIT=<sha of HEAD, written out here> OUT=$OUT tools/gpu_check.sh build tests
+# so that the summary and the benchmark JSON name it (commit what you test first).
+#
 # Writes at most 8 files into $OUT: summary.txt (device, versions, each step's status and
 # time), build.log, tests.log, sanitizer.log, bench.log, and the benchmark's bench.json,
 # bench_bandwidth.png, bench_model.png.
@@ -45,7 +49,7 @@ step() {  # step NAME LIMIT_S LOG COMMAND...: runs a step with a time limit, rec
 }
 
 {
-  echo "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) steps: ${STEPS[*]}   commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) steps: ${STEPS[*]}   commit: $(git rev-parse HEAD 2>/dev/null || echo "${SE_KERNELS_GIT_COMMIT:-unknown}")"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null
   "$PY" -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, "device", torch.cuda.get_device_name())'
   nvcc --version | tail -n 1
