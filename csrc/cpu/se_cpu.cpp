@@ -62,6 +62,9 @@ constexpr int64_t kStreamMinBytes = int64_t(1) << 20;
 constexpr int64_t kGrainElems = int64_t(1) << 15;
 // Channels per task when reducing a channels_last slab.
 constexpr int64_t kChannelBlock = 64;
+// The second pass over an NCHW slab runs backwards in chunks of this many elements (a
+// multiple of a cache line in every dtype; forward within a chunk for the prefetchers).
+constexpr int64_t kReverseChunkElems = int64_t(1) << 13;
 
 inline int64_t grain_for(int64_t elems_per_item) {
   return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, elems_per_item));
@@ -490,7 +493,16 @@ void scale_group(const Problem& p, const ForwardArgs<T>& a, const acc_t<T>* s, i
     // rows are (n, c) pairs; s holds the group's rows from n0 * C on
     auto gate_of_row = [&](int64_t row) { return s[row - n0 * C]; };
     at::parallel_for(n0 * C, n1 * C, grain_for(HW), [&](int64_t r0, int64_t r1) {
-      scale_flat<kResidual, kStream>(a.y, a.x, a.residual, gate_of_row, HW, r0 * HW, r1 * HW);
+      // Last chunk first: the squeeze (same rows, same thread: at::parallel_for splits a
+      // range alike for the same grain) read this range front to back, so its tail is what
+      // the cache still holds when a slab outgrows it. Chunks end on multiples of the chunk
+      // size, so streamed lines stay whole.
+      const int64_t begin = r0 * HW;
+      for (int64_t end = r1 * HW; end > begin;) {
+        const int64_t start = std::max(begin, (end - 1) / kReverseChunkElems * kReverseChunkElems);
+        scale_flat<kResidual, kStream>(a.y, a.x, a.residual, gate_of_row, HW, start, end);
+        end = start;
+      }
       if constexpr (kStream) stream_fence();
     });
   } else {
