@@ -19,6 +19,11 @@ TORCH_LIBRARY(se_kernels, m) {
   m.def(
       "se_forward(Tensor x, Tensor w1, Tensor w2, Tensor? b1, Tensor? b2, Tensor? residual, "
       "int squeeze, int act, int gate) -> (Tensor y, Tensor z, Tensor hpre, Tensor gpre)");
+  // se_forward for inference, writing y into x (no gradient: z, hpre and gpre are not kept).
+  // CPU only; fused_se(inplace=True) falls back to se_forward + copy_ elsewhere.
+  m.def(
+      "se_forward_inplace(Tensor(a!) x, Tensor w1, Tensor w2, Tensor? b1, Tensor? b2, "
+      "Tensor? residual, int squeeze, int act, int gate) -> ()");
   // Gradients of se_forward. y is the forward output, given exactly when the residual tail
   // was fused (its relu mask). dresidual is empty when y is not given; db1 and db2 are
   // always computed (they are cheap) and dropped in Python when there was no bias.

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from se_kernels.ops import fused_se
+from se_kernels.ops import fused_se, writes_in_place
 
 __all__ = ["SqueezeExcitation", "FusedSE"]
 
@@ -22,6 +22,12 @@ class SqueezeExcitation(nn.Module):
         reduced_channels: Cr, overriding ``reduction``.
         bias: whether the two FC layers have biases.
         squeeze, activation, gate, backend: as in ``fused_se``.
+        inplace: write the result into the input x whenever no gradient is needed (under
+            ``torch.no_grad()``/``inference_mode()``, or with nothing requiring grad) and the
+            backend does so in its kernel (``cpu``), like ``nn.ReLU(inplace=True)``; otherwise
+            it computes out of place as usual (copying y into x would cost a pass more than
+            it saves). Only for an x that nothing else reads afterwards (a ResNet block's
+            branch output).
 
     ``forward(x, residual=None)``: x is (N, C, H, W); with ``residual`` the block computes the
     SE-ResNet tail ``relu(se(x) + residual)`` in the same kernel.
@@ -33,7 +39,8 @@ class SqueezeExcitation(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16, *, reduced_channels: int | None = None,
                  bias: bool = True, squeeze: str = "avg", activation: str = "relu",
-                 gate: str = "sigmoid", backend: str = "auto", device=None, dtype=None) -> None:
+                 gate: str = "sigmoid", backend: str = "auto", inplace: bool = False,
+                 device=None, dtype=None) -> None:
         super().__init__()
         if channels < 1:
             raise ValueError(f"SqueezeExcitation: channels must be >= 1, got {channels}")
@@ -47,6 +54,7 @@ class SqueezeExcitation(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.channels, self.reduced_channels = channels, reduced_channels
         self.squeeze, self.activation, self.gate, self.backend = squeeze, activation, gate, backend
+        self.inplace = inplace
         self.fc1_weight = nn.Parameter(torch.empty(reduced_channels, channels, **factory))
         self.fc2_weight = nn.Parameter(torch.empty(channels, reduced_channels, **factory))
         self.fc1_bias = nn.Parameter(torch.empty(reduced_channels, **factory)) if bias else None
@@ -73,6 +81,7 @@ class SqueezeExcitation(nn.Module):
         module.activation = options.pop("activation", "relu")
         module.gate = options.pop("gate", "sigmoid")
         module.backend = options.pop("backend", "auto")
+        module.inplace = options.pop("inplace", False)
         if options:
             raise TypeError(f"from_parameters: unexpected options {sorted(options)}")
         module.fc1_weight, module.fc2_weight = fc1_weight, fc2_weight
@@ -80,14 +89,20 @@ class SqueezeExcitation(nn.Module):
         return module
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        inplace = (self.inplace and writes_in_place(x, self.backend)
+                   and not (torch.is_grad_enabled() and any(
+                       t is not None and t.requires_grad
+                       for t in (x, residual, self.fc1_weight, self.fc2_weight, self.fc1_bias,
+                                 self.fc2_bias))))
         return fused_se(x, self.fc1_weight, self.fc2_weight, self.fc1_bias, self.fc2_bias,
                         residual=residual, squeeze=self.squeeze, activation=self.activation,
-                        gate=self.gate, backend=self.backend)
+                        gate=self.gate, backend=self.backend, inplace=inplace)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, reduced_channels={self.reduced_channels}, "
                 f"bias={self.fc1_bias is not None}, squeeze={self.squeeze!r}, "
-                f"activation={self.activation!r}, gate={self.gate!r}, backend={self.backend!r}")
+                f"activation={self.activation!r}, gate={self.gate!r}, backend={self.backend!r}"
+                + (", inplace=True" if self.inplace else ""))
 
 
 FusedSE = SqueezeExcitation

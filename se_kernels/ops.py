@@ -17,7 +17,7 @@ from se_kernels import _extension
 from se_kernels._options import ACTIVATIONS, BACKENDS, DTYPES, GATES, SQUEEZES, acc_dtype
 from se_kernels.reference import se_reference
 
-__all__ = ["fused_se", "available_backends", "BackendUnavailableError"]
+__all__ = ["fused_se", "available_backends", "writes_in_place", "BackendUnavailableError"]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -210,7 +210,7 @@ _FORWARD_OPS: dict[str, Callable] = {}  # backend name -> forward op; filled bel
 def fused_se(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, b1: torch.Tensor | None = None,
              b2: torch.Tensor | None = None, *, residual: torch.Tensor | None = None,
              squeeze: str = "avg", activation: str = "relu", gate: str = "sigmoid",
-             backend: str = "auto") -> torch.Tensor:
+             backend: str = "auto", inplace: bool = False) -> torch.Tensor:
     """The Squeeze-and-Excitation block, fused.
 
     ::
@@ -230,6 +230,10 @@ def fused_se(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, b1: torch.Tens
         residual: like x, or None: fuses the SE-ResNet block tail ``relu(y + residual)``.
         backend: "auto" (cuda > triton on CUDA tensors, cpu > reference on CPU tensors),
             "reference", "cpu", "triton" or "cuda".
+        inplace: write y into x and return x (inference only: an error when autograd would
+            need x). The ``cpu`` backend does this in its kernel, so y needs no new memory
+            (the saving that ``out += identity`` makes in a ResNet); elsewhere, and under
+            autocast, y is computed as usual and copied into x, in x's dtype.
 
     Returns:
         y, (N, C, H, W) in x's dtype and memory format. Reductions accumulate in float32
@@ -240,6 +244,8 @@ def fused_se(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, b1: torch.Tens
     tensors are left alone), the op runs with autocast off, and y has the autocast dtype.
     Gradients flow back to the original dtypes. Outside autocast, mixed dtypes are an error.
     """
+    if inplace:
+        return _fused_se_inplace(x, w1, w2, b1, b2, residual, squeeze, activation, gate, backend)
     amp_dtype = _autocast_dtype(x)
     if amp_dtype is not None:
         x, w1, w2, b1, b2, residual = (_autocast_cast(t, amp_dtype)
@@ -262,6 +268,54 @@ def fused_se(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, b1: torch.Tens
     return y
 
 
+def _fused_se_inplace(x, w1, w2, b1, b2, residual, squeeze, activation, gate, backend):
+    if torch.is_grad_enabled():
+        needs = [name for name, t in (("x", x), ("w1", w1), ("w2", w2), ("b1", b1), ("b2", b2),
+                                      ("residual", residual))
+                 if isinstance(t, torch.Tensor) and t.requires_grad]
+        if needs:
+            raise RuntimeError(
+                f"fused_se: inplace=True overwrites x, which the backward needs, but "
+                f"{', '.join(needs)} require{'s' if len(needs) == 1 else ''} grad; use "
+                f"inplace=False, or run under torch.no_grad() / torch.inference_mode()")
+    w1, w2 = _validate(x, w1, w2, b1, b2, residual, squeeze, activation, gate, backend)
+    name = _select_backend(backend, x.device.type)
+    fmt = memory_format_of(x)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=fmt)
+    direct = (name == "cpu" and _autocast_dtype(x) is None
+              and x.is_contiguous(memory_format=fmt) and not _overlaps_unlike(residual, x))
+    if not direct:  # y from the unmodified inputs first, then into x
+        y = fused_se(x, w1, w2, b1, b2, residual=residual, squeeze=squeeze,
+                     activation=activation, gate=gate, backend=backend)
+        return x.copy_(y)
+    torch.ops.se_kernels.se_forward_inplace(
+        x, w1.contiguous(), w2.contiguous(),
+        None if b1 is None else b1.contiguous(), None if b2 is None else b2.contiguous(),
+        residual, SQUEEZES[squeeze], ACTIVATIONS[activation], GATES[gate])
+    return x
+
+
+def writes_in_place(x, backend: str = "auto") -> bool:
+    """Whether ``fused_se(x, ..., backend=backend, inplace=True)`` writes y into x in its
+    kernel (the ``cpu`` backend), rather than computing y and copying it into x."""
+    if not isinstance(x, torch.Tensor) or backend not in ("auto", "cpu"):
+        return False  # fused_se itself reports a bad backend name
+    return _unavailable_reason("cpu", x.device.type) is None
+
+
+def _overlaps_unlike(residual: torch.Tensor | None, x: torch.Tensor) -> bool:
+    """Whether residual shares x's memory without being the same view of it (then the
+    in-place kernel would read residual elements that it has already overwritten). Dynamo
+    cannot trace storage pointers: compiled code leaves this to the kernel's own check, an
+    error at run time."""
+    if residual is None or residual is x or torch.compiler.is_compiling():
+        return False
+    if residual.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+        return False
+    return residual.data_ptr() != x.data_ptr() or residual.stride() != x.stride()
+
+
 # ---- torch.library glue shared by the op families -------------------------------------------
 
 def forward_fake(x, w1, w2, b1, b2, residual, squeeze, act, gate):
@@ -272,6 +326,11 @@ def forward_fake(x, w1, w2, b1, b2, residual, squeeze, act, gate):
     acc = acc_dtype(x.dtype)
     return (torch.empty_like(x), x.new_empty((n, c), dtype=acc), x.new_empty((n, cr), dtype=acc),
             x.new_empty((n, c), dtype=acc))
+
+
+def forward_inplace_fake(x, w1, w2, b1, b2, residual, squeeze, act, gate):
+    """Fake kernel of se_forward_inplace: it only mutates x."""
+    torch._check(x.dim() == 4, lambda: f"se_forward_inplace: x must be 4-D, got {x.dim()}-D")
 
 
 def backward_fake(dy, x, w1, w2, y, z, hpre, gpre, squeeze, act, gate):
@@ -313,6 +372,7 @@ if _extension.LOAD_ERROR is None:
     # the Python overhead of register_autograd on every call.
     torch.library.register_fake("se_kernels::se_forward")(forward_fake)
     torch.library.register_fake("se_kernels::se_backward")(backward_fake)
+    torch.library.register_fake("se_kernels::se_forward_inplace")(forward_inplace_fake)
     _FORWARD_OPS["cpu"] = _FORWARD_OPS["cuda"] = torch.ops.se_kernels.se_forward.default
 
 if _TRITON_ERROR is None:

@@ -529,12 +529,16 @@ inline int64_t group_size(const Problem& p, int64_t elem_bytes, int64_t streams)
   return std::max<int64_t>(1, std::min<int64_t>(p.N, std::max(by_cache, by_weights)));
 }
 
+// a.y may be a.x (in place): every phase reads an element of x before, or in the same step
+// as, it writes that element of y. In place, y's lines were just read and are in cache:
+// plain stores then beat streaming ones.
 template <typename T>
 void forward_kernel(const Problem& p, const ForwardArgs<T>& a, int64_t squeeze, int64_t act,
                     int64_t gate) {
   using A = acc_t<T>;
   const int64_t G = group_size(p, sizeof(T), a.residual ? 2 : 1);
-  const bool stream = p.N * p.C * p.HW * int64_t(sizeof(T)) >= kStreamMinBytes;
+  const bool in_place = static_cast<const void*>(a.y) == static_cast<const void*>(a.x);
+  const bool stream = !in_place && p.N * p.C * p.HW * int64_t(sizeof(T)) >= kStreamMinBytes;
   std::vector<A> h(G * p.Cr), s(G * p.C);
   for (int64_t n0 = 0; n0 < p.N; n0 += G) {
     const int64_t n1 = std::min(p.N, n0 + G);
@@ -554,14 +558,12 @@ void forward_kernel(const Problem& p, const ForwardArgs<T>& a, int64_t squeeze, 
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cpu(
-    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
-    const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& residual, int64_t squeeze, int64_t act, int64_t gate) {
-  const Problem p = check_forward_args(x, w1, w2, b1, b2, residual, squeeze, act, gate);
-  TORCH_CHECK(x.device().is_cpu(), "se_kernels: se_forward (CPU) got x on ", x.device());
-  at::Tensor y, z, hpre, gpre;
-  std::tie(y, z, hpre, gpre) = empty_forward_outputs(x, p);
+// y into `y` (x itself for se_forward_inplace), the saved vectors into z, hpre, gpre.
+void run_forward(const Problem& p, const at::Tensor& x, const at::Tensor& w1,
+                 const at::Tensor& w2, const c10::optional<at::Tensor>& b1,
+                 const c10::optional<at::Tensor>& b2, const c10::optional<at::Tensor>& residual,
+                 int64_t squeeze, int64_t act, int64_t gate, at::Tensor& y, at::Tensor& z,
+                 at::Tensor& hpre, at::Tensor& gpre) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cpu", [&] {
     using A = acc_t<scalar_t>;
     ForwardArgs<scalar_t> a{x.const_data_ptr<scalar_t>(),
@@ -576,7 +578,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cpu(
                             gpre.mutable_data_ptr<A>()};
     forward_kernel(p, a, squeeze, act, gate);
   });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cpu(
+    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+    const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& b2,
+    const c10::optional<at::Tensor>& residual, int64_t squeeze, int64_t act, int64_t gate) {
+  const Problem p = check_forward_args(x, w1, w2, b1, b2, residual, squeeze, act, gate);
+  TORCH_CHECK(x.device().is_cpu(), "se_kernels: se_forward (CPU) got x on ", x.device());
+  at::Tensor y, z, hpre, gpre;
+  std::tie(y, z, hpre, gpre) = empty_forward_outputs(x, p);
+  run_forward(p, x, w1, w2, b1, b2, residual, squeeze, act, gate, y, z, hpre, gpre);
   return {y, z, hpre, gpre};
+}
+
+void se_forward_inplace_cpu(at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+                            const c10::optional<at::Tensor>& b1,
+                            const c10::optional<at::Tensor>& b2,
+                            const c10::optional<at::Tensor>& residual, int64_t squeeze, int64_t act,
+                            int64_t gate) {
+  const Problem p = check_forward_args(x, w1, w2, b1, b2, residual, squeeze, act, gate);
+  TORCH_CHECK(x.device().is_cpu(), "se_kernels: se_forward_inplace (CPU) got x on ", x.device());
+  // A residual that shares x's memory must be x itself: a shifted view would be read after
+  // the elements it overlaps were overwritten.
+  TORCH_CHECK(!residual || !residual->is_alias_of(x) ||
+                  (residual->data_ptr() == x.data_ptr() && residual->strides() == x.strides()),
+              "se_kernels: se_forward_inplace: residual overlaps x without being x");
+  const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));  // scratch, not returned
+  at::Tensor y = x, z = at::empty({p.N, p.C}, acc), hpre = at::empty({p.N, p.Cr}, acc),
+             gpre = at::empty({p.N, p.C}, acc);
+  run_forward(p, x, w1, w2, b1, b2, residual, squeeze, act, gate, y, z, hpre, gpre);
 }
 
 // ---- backward -----------------------------------------------------------------------------
@@ -801,6 +832,7 @@ se_backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1,
 
 TORCH_LIBRARY_IMPL(se_kernels, CPU, m) {
   m.impl("se_forward", &se_forward_cpu);
+  m.impl("se_forward_inplace", &se_forward_inplace_cpu);
   m.impl("se_backward", &se_backward_cpu);
 }
 

@@ -53,14 +53,16 @@ class SEConfig:
             if value not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
-    def make(self, channels: int) -> nn.Module:
-        """The SE block for ``channels`` channels: ``forward(x, residual=None)``."""
+    def make(self, channels: int, inplace: bool = False) -> nn.Module:
+        """The SE block for ``channels`` channels: ``forward(x, residual=None)``. ``inplace``:
+        the block may overwrite its input when no gradient is needed (``SqueezeExcitation``);
+        only for an input that nothing reads afterwards."""
         if self.squeeze == "none":
             return NoSqueeze(channels, self.reduction, bias=self.bias,
                              activation=self.activation, gate=self.gate)
         return SqueezeExcitation(channels, self.reduction, bias=self.bias, squeeze=self.squeeze,
                                  activation=self.activation, gate=self.gate,
-                                 backend=self.backend)
+                                 backend=self.backend, inplace=inplace)
 
 
 SE_OPTIONS = ("backend", "reduction", "squeeze", "activation", "gate", "bias")

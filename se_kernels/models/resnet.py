@@ -49,7 +49,10 @@ class _Block(nn.Module):
         self.integration = integration
         channels = {"standard": out, "post": out, "identity": out, "pre": inplanes,
                     "3x3": inner}[integration]
-        self.se = se.make(channels) if se is not None else None
+        # "standard": the SE block's input is the branch's last BN output, read by nothing
+        # else, so in inference it may become the block's output (as torchvision's
+        # ``out += identity`` does for the plain block).
+        self.se = se.make(channels, inplace=integration == "standard") if se is not None else None
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -62,7 +65,13 @@ class _Block(nn.Module):
             return se(out, residual=identity)      # relu(out * s + identity), one kernel
         if se is not None and where == "identity":
             return se(identity, residual=out)      # relu(identity * s + out), one kernel
-        out = self.relu(out + identity)
+        # In place, as torchvision's ``out += identity``, unless autograd saved the branch's
+        # output (the in-place ReLU that ends a ``branch_relu`` branch).
+        if getattr(self, "branch_relu", False) or out.dtype != identity.dtype:
+            out = out + identity
+        else:
+            out += identity
+        out = self.relu(out)
         if se is not None and where == "post":
             out = se(out)
         return out
