@@ -92,15 +92,19 @@ def record_excitations(model: nn.Module, *, names: list[str] | None = None,
     handles = []
 
     def hook_for(name):
-        def hook(module, args, kwargs, output):
-            x = args[0] if args else kwargs["x"]
+        # A pre-hook: the gate comes from the input before the block runs, because an
+        # in-place block (SqueezeExcitation(inplace=True) under no_grad) overwrites it.
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs.get("x")
+            if not isinstance(x, torch.Tensor) or x.dim() != 4:
+                return  # bad input: the block's own forward raises its clear error
             s = excitation(module, x)
             record.gates[name].append(s.cpu() if to_cpu else s)
         return hook
 
     try:
         for name, block in blocks.items():
-            handles.append(block.register_forward_hook(hook_for(name), with_kwargs=True))
+            handles.append(block.register_forward_pre_hook(hook_for(name), with_kwargs=True))
         yield record
     finally:
         for h in handles:

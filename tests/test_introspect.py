@@ -87,12 +87,12 @@ def test_records_every_pass_and_only_inside_the_block():
     with record_excitations(model, names=["se_b"]) as rec:
         model(torch.randn(2, 3, 6, 6))
         model(torch.randn(3, 3, 6, 6))
-        assert all(len(b._forward_hooks) == (n == "se_b") for n, b in blocks.items())
+        assert all(len(b._forward_pre_hooks) == (n == "se_b") for n, b in blocks.items())
     model(torch.randn(4, 3, 6, 6))
     assert list(rec.gates) == ["se_b"] and [t.shape[0] for t in rec.gates["se_b"]] == [2, 3]
     assert rec.stacked()["se_b"].shape == (5, 16)
     # Nothing stays attached: outside the block the model runs exactly as before.
-    assert all(len(b._forward_hooks) == 0 for b in blocks.values())
+    assert all(len(b._forward_pre_hooks) == 0 for b in blocks.values())
     rec.clear()
     assert rec.stacked() == {}
     with pytest.raises(KeyError, match="no SE block named"):
@@ -105,7 +105,7 @@ def test_hooks_removed_when_the_forward_raises():
     with pytest.raises(ValueError):
         with record_excitations(model):
             model.se_a(torch.randn(2, 16))  # not 4-D: fused_se raises
-    assert all(len(b._forward_hooks) == 0 for b in se_blocks(model).values())
+    assert all(len(b._forward_pre_hooks) == 0 for b in se_blocks(model).values())
 
 
 @pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -129,6 +129,21 @@ def test_resnet_names_and_stages():
         net(torch.randn(3, 1, 16, 16))
     assert [g.shape for g in rec.stacked().values()] == [
         (3, c) for c in (64, 64, 128, 128, 256, 256, 512, 512)]
+
+
+def test_recording_through_in_place_blocks():
+    """Under no_grad the ResNet blocks' SE runs in place (cpu backend) and overwrites its
+    input: the gates recorded must still be those of the input, as with autograd on."""
+    models = pytest.importorskip("se_kernels.models")
+    torch.manual_seed(0)
+    net = models.se_resnet18(num_classes=10, in_channels=1).eval()
+    x = torch.randn(2, 1, 16, 16)
+    with record_excitations(net) as rec:
+        net(x)  # autograd on: out of place
+    with torch.no_grad(), record_excitations(net) as rec_ng:
+        net(x)
+    for name, g in rec.stacked().items():
+        torch.testing.assert_close(rec_ng.stacked()[name], g, rtol=1e-6, atol=1e-6)
 
 
 def test_class_specificity():
