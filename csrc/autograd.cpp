@@ -1,4 +1,5 @@
-// Autograd of se_kernels::se_forward, for every device (CPU and CUDA kernels alike).
+// Autograd of se_kernels::se_forward, for every device (CPU and CUDA kernels alike), and the
+// autograd/version-counter handling of the inference-only se_forward_inplace.
 //
 // Registered in C++ for the Autograd dispatch key rather than with Python's
 // torch.library.register_autograd: the Python path costs ~40 us per call with grad enabled
@@ -106,10 +107,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_autograd(
   return {out[0], out[1], out[2], out[3]};
 }
 
+// se_forward_inplace below autograd: the kernel, then x's version counter bumped, as the
+// generated ADInplaceOrView kernels of ATen's in-place ops do. (The stock
+// autogradNotImplementedInplaceOrViewFallback bumps only mutated *outputs*; this op returns
+// nothing.) Bumping also refuses an inference tensor outside inference mode.
+using InplaceSig = void(at::Tensor&, const at::Tensor&, const at::Tensor&,
+                        const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                        const std::optional<at::Tensor>&, int64_t, int64_t, int64_t);
+
+void se_forward_inplace_ad_inplace_or_view(at::Tensor& x, const at::Tensor& w1,
+                                           const at::Tensor& w2,
+                                           const std::optional<at::Tensor>& b1,
+                                           const std::optional<at::Tensor>& b2,
+                                           const std::optional<at::Tensor>& residual,
+                                           int64_t squeeze, int64_t act, int64_t gate) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("se_kernels::se_forward_inplace", "")
+                             .typed<InplaceSig>();
+  if (x.defined()) x.unsafeGetTensorImpl()->bump_version();  // before: nothing written yet
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.call(x, w1, w2, b1, b2, residual, squeeze, act, gate);
+}
+
+// Autograd: not differentiable (it overwrites the x that a backward would need), so an
+// input that requires grad while grad mode is on is an error; otherwise on to the kernel
+// through ADInplaceOrView.
+void se_forward_inplace_autograd(at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+                                 const std::optional<at::Tensor>& b1,
+                                 const std::optional<at::Tensor>& b2,
+                                 const std::optional<at::Tensor>& residual, int64_t squeeze,
+                                 int64_t act, int64_t gate) {
+  if (at::GradMode::is_enabled()) {
+    auto needs = [](const at::Tensor& t) { return t.defined() && t.requires_grad(); };
+    auto opt_needs = [&](const std::optional<at::Tensor>& t) { return t && needs(*t); };
+    TORCH_CHECK(!needs(x) && !needs(w1) && !needs(w2) && !opt_needs(b1) && !opt_needs(b2) &&
+                    !opt_needs(residual),
+                "se_kernels: se_forward_inplace is not differentiable (it overwrites x), but an "
+                "input requires grad with grad mode on; use se_forward, or torch.no_grad()");
+  }
+  at::AutoDispatchBelowAutograd guard;
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("se_kernels::se_forward_inplace", "")
+                             .typed<InplaceSig>();
+  op.call(x, w1, w2, b1, b2, residual, squeeze, act, gate);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(se_kernels, Autograd, m) {
   m.impl("se_forward", &se_forward_autograd);
+  // The ADInplaceOrView kernel below bumps x's version counter, so a graph that saved x
+  // raises at backward instead of differentiating the overwritten values.
+  m.impl("se_forward_inplace", &se_forward_inplace_autograd);
+}
+
+TORCH_LIBRARY_IMPL(se_kernels, ADInplaceOrView, m) {
+  m.impl("se_forward_inplace", &se_forward_inplace_ad_inplace_or_view);
 }
 
 }  // namespace se_kernels

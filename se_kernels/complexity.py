@@ -66,7 +66,7 @@ def register_se_formulas() -> list[str]:
     names = sorted(n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
                    if n.startswith("se_kernels::"))
     for name in names:
-        if not name.endswith(("se_forward", "se_backward")):
+        if not name.endswith(("se_forward", "se_forward_inplace", "se_backward")):
             continue
         packet = getattr(torch.ops.se_kernels, name)
         formula = _backward_formula if name.endswith("backward") else _forward_formula

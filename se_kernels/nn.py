@@ -24,7 +24,7 @@ class SqueezeExcitation(nn.Module):
         squeeze, activation, gate, backend: as in ``fused_se``.
         inplace: write the result into the input x whenever no gradient is needed (under
             ``torch.no_grad()``/``inference_mode()``, or with nothing requiring grad) and the
-            backend does so in its kernel (``cpu``), like ``nn.ReLU(inplace=True)``; otherwise
+            backend does so in its kernel (``cpu``, dense x, no autocast), like ``nn.ReLU(inplace=True)``; otherwise
             it computes out of place as usual (copying y into x would cost a pass more than
             it saves). Only for an x that nothing else reads afterwards (a ResNet block's
             branch output).
@@ -36,6 +36,8 @@ class SqueezeExcitation(nn.Module):
     (Cr,), ``fc2_bias`` (C,). ``from_parameters`` builds the module around existing parameters
     (any shape ``fused_se`` accepts, e.g. 1x1-conv weights), sharing them.
     """
+
+    inplace = False  # the default for modules built around __init__ (ConvertedSE, pickles)
 
     def __init__(self, channels: int, reduction: int = 16, *, reduced_channels: int | None = None,
                  bias: bool = True, squeeze: str = "avg", activation: str = "relu",

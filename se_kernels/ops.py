@@ -230,10 +230,12 @@ def fused_se(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, b1: torch.Tens
         residual: like x, or None: fuses the SE-ResNet block tail ``relu(y + residual)``.
         backend: "auto" (cuda > triton on CUDA tensors, cpu > reference on CPU tensors),
             "reference", "cpu", "triton" or "cuda".
-        inplace: write y into x and return x (inference only: an error when autograd would
-            need x). The ``cpu`` backend does this in its kernel, so y needs no new memory
-            (the saving that ``out += identity`` makes in a ResNet); elsewhere, and under
-            autocast, y is computed as usual and copied into x, in x's dtype.
+        inplace: write y into x and return x, for inference: an error if autograd is
+            recording and an input requires grad, and x's version counter is bumped (a graph
+            that saved x raises at backward). The ``cpu`` backend does this in its kernel for
+            a dense x, so y needs no new memory (the saving that ``out += identity`` makes in
+            a ResNet); otherwise (other backends, a strided x, autocast) y is computed as
+            usual and copied into x, in x's dtype.
 
     Returns:
         y, (N, C, H, W) in x's dtype and memory format. Reductions accumulate in float32
@@ -244,6 +246,9 @@ def fused_se(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, b1: torch.Tens
     tensors are left alone), the op runs with autocast off, and y has the autocast dtype.
     Gradients flow back to the original dtypes. Outside autocast, mixed dtypes are an error.
     """
+    if not isinstance(inplace, bool):
+        raise TypeError(f"fused_se: inplace must be a bool, got {type(inplace).__name__} "
+                        f"({inplace!r})")
     if inplace:
         return _fused_se_inplace(x, w1, w2, b1, b2, residual, squeeze, activation, gate, backend)
     amp_dtype = _autocast_dtype(x)
@@ -275,7 +280,7 @@ def _fused_se_inplace(x, w1, w2, b1, b2, residual, squeeze, activation, gate, ba
                  if isinstance(t, torch.Tensor) and t.requires_grad]
         if needs:
             raise RuntimeError(
-                f"fused_se: inplace=True overwrites x, which the backward needs, but "
+                f"fused_se: inplace=True cannot record a backward (it overwrites x), but "
                 f"{', '.join(needs)} require{'s' if len(needs) == 1 else ''} grad; use "
                 f"inplace=False, or run under torch.no_grad() / torch.inference_mode()")
     w1, w2 = _validate(x, w1, w2, b1, b2, residual, squeeze, activation, gate, backend)
@@ -298,10 +303,12 @@ def _fused_se_inplace(x, w1, w2, b1, b2, residual, squeeze, activation, gate, ba
 
 def writes_in_place(x, backend: str = "auto") -> bool:
     """Whether ``fused_se(x, ..., backend=backend, inplace=True)`` writes y into x in its
-    kernel (the ``cpu`` backend), rather than computing y and copying it into x."""
-    if not isinstance(x, torch.Tensor) or backend not in ("auto", "cpu"):
-        return False  # fused_se itself reports a bad backend name
-    return _unavailable_reason("cpu", x.device.type) is None
+    kernel (the ``cpu`` backend, x dense in its layout, no autocast), rather than computing y
+    and copying it into x."""
+    if not isinstance(x, torch.Tensor) or backend not in ("auto", "cpu") or x.dim() != 4:
+        return False  # fused_se itself reports a bad backend name or shape
+    return (_unavailable_reason("cpu", x.device.type) is None and _autocast_dtype(x) is None
+            and x.is_contiguous(memory_format=memory_format_of(x)))
 
 
 def _overlaps_unlike(residual: torch.Tensor | None, x: torch.Tensor) -> bool:
@@ -311,6 +318,8 @@ def _overlaps_unlike(residual: torch.Tensor | None, x: torch.Tensor) -> bool:
     error at run time."""
     if residual is None or residual is x or torch.compiler.is_compiling():
         return False
+    if type(x) is not torch.Tensor or type(residual) is not torch.Tensor:
+        return False  # fake tensors (complexity(), tracing) have no pointers to compare
     if residual.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
         return False
     return residual.data_ptr() != x.data_ptr() or residual.stride() != x.stride()

@@ -80,6 +80,7 @@ def test_convert_model(lib, name, count, act, gate):
         after = model(x)
     assert rel_err(after, before) <= 1e-5, rel_err(after, before)
     assert str(report).startswith(f"se_kernels.convert: replaced {count} SE module(s)")
+    assert "ConvertedSE" in repr(model)  # extra_repr of the replacements
     assert se_kernels.convert(model).se_conversion.replaced == []  # nothing left to do
 
 

@@ -70,8 +70,8 @@ def test_cpu_inplace_every_option(opts, dtype, layout):
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (2, 256, 56, 56, 16), (3, 100, 13, 17, 7),
                                    (1, 2048, 7, 7, 128), (0, 8, 3, 3, 2)], ids=str)
 def test_inplace_shapes_and_layouts(backend, layout, shape):
-    """Large slabs (the kernel's multi-chunk, streaming-size paths), odd sizes, N = 0, and the
-    strided view (copied back through the view)."""
+    """Large slabs (several sample groups and reverse-order chunks), odd sizes, N = 0, and
+    the strided view (copied back through the view)."""
     _check_inplace(backend, _inputs(("avg", "relu", "sigmoid", True, True), torch.float32,
                                     layout, shape), "avg", "relu", "sigmoid")
 
@@ -108,7 +108,7 @@ def test_inplace_residual_overlapping_x(backend):
 def test_inplace_refuses_autograd(backend):
     inp = make_inputs(2, 8, 3, 3, 2, bias=True, requires_grad=True)
     before = inp.x.detach().clone()
-    with pytest.raises(RuntimeError, match=r"inplace=True overwrites x.*x, w1, w2, b1, b2 "
+    with pytest.raises(RuntimeError, match=r"inplace=True cannot record a backward.*x, w1, w2, b1, b2 "
                                            r"require grad"):
         se_kernels.fused_se(*inp.args(), backend=backend, inplace=True)
     assert torch.equal(inp.x.detach(), before)
@@ -123,6 +123,8 @@ def test_inplace_refuses_autograd(backend):
 def test_inplace_bad_input_leaves_x_alone(backend):
     x = torch.randn(2, 8, 3, 3)
     before = x.clone()
+    with pytest.raises(TypeError, match=r"inplace must be a bool, got str \('yes'\)"):
+        se_kernels.fused_se(x, torch.randn(2, 8), torch.randn(8, 2), inplace="yes")
     with torch.no_grad(), pytest.raises(ValueError, match="w1"):
         se_kernels.fused_se(x, torch.randn(2, 7), torch.randn(8, 2), backend=backend,
                             inplace=True)
@@ -154,15 +156,65 @@ def test_opcheck_se_forward_inplace():
 
 @needs_cpu
 def test_inplace_compile_fullgraph():
+    """Compiled, on an intermediate and on a graph input (which must be updated)."""
     def f(x, w1, w2, r):
         return se_kernels.fused_se(x * 2, w1, w2, residual=r, backend="cpu", inplace=True)
+
+    def g(x, w1, w2):
+        se_kernels.fused_se(x, w1, w2, backend="cpu", inplace=True)
+        return x + 1
 
     inp = make_inputs(2, 16, 5, 5, 4, residual=True)
     torch._dynamo.reset()
     with torch.no_grad():
         out = torch.compile(f, fullgraph=True)(inp.x, inp.w1, inp.w2, inp.residual)
         expected = se_kernels.fused_se(inp.x * 2, inp.w1, inp.w2, residual=inp.residual)
-    torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(out, expected)
+        x = inp.x.clone()
+        out = torch.compile(g, fullgraph=True)(x, inp.w1, inp.w2)
+        y = se_kernels.fused_se(inp.x, inp.w1, inp.w2)
+    torch.testing.assert_close(x, y)
+    torch.testing.assert_close(out, y + 1)
+
+
+@needs_cpu
+def test_inplace_bumps_the_version_of_x():
+    """A graph that saved x (here w * x) raises at backward after x was overwritten, instead
+    of differentiating the new values."""
+    x = torch.randn(2, 8, 3, 3)
+    w = torch.randn(2, 8, 3, 3, requires_grad=True)
+    p = (w * x).sum()
+    version = x._version
+    se_kernels.fused_se(x, torch.randn(2, 8), torch.randn(8, 2), backend="cpu", inplace=True)
+    assert x._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        p.backward()
+
+
+@needs_cpu
+def test_inplace_op_refuses_hazards_itself():
+    """torch.ops.se_kernels.se_forward_inplace called directly (no fused_se checks): a leaf
+    that requires grad, and a residual overlapping x without being x, are errors."""
+    op = torch.ops.se_kernels.se_forward_inplace
+    w1, w2 = torch.randn(2, 8), torch.randn(8, 2)
+    leaf = torch.randn(2, 8, 3, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="se_forward_inplace is not differentiable"):
+        op(leaf, w1, w2, None, None, None, 0, 0, 0)
+    base = torch.randn(2 * 8 * 9 + 8)
+    x, residual = base[:144].view(2, 8, 3, 3), base[8:152].view(2, 8, 3, 3)
+    before = base.clone()
+    with pytest.raises(RuntimeError, match="residual overlaps x without being x"):
+        op(x, w1, w2, None, None, residual, 0, 0, 0)
+    assert torch.equal(base, before)
+
+
+def test_inplace_on_an_inference_tensor_outside_inference_mode():
+    with torch.inference_mode():
+        x = torch.randn(2, 8, 3, 3)
+    for backend in CPU_BACKENDS:
+        with pytest.raises(RuntimeError, match="[Ii]nference tensor"):
+            se_kernels.fused_se(x, torch.randn(2, 8), torch.randn(8, 2), backend=backend,
+                                inplace=True)
 
 
 @needs_cpu
@@ -189,6 +241,29 @@ def test_module_inplace_only_without_autograd():
         out = se(x2, r)
     assert out is x2
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_modules_built_around_init_are_not_in_place():
+    """ConvertedSE and old pickles never ran __init__'s ``inplace``: the class default."""
+    se = se_kernels.SqueezeExcitation(8, reduction=4)
+    del se.__dict__["inplace"]
+    assert se.inplace is False and "inplace" not in repr(se)
+    with torch.no_grad():
+        x = torch.randn(1, 8, 2, 2)
+        assert se(x) is not x
+
+
+@needs_cpu
+def test_module_stays_out_of_place_under_autocast():
+    """Under autocast the in-place op would copy into x's dtype: the module keeps the
+    autocast dtype whatever the grad mode."""
+    se = se_kernels.SqueezeExcitation(8, reduction=4, backend="cpu", inplace=True)
+    x = torch.randn(2, 8, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not se_kernels.ops.writes_in_place(x, "cpu")
+        with torch.no_grad():
+            out = se(x)
+    assert out.dtype == torch.bfloat16 and out is not x
 
 
 def test_module_inplace_only_where_the_kernel_writes_in_place():
