@@ -22,12 +22,12 @@ class SqueezeExcitation(nn.Module):
         reduced_channels: Cr, overriding ``reduction``.
         bias: whether the two FC layers have biases.
         squeeze, activation, gate, backend: as in ``fused_se``.
-        inplace: write the result into the input x whenever no gradient is needed (under
-            ``torch.no_grad()``/``inference_mode()``, or with nothing requiring grad) and the
-            backend does so in its kernel (``cpu``, dense x, no autocast), like ``nn.ReLU(inplace=True)``; otherwise
-            it computes out of place as usual (copying y into x would cost a pass more than
-            it saves). Only for an x that nothing else reads afterwards (a ResNet block's
-            branch output).
+        inplace: write the result into the input x, like ``nn.ReLU(inplace=True)``,
+            whenever no gradient is needed (under ``torch.no_grad()``/``inference_mode()``,
+            or with nothing requiring grad) and the backend does so in its kernel (``cpu``,
+            dense x, no autocast); otherwise it computes out of place as usual (copying y into
+            x would cost a pass more than it saves). Only for an x that nothing else reads
+            afterwards (a ResNet block's branch output).
 
     ``forward(x, residual=None)``: x is (N, C, H, W); with ``residual`` the block computes the
     SE-ResNet tail ``relu(se(x) + residual)`` in the same kernel.
