@@ -108,8 +108,8 @@ def test_inplace_residual_overlapping_x(backend):
 def test_inplace_refuses_autograd(backend):
     inp = make_inputs(2, 8, 3, 3, 2, bias=True, requires_grad=True)
     before = inp.x.detach().clone()
-    with pytest.raises(RuntimeError, match=r"inplace=True cannot record a backward.*x, w1, w2, b1, b2 "
-                                           r"require grad"):
+    with pytest.raises(RuntimeError, match=r"inplace=True cannot record a backward.*"
+                                           r"x, w1, w2, b1, b2 require grad"):
         se_kernels.fused_se(*inp.args(), backend=backend, inplace=True)
     assert torch.equal(inp.x.detach(), before)
     w1 = inp.w1.detach().requires_grad_(True)
