@@ -502,3 +502,42 @@ def test_all_nan_and_all_inf_slabs(backend, device, dtype):
             y_ref = se_kernels.fused_se(x, w1, w2, squeeze=squeeze, backend="reference")
             check_forward_specials(y.double().cpu(), y_ref.double().cpu())
             assert torch.isfinite(y[1]).all()
+
+
+@pytest.mark.skipif("cpu" not in se_kernels.available_backends(),
+                    reason=f"the cpu backend is not built: {se_kernels.EXTENSION_LOAD_ERROR}")
+def test_fuzz_inplace_equals_out_of_place():
+    """fused_se(inplace=True) under no_grad, on every drawn case (any layout, value regime and
+    residual view; expanded x is refused, as any in-place write to it): x afterwards is
+    bitwise the out-of-place y, NaN where it has NaN; the other inputs are untouched."""
+
+    @settings()
+    @given(case=cases())
+    def prop(case):
+        m = materialise(case)
+        n, c, h, w = case.n, case.c, case.h, case.w
+        leaves = {k: _make_base(v.to(case.dtype), {"x": case.x_layout,
+                                                   "residual": case.residual_layout}.get(k, ""))
+                  for k, v in m.leaves.items()}
+        x = _view(leaves["x"], case.x_layout, n, c, h, w)
+        r = leaves.get("residual")
+        if r is not None:
+            r = _view(r, case.residual_layout, n, c, h, w)
+        args = (_weight(leaves["w1"], case.weight_form), _weight(leaves["w2"], case.weight_form),
+                leaves.get("b1"), leaves.get("b2"))
+        opts = dict(residual=r, squeeze=case.squeeze, activation=case.activation,
+                    gate=case.gate, backend="cpu")
+        with torch.no_grad():
+            y = se_kernels.fused_se(x, *args, **opts)
+            others = [t.clone() for t in (*args, r) if t is not None]
+            if x.numel() and any(st_ == 0 and d > 1 for st_, d in zip(x.stride(), x.shape)):
+                with pytest.raises(RuntimeError, match="single memory location"):
+                    se_kernels.fused_se(x, *args, **opts, inplace=True)
+                return
+            out = se_kernels.fused_se(x, *args, **opts, inplace=True)
+        assert out is x
+        torch.testing.assert_close(out, y, rtol=0, atol=0, equal_nan=True)
+        for before, t in zip(others, (t for t in (*args, r) if t is not None)):
+            torch.testing.assert_close(t, before, rtol=0, atol=0, equal_nan=True)
+
+    prop()
