@@ -107,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_autograd(
   return {out[0], out[1], out[2], out[3]};
 }
 
-// se_forward_inplace below autograd: the kernel, then x's version counter bumped, as the
+// se_forward_inplace below autograd: x's version counter bumped, then the kernel, as the
 // generated ADInplaceOrView kernels of ATen's in-place ops do. (The stock
 // autogradNotImplementedInplaceOrViewFallback bumps only mutated *outputs*; this op returns
 // nothing.) Bumping also refuses an inference tensor outside inference mode.
@@ -115,18 +115,22 @@ using InplaceSig = void(at::Tensor&, const at::Tensor&, const at::Tensor&,
                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                         const std::optional<at::Tensor>&, int64_t, int64_t, int64_t);
 
+const c10::TypedOperatorHandle<InplaceSig>& inplace_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("se_kernels::se_forward_inplace", "")
+                             .typed<InplaceSig>();
+  return op;
+}
+
 void se_forward_inplace_ad_inplace_or_view(at::Tensor& x, const at::Tensor& w1,
                                            const at::Tensor& w2,
                                            const std::optional<at::Tensor>& b1,
                                            const std::optional<at::Tensor>& b2,
                                            const std::optional<at::Tensor>& residual,
                                            int64_t squeeze, int64_t act, int64_t gate) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("se_kernels::se_forward_inplace", "")
-                             .typed<InplaceSig>();
   if (x.defined()) x.unsafeGetTensorImpl()->bump_version();  // before: nothing written yet
   at::AutoDispatchBelowADInplaceOrView guard;
-  op.call(x, w1, w2, b1, b2, residual, squeeze, act, gate);
+  inplace_op().call(x, w1, w2, b1, b2, residual, squeeze, act, gate);
 }
 
 // Autograd: not differentiable (it overwrites the x that a backward would need), so an
@@ -146,10 +150,7 @@ void se_forward_inplace_autograd(at::Tensor& x, const at::Tensor& w1, const at::
                 "input requires grad with grad mode on; use se_forward, or torch.no_grad()");
   }
   at::AutoDispatchBelowAutograd guard;
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("se_kernels::se_forward_inplace", "")
-                             .typed<InplaceSig>();
-  op.call(x, w1, w2, b1, b2, residual, squeeze, act, gate);
+  inplace_op().call(x, w1, w2, b1, b2, residual, squeeze, act, gate);
 }
 
 }  // namespace

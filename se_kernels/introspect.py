@@ -161,6 +161,18 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out: str | Path, title: str | None) -> Path:
+    """Titles, lays out and writes a figure as a PNG (making its folder); returns its path."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_class_means(gates: dict[str, torch.Tensor], labels: torch.Tensor, out: str | Path, *,
                      blocks: list[str] | None = None, classes: list[int] | None = None,
                      class_names: dict[int, str] | None = None, channels: int = 50,
@@ -187,14 +199,7 @@ def plot_class_means(gates: dict[str, torch.Tensor], labels: torch.Tensor, out: 
         ax.set_ylim(-0.02 if g.min() >= 0 else None, 1.02 if g.max() <= 1 else None)
     axes[0][0].set_ylabel("mean activation")
     axes[0][-1].legend(fontsize=7, ncol=2, loc="best")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out, title)
 
 
 def plot_instance_spread(gates: dict[str, torch.Tensor], labels: torch.Tensor,
@@ -227,11 +232,4 @@ def plot_instance_spread(gates: dict[str, torch.Tensor], labels: torch.Tensor,
     for row in axes:
         row[0].set_ylabel("activation (mean \u00b1 std)")
     axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out, title)

@@ -284,12 +284,9 @@ def _fused_se_inplace(x, w1, w2, b1, b2, residual, squeeze, activation, gate, ba
                 f"{', '.join(needs)} require{'s' if len(needs) == 1 else ''} grad; use "
                 f"inplace=False, or run under torch.no_grad() / torch.inference_mode()")
     w1, w2 = _validate(x, w1, w2, b1, b2, residual, squeeze, activation, gate, backend)
-    name = _select_backend(backend, x.device.type)
-    fmt = memory_format_of(x)
     if residual is not None:
-        residual = residual.contiguous(memory_format=fmt)
-    direct = (name == "cpu" and _autocast_dtype(x) is None
-              and x.is_contiguous(memory_format=fmt) and not _overlaps_unlike(residual, x))
+        residual = residual.contiguous(memory_format=memory_format_of(x))
+    direct = writes_in_place(x, backend) and not _overlaps_unlike(residual, x)
     if not direct:  # y from the unmodified inputs first, then into x
         y = fused_se(x, w1, w2, b1, b2, residual=residual, squeeze=squeeze,
                      activation=activation, gate=gate, backend=backend)
