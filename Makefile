@@ -26,12 +26,14 @@ PY := $(VENV)/bin/python
 ENV_STAMP := $(VENV)/.se_kernels-env
 endif
 
-.PHONY: help env build test test-fast bench gpu-check cmake-check clean
+.PHONY: help env build test test-fast bench gpu-check gpu-check-more gpu-check-dry cmake-check clean
 
 help:
 	@echo "make bench      the main job: benchmark the fused SE block (CPU table by default)"
 	@echo "make test       create the environment if needed, build, run the test suite"
-	@echo "make gpu-check  on a GPU machine: build, all tests, benchmarks; logs/JSON to \$$OUT"
+	@echo "make gpu-check  on a GPU machine, <= 480 s: build, smoke tests, stress, timed probe; to \$$OUT"
+	@echo "make gpu-check-more  the second GPU call: rest of the suite, compute-sanitizer, > 2^31"
+	@echo "make gpu-check-dry   the plans of both, checked without a GPU (node counts, budgets)"
 	@echo "make cmake-check  build the same sources with CMake and run ctest"
 	@echo "variables: PYTHON=python3 (use that interpreter, no venv), TORCH_SPEC, OUT"
 
@@ -59,8 +61,19 @@ test: build
 bench: build
 	$(PY) -m se_kernels bench --output $(OUT)/bench
 
+# On the GPU machines: their preinstalled python3 and torch unless PYTHON says otherwise
+# (no .venv is made there: nothing can be downloaded).
+GPU_PY := $(if $(PYTHON),$(PYTHON),python3)
 gpu-check:
-	tools/gpu_check.sh
+	PYTHON=$(GPU_PY) tools/gpu_check.sh first
+
+gpu-check-more:
+	PYTHON=$(GPU_PY) tools/gpu_check.sh more
+
+# CI: both plans' selections are non-empty and their limits add up to <= 480 s.
+gpu-check-dry: $(ENV_STAMP)
+	PYTHON=$(PY) tools/gpu_check.sh --dry-run first
+	PYTHON=$(PY) tools/gpu_check.sh --dry-run more
 
 cmake-check: $(ENV_STAMP)
 	tools/cmake_check.sh $(PY)

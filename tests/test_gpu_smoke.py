@@ -24,6 +24,7 @@ hands its cached GPU memory back to the driver when it ends.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import zlib
 
@@ -244,3 +245,26 @@ def test_smoke_cuda_graph_replay(backend):
         for name, a, b in zip(["y", "dx", "dw1", "dw2", "db1", "db2", "dres"], outs, want):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5,
                                        msg=lambda m, name=name: f"replay {seed}, {name}: {m}")
+
+
+def triton_compile_cases():
+    """The Triton launches of this selection, of tests/test_stress.py and of
+    tools/gpu_probe.py, as tools/compile_triton_kernels.py's cases (``--set first``), so that
+    the first GPU call compiles exactly these, in parallel, before pytest starts."""
+    for backend, path, stage, n, layout, dt, squeeze, res in (p.values for p in _cases()):
+        if backend != "triton":
+            continue
+        c, hw, cr = STAGES[stage]
+        forced = ({} if path == "auto" else {"split": False} if path == "fused" else
+                  {"split": True, "chunk": max(16, c // 4)})
+        yield (n, c, hw, hw, cr, dt, layout == "nhwc",
+               ({"avg": 0, "max": 1}[squeeze], 0, 0, True, res), forced)
+    # the stress test and the probe: bf16, N = 256 (and 1), the heuristic's own plans
+    for (c, hw, cr), n, cl in itertools.product(STAGES.values(), (1, 256), (False, True)):
+        yield (n, c, hw, hw, cr, "bf16", cl, (0, 0, 0, True, True), {})
+    # opcheck, compile and graph tests
+    for cl in (False, True):
+        yield (2, 16, 3, 5, 4, "fp32", cl, (0, 1, 0, True, True), {})
+    yield (2, 6, 3, 5, 2, "fp32", False, (0, 1, 0, True, True), {})
+    yield (4, 64, 14, 14, 16, "fp32", True, (0, 0, 0, True, True), {})
+    yield (8, 256, 14, 14, 16, "fp32", False, (0, 0, 0, True, True), {})

@@ -180,6 +180,7 @@ def test_chunked_check_small(backend, device):
 
 
 @requires_cuda
+@pytest.mark.huge
 @pytest.mark.parametrize("backend", [b for b in se_kernels.available_backends()
                                      if b != "reference"] or ["none"])
 @pytest.mark.parametrize("case", ["samples_total", "one_channel"])

@@ -2,7 +2,8 @@
 """Compile every Triton kernel variant the launch heuristic produces, for a GPU target,
 without a GPU: the checks the interpreter (TRITON_INTERPRET=1) cannot make.
 
-    python tools/compile_triton_kernels.py [--arch 90 80] [--set smoke|plans|tests|all] [--quick]
+    python tools/compile_triton_kernels.py [--arch 90 80] [--set smoke|plans|tests|all|first]
+                                           [--quick]
                                            [--json FILE] [--jobs N]
 
 For each case (shape, dtype, layout, options, plan) the real launch code of
@@ -235,7 +236,9 @@ def test_cases():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
-    ap.add_argument("--set", choices=("smoke", "plans", "tests", "all"), default="plans")
+    ap.add_argument("--set", choices=("smoke", "plans", "tests", "all", "first"),
+                    default="plans", help="first: the launches of the first GPU call's smoke and "
+                    "stress selections and probe (tests/test_gpu_smoke.py)")
     ap.add_argument("--quick", action="store_true", help="bf16/fp32 and N in {1, 256} only")
     ap.add_argument("--json", help="write every result to this file")
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1))
@@ -247,6 +250,9 @@ def main():
     jobs, seen, cases_by_variant = [], {}, {}
     for arch in a.arch:
         cases = list(smoke_cases()) if a.set == "smoke" else []
+        if a.set == "first":
+            import test_gpu_smoke
+            cases = list(test_gpu_smoke.triton_compile_cases())
         if a.set in ("plans", "all"):
             cases += list(plan_cases(a.quick))
         if a.set in ("tests", "all"):
