@@ -158,3 +158,49 @@ def test_dry_run_end_to_end(tmp_path):
     assert [(r["impl"], r["stage"], r["N"], r["layout"], r["direction"]) for r in hit] == [
         ("triton", "conv5_x", 256, "nchw", "fwd")]
     assert any("cuda.json: missing" in p for p in doc["prediction_problems"])
+
+
+def test_compile_rows_put_n256_nhwc_first():
+    rows = sorted(probe.plan(("compile",)), key=probe.compile_order)
+    assert all((r.N, r.layout) == (256, "nhwc") for r in rows[:8])
+    assert rows[-1].N == 1
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_op_maker_and_headline_run_on_cpu(monkeypatch):
+    """The GPU-side code paths on CPU tensors (tiny shapes, a wall-clock timer): the eager
+    rows' forward and retained-graph backward, the fused rows skipped for want of their
+    backend, and the headline's round-robin steps with the ratios."""
+    import time
+
+    import torch
+
+    import se_kernels
+
+    monkeypatch.setitem(probe.STAGES, "conv2_x", (8, 4, 2))
+    rows = [r for r in probe.plan(("cuda", "eager")) if r.stage == "conv2_x" and r.N == 1]
+    maker = probe.OpMaker(torch, se_kernels, device="cpu")
+
+    def timer(fn):
+        out = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return out
+
+    probe.run_rows(rows, maker, timer, probe.Budget(60.0))
+    by = {(r.impl, r.layout, r.direction): r for r in rows}
+    assert {r.status for r in rows if r.impl == "eager"} == {"ok"}, [r.error for r in rows]
+    assert {r.status for r in rows if r.impl == "cuda"} == {"skipped"}
+    assert "retained graph" in by[("eager", "nhwc", "bwd")].method
+
+    # no fused backend (the Triton interpreter would take minutes), one step of each
+    hl, skipped = probe.headline(torch, se_kernels, 0.0, device="cpu", n_infer=1, n_train=2,
+                                 image=32, backends=[], warmup=1, min_steps=1)
+    modes = {(r["model"], r["se"], r["mode"]) for r in hl}
+    assert modes == {(m, se, mode) for m, se in (("resnet50", "none"),
+                                                   ("se_resnet50", "reference"))
+                     for mode in ("inference", "train")}
+    assert all(r["steps"] >= 1 and "ratio_vs_resnet50" in r for r in hl)
+    assert any("fused:cuda" in s for s in skipped)

@@ -239,6 +239,10 @@ def run_rows(rows: list[OpRow], make: Callable[[OpRow], Callable[[], object]],
     grade(rows)
 
 
+def compile_order(r: OpRow):
+    return (-r.N, r.layout != "nhwc", list(STAGES).index(r.stage), r.direction)
+
+
 class Skip(Exception):
     pass
 
@@ -365,10 +369,10 @@ def eager_se(torch):
 
 
 class OpMaker:
-    """Builds the timed call of one op row on the GPU."""
+    """Builds the timed call of one op row on the GPU (``device``: "cpu" in the tests)."""
 
-    def __init__(self, torch, se_kernels):
-        self.torch, self.se = torch, se_kernels
+    def __init__(self, torch, se_kernels, device="cuda"):
+        self.torch, self.se, self.dev = torch, se_kernels, device
         self.EagerSE = eager_se(torch)
         self.backends = se_kernels.available_backends()
         self.compiled: dict = {}
@@ -380,12 +384,13 @@ class OpMaker:
         c, hw, cr = STAGES[r.stage]
         fmt = torch.channels_last if r.layout == "nhwc" else torch.contiguous_format
         dt = torch.bfloat16
-        g = torch.Generator(device="cuda").manual_seed(r.N * 7919 + c)
-        x = torch.randn(r.N, c, hw, hw, device="cuda", generator=g).to(dt).contiguous(
+        dev = self.dev
+        g = torch.Generator(device=dev).manual_seed(r.N * 7919 + c)
+        x = torch.randn(r.N, c, hw, hw, device=dev, generator=g).to(dt).contiguous(
             memory_format=fmt)
-        res = torch.randn(x.shape, device="cuda", generator=g).to(dt).contiguous(
+        res = torch.randn(x.shape, device=dev, generator=g).to(dt).contiguous(
             memory_format=fmt)
-        mod = self.EagerSE(c, cr).to(device="cuda", dtype=dt)
+        mod = self.EagerSE(c, cr).to(device=dev, dtype=dt)
         w1, w2 = mod.fc1.weight.detach(), mod.fc2.weight.detach()
         b1, b2 = mod.fc1.bias.detach(), mod.fc2.bias.detach()
         bwd = r.direction == "bwd"
@@ -411,7 +416,7 @@ class OpMaker:
                     return fwd()
             call()
             return call
-        dy = torch.randn(x.shape, device="cuda", generator=g).to(dt).contiguous(
+        dy = torch.randn(x.shape, device=dev, generator=g).to(dt).contiguous(
             memory_format=fmt)
         y = fwd()
         try:
@@ -424,35 +429,46 @@ class OpMaker:
             return lambda: torch.autograd.grad(fwd(), leaves, dy)
 
 
-def headline(torch, se_kernels, timer_budget: float) -> tuple[list[dict], list[str]]:
-    """ResNet-50 vs SE-ResNet-50 (reference, fused per backend); rows and skipped notes."""
+def headline(torch, se_kernels, timer_budget: float, *, device="cuda", n_infer=256,
+             n_train=128, image=224, backends=None, warmup=3, min_steps=3
+             ) -> tuple[list[dict], list[str]]:
+    """ResNet-50 vs SE-ResNet-50 (reference, fused per backend); rows and skipped notes.
+    (device, sizes, backends and step counts are parameters for the CPU test.)"""
+    if backends is None:
+        backends = se_kernels.available_backends()
     F = torch.nn.functional
     models = se_kernels.models
     variants = [("resnet50", "none", lambda: models.resnet50()),
                 ("se_resnet50", "reference", lambda: models.se_resnet50(backend="reference"))]
     for b in FUSED:
-        if b in se_kernels.available_backends():
+        if b in backends:
             variants.append(("se_resnet50", f"fused:{b}",
                              lambda b=b: models.se_resnet50(backend=b)))
     skipped = [f"se_resnet50 fused:{b}: backend not available" for b in FUSED
-               if b not in se_kernels.available_backends()]
+               if b not in backends]
     torch.backends.cudnn.benchmark = True
     rows: list[dict] = []
     t_end = time.monotonic() + timer_budget
-    for mode, n, share in (("inference", 256, 0.4), ("train", 128, 1.0)):
+    cuda = device == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    for mode, n, share in (("inference", n_infer, 0.4), ("train", n_train, 1.0)):
         built = []
         for name, se, ctor in variants:
             try:
                 torch.manual_seed(0)
-                m = ctor().to(device="cuda", dtype=torch.bfloat16,
+                m = ctor().to(device=device, dtype=torch.bfloat16,
                               memory_format=torch.channels_last)
                 built.append((name, se, m))
             except Exception as e:  # noqa: BLE001
                 skipped.append(f"{name} ({se}): {type(e).__name__}: {e}"[:300])
-        g = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.randn(n, 3, 224, 224, device="cuda", generator=g).to(torch.bfloat16)
+        g = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(n, 3, image, image, device=device, generator=g).to(torch.bfloat16)
         x = x.contiguous(memory_format=torch.channels_last)
-        target = torch.randint(0, 1000, (n,), device="cuda", generator=g)
+        target = torch.randint(0, 1000, (n,), device=device, generator=g)
         steps = []
         for name, se, m in built:
             if mode == "inference":
@@ -471,30 +487,37 @@ def headline(torch, se_kernels, timer_budget: float) -> tuple[list[dict], list[s
                     loss.backward()
                     opt.step()
             try:
-                for _ in range(3):  # cudnn.benchmark's search, allocator, momentum buffers
+                for _ in range(warmup):  # cudnn.benchmark's search, allocator, momentum
                     step()
-                torch.cuda.synchronize()
+                sync()
                 steps.append((name, se, step))
             except Exception as e:  # noqa: BLE001
                 skipped.append(f"{name} ({se}) {mode}: {type(e).__name__}: {e}"[:300])
-                torch.cuda.synchronize()
+                sync()
         times: list[list[float]] = [[] for _ in steps]
         mode_end = time.monotonic() + max(0.0, (t_end - time.monotonic()) * share)
-        while steps and (time.monotonic() < mode_end or len(times[0]) < 3):
+        while steps and (time.monotonic() < mode_end or len(times[0]) < min_steps):
             for i, (_, _, step) in enumerate(steps):  # round-robin: drift hits all alike
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                step()
-                e.record()
-                e.synchronize()
-                times[i].append(s.elapsed_time(e))
+                if cuda:
+                    s, e = (torch.cuda.Event(enable_timing=True),
+                            torch.cuda.Event(enable_timing=True))
+                    s.record()
+                    step()
+                    e.record()
+                    e.synchronize()
+                    times[i].append(s.elapsed_time(e))
+                else:
+                    t0 = time.perf_counter()
+                    step()
+                    times[i].append((time.perf_counter() - t0) * 1e3)
         for (name, se, _), ts in zip(steps, times):
             med, iqr = summarize(ts)
-            rows.append(dict(model=name, se=se, mode=mode, N=n, dtype="bf16",
+            rows.append(dict(model=name, se=se, mode=mode, N=n, dtype="bf16", image=image,
                              layout="channels_last", median_ms=med, iqr_ms=iqr, steps=len(ts),
                              images_per_s=n / med * 1e3))
         del built, steps, x
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     headline_ratios(rows)
     return rows, skipped
 
@@ -596,9 +619,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.status:<12}{_fmt(r.measured_us):>9} us  floor {_fmt(r.floor_us)}"
               f"{'  ' + r.error[:120] if r.error else ''}", flush=True)
 
-    def section(impls, reserve):
-        run_rows([r for r in rows if r.impl in impls], maker, timer, budget, reserve=reserve,
-                 on_row=progress)
+    def section(impls, reserve, order=None):
+        todo = [r for r in rows if r.impl in impls]
+        run_rows(sorted(todo, key=order) if order else todo, maker, timer, budget,
+                 reserve=reserve, on_row=progress)
         torch.cuda.empty_cache()
         doc["ops"] = [asdict(r) for r in rows]
         write_json(a.json, doc)
@@ -617,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['median_ms']:8.2f} ms  x{r.get('ratio_vs_resnet50', float('nan')):.3f}"
               f" of ResNet-50", flush=True)
     if not a.no_compile:
-        section(("compile",), reserve=3)
+        # each shape compiles (seconds): N = 256 and NHWC first, the rows that matter most
+        section(("compile",), reserve=3, order=compile_order)
     try:
         doc["copy_bandwidth_end_Bps"] = copy_bandwidth(torch, timer)
     except Exception as e:  # noqa: BLE001
