@@ -259,8 +259,9 @@ def triton_compile_cases():
                   {"split": True, "chunk": max(16, c // 4)})
         yield (n, c, hw, hw, cr, dt, layout == "nhwc",
                ({"avg": 0, "max": 1}[squeeze], 0, 0, True, res), forced)
-    # the stress test and the probe: bf16, N = 256 (and 1), the heuristic's own plans
-    for (c, hw, cr), n, cl in itertools.product(STAGES.values(), (1, 256), (False, True)):
+    # the stress test and the probe: bf16, N = 256 (and 1; 128: the headline's training
+    # step), the heuristic's own plans
+    for (c, hw, cr), n, cl in itertools.product(STAGES.values(), (1, 128, 256), (False, True)):
         yield (n, c, hw, hw, cr, "bf16", cl, (0, 0, 0, True, True), {})
     # opcheck, compile and graph tests
     for cl in (False, True):

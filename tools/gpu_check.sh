@@ -153,8 +153,8 @@ pytest_tail() {  # the pytest result line of a log
   grep -E "[0-9]+ (passed|failed|skipped|error)|no tests ran" "$1" | tail -n 1 | sed 's/=//g; s/^ *//'
 }
 
-pytest_verdict() {  # pytest_verdict NAME LOG: a pytest step's line; a run where nothing
-  local name=$1 log=$2 res rc=$STEP_RC    # passed, or where GPU tests skipped, is no PASS
+pytest_verdict() {  # pytest_verdict NAME LOG [NOTE]: a pytest step's line; a run where
+  local name=$1 log=$2 res rc=$STEP_RC    # nothing passed is no PASS
   res=$(pytest_tail "$log")
   if [[ $rc -eq 0 ]]; then
     if ! grep -qE "[0-9]+ passed" <<<"$res"; then
@@ -163,13 +163,17 @@ pytest_verdict() {  # pytest_verdict NAME LOG: a pytest step's line; a run where
       res+="  (skips: see the SKIPPED lines of $name.log)"
     fi
   fi
-  verdict "$name" "$rc" "$STEP_S" "${LIMIT[$name]}" "${res:-no pytest summary: see $name.log}"
+  verdict "$name" "$rc" "$STEP_S" "${LIMIT[$name]}" "${res:-no pytest summary: see $name.log}${3:+; $3}"
 }
 
 # xdist and per-test timeouts, where the plugins are installed
-XDIST=() TIMEOUT=()
+XDIST=() TIMEOUT=() T45=() T60=() T120=()
 "$PY" -c 'import xdist' 2>/dev/null && XDIST=(-n "$WORKERS" --dist loadgroup)
-"$PY" -c 'import pytest_timeout' 2>/dev/null && TIMEOUT=(--timeout 60 --timeout-method thread)
+if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
+  TIMEOUT=(--timeout 60 --timeout-method thread)
+  T45=(--timeout 45 --timeout-method thread) T60=("${TIMEOUT[@]}")
+  T120=(--timeout 120 --timeout-method thread)
+fi
 
 {
   echo "== gpu_check $PLAN $(date -u +%Y-%m-%dT%H:%M:%SZ) steps: ${STEPS[*]} (limits $total s)"
@@ -207,11 +211,10 @@ for s in "${STEPS[@]}"; do
         timeout 45 $PY tools/compile_triton_kernels.py --set first --arch $cc --jobs $JOBS | tail -n 5
         echo \"== triton-jit rc=\${PIPESTATUS[0]} (a failure here only costs pytest the compile time)\"
         exec ${PYTEST[*]} -x ${XDIST[*]} ${TIMEOUT[*]} ${SMOKE_SEL[*]}"
-      pytest_verdict smoke "$log"
+      pytest_verdict smoke "$log" "$(grep -m1 -oE "triton-jit rc=[0-9]+" "$log")"
       ;;
     stress)
-      step stress "$log" "${PYTEST[@]}" -p no:xdist --timeout 45 --timeout-method thread \
-        "${STRESS_SEL[@]}"
+      step stress "$log" "${PYTEST[@]}" -p no:xdist "${T45[@]}" "${STRESS_SEL[@]}"
       pytest_verdict stress "$log"
       ;;
     probe)
@@ -220,8 +223,7 @@ for s in "${STEPS[@]}"; do
       verdict probe "$STEP_RC" "$STEP_S" "${LIMIT[probe]}" "$(grep -E "^gpu_probe:" "$log" | tail -n 1) (probe.json)"
       ;;
     rest)
-      step rest "$log" "${PYTEST[@]}" "${XDIST[@]}" --timeout 120 --timeout-method thread \
-        "${REST_SEL[@]}"
+      step rest "$log" "${PYTEST[@]}" "${XDIST[@]}" "${T120[@]}" "${REST_SEL[@]}"
       pytest_verdict rest "$log"
       ;;
     sanitizer)
@@ -252,8 +254,7 @@ for s in "${STEPS[@]}"; do
       verdict sanitizer "$rc" "$STEP_S" "${LIMIT[sanitizer]}" "$detail"
       ;;
     huge)
-      step huge "$log" "${PYTEST[@]}" -p no:xdist --timeout 60 --timeout-method thread \
-        "${HUGE_SEL[@]}"
+      step huge "$log" "${PYTEST[@]}" -p no:xdist "${T60[@]}" "${HUGE_SEL[@]}"
       pytest_verdict huge "$log"
       ;;
   esac
