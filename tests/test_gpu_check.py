@@ -51,3 +51,8 @@ def test_unknown_plan_and_step_are_usage_errors(tmp_path):
     assert _run("sideways", out=tmp_path).returncode == 2
     res = _run("more", "bench", out=tmp_path)
     assert res.returncode == 2 and "unknown step 'bench'" in res.stderr
+
+
+def test_limit_override_must_be_seconds(tmp_path):
+    res = _run("first", "probe", env={"LIMIT_probe": "lots"}, out=tmp_path)
+    assert res.returncode == 2 and "not a number" in res.stderr

@@ -2,7 +2,7 @@
 # The GPU checks, sized for the lent machines: one command of at most 10 minutes, at most 8
 # files back, about 15 minutes of device time in all (the machine's start included).
 #
-#   OUT=/some/dir tools/gpu_check.sh [first]              (default; or: make gpu-check)
+#   OUT=/some/dir tools/gpu_check.sh [first [STEP ...]]   (default; or: make gpu-check)
 #   OUT=/some/dir tools/gpu_check.sh more [STEP ...]      a second call, when time is left
 #   tools/gpu_check.sh --dry-run first|more               on any machine, no GPU: the plan
 #
@@ -54,9 +54,10 @@ PLAN=${1:-first}
 [[ $# -gt 0 ]] && shift
 case "$PLAN" in
   first) STEPS=(build smoke stress probe) ;;
-  more)  STEPS=(build rest sanitizer huge); [[ $# -gt 0 ]] && STEPS=("$@") ;;
+  more)  STEPS=(build rest sanitizer huge) ;;
   *) echo "usage: tools/gpu_check.sh [--dry-run] first|more [STEP ...]" >&2; exit 2 ;;
 esac
+[[ $# -gt 0 ]] && STEPS=("$@")
 
 declare -A LIMIT=([build]=150 [smoke]=120 [stress]=60 [probe]=150 [rest]=120 [sanitizer]=120
                   [huge]=90)
@@ -64,7 +65,10 @@ total=0
 for s in "${STEPS[@]}"; do
   [[ -n "${LIMIT[$s]:-}" ]] || { echo "unknown step '$s' (build smoke stress probe rest sanitizer huge)" >&2; exit 2; }
   override="LIMIT_$s"
-  [[ -n "${!override:-}" ]] && LIMIT[$s]=${!override}
+  if [[ -n "${!override:-}" ]]; then
+    [[ "${!override}" =~ ^[0-9]+$ ]] || { echo "$override=${!override}: not a number of seconds" >&2; exit 2; }
+    LIMIT[$s]=${!override}
+  fi
   total=$((total + LIMIT[$s]))
 done
 
@@ -74,6 +78,10 @@ STRESS_SEL=(-m stress tests/test_stress.py)
 REST_SEL=(-m "not smoke and not stress and not huge" tests)
 HUGE_SEL=(-m huge tests/test_cuda.py tests/test_sizes.py)
 PYTEST=("$PY" -m pytest -q -ra -p no:cacheprovider)
+# The most nodes a selection may grow to and still fit its limit (smoke: ~3 s of a worker per
+# node at N = 256 with the float64 oracle, 8 workers, ~75 s after the Triton warm-up; stress:
+# ~10 s per GPU node; huge: ~15 s per node). `rest` is the remainder, run in calls of its own.
+declare -A MAX_NODES=([smoke]=200 [stress]=10 [huge]=8)
 
 count_nodes() {  # count_nodes ARGS...: the number of test nodes pytest collects, or -1
   local out n
@@ -100,6 +108,10 @@ if [[ $DRY -eq 1 ]]; then
       n=$(count_nodes "${sel[@]}")
       line+="   pytest ${sel[*]}: $n nodes (as collected here)"
       if [[ "$n" -le 0 ]]; then line+="   EMPTY OR BROKEN SELECTION"; fail=1; fi
+      cap=${MAX_NODES[$s]:-}
+      if [[ -n "$cap" && "$n" -gt "$cap" ]]; then
+        line+="   MORE THAN $cap NODES: outgrows its ${LIMIT[$s]} s"; fail=1
+      fi
     fi
     case $s in
       build) line+="   setup.py build_ext --inplace, TORCH_CUDA_ARCH_LIST=9.0a, MAX_JOBS=$JOBS" ;;
@@ -107,7 +119,7 @@ if [[ $DRY -eq 1 ]]; then
         jit=$("$PY" tools/compile_triton_kernels.py --set first --arch 90 --list 2>&1 | tail -n 1)
         line+="; triton-jit first: ${jit:-?}" ;;
       probe)
-        p=$("$PY" tools/gpu_probe.py --dry-run 2>&1 | head -n 2 | tr '\n' ' ')
+        p=$("$PY" tools/gpu_probe.py --dry-run --budget-s $(( LIMIT[probe] - 12 )) 2>&1 | head -n 2 | tr '\n' ' ')
         [[ "$p" == *"op rows"* ]] || { p+=" PROBE DRY RUN FAILED"; fail=1; }
         line+="   $p" ;;
       sanitizer) line+="   CMake build (sm_90a) + compute-sanitizer memcheck, racecheck x2" ;;
