@@ -161,7 +161,12 @@ def test_smoke_stage(backend, path, stage, n, layout, dt, squeeze, res, poison):
         return y, torch.autograd.grad(y, ts, dy.to(y.dtype))
 
     with forced_path(backend, path, c):
-        y, grads = run(backend, leaves)
+        try:
+            y, grads = run(backend, leaves)
+        except RuntimeError as e:  # e.g. an fp32 conv2_x slab larger than a cluster's memory
+            if path == "cluster" and "cluster path cannot run" in str(e):
+                pytest.skip(f"forced cluster path refused this shape: {e}"[:300])
+            raise
     torch.cuda.synchronize()
     assert y.dtype == dtype and y.is_contiguous(memory_format=fmt)
     base_y, base_g = run("reference", leaves)
