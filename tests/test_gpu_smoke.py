@@ -35,7 +35,7 @@ import se_kernels
 from helpers import (TOLERANCES, Bottleneck, assert_compile_matches_eager, op_args,
                      opcheck_backward)
 
-pytestmark = [pytest.mark.smoke, pytest.mark.gpu]
+pytestmark = pytest.mark.smoke  # the checker's CPU tests below are part of it too (they skip on a GPU)
 
 STAGES = {"conv2_x": (256, 56, 16), "conv3_x": (512, 28, 32), "conv4_x": (1024, 14, 64),
           "conv5_x": (2048, 7, 128)}  # C, H = W, Cr
@@ -141,12 +141,18 @@ def test_smoke_stage(backend, path, stage, n, layout, dt, squeeze, res, poison):
     if path == "cluster" and torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("the cluster path needs sm_90")
     c, hw, cr = STAGES[stage]
-    dtype = DTYPES[dt]
+    check_stage(backend, path, "cuda", n, c, hw, cr, layout, DTYPES[dt], squeeze, res,
+                seed=zlib.crc32(f"{stage}{n}{layout}{dt}".encode()))
+
+
+def check_stage(backend, path, device, n, c, hw, cr, layout, dtype, squeeze, res, *, seed):
+    """fused_se on ``backend`` with ``path`` forced: y and every gradient against the float64
+    reference (and the flash-attention rule against the reference backend at ``dtype``)."""
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    g = torch.Generator(device="cuda").manual_seed(zlib.crc32(f"{stage}{n}{layout}{dt}".encode()))
+    g = torch.Generator(device=device).manual_seed(seed)
 
     def rnd(*shape, std=1.0):
-        return (torch.randn(*shape, device="cuda", generator=g) * std).to(dtype)
+        return (torch.randn(*shape, device=device, generator=g) * std).to(dtype)
 
     x = rnd(n, c, hw, hw).contiguous(memory_format=fmt)
     r = rnd(n, c, hw, hw).contiguous(memory_format=fmt) if res else None
@@ -167,15 +173,45 @@ def test_smoke_stage(backend, path, stage, n, layout, dt, squeeze, res, poison):
             if path == "cluster" and "cluster path cannot run" in str(e):
                 pytest.skip(f"forced cluster path refused this shape: {e}"[:300])
             raise
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     assert y.dtype == dtype and y.is_contiguous(memory_format=fmt)
     base_y, base_g = run("reference", leaves)
     ref_y, ref_g = run("reference", [t.detach().double().requires_grad_(True) for t in leaves])
     gpu_assert_close(y, ref_y, dtype, "y", base_y)
     names = ["dx", "dw1", "dw2", "db1", "db2", "dresidual"]
+    assert len(grads) == len(leaves)
     for name, a, b, base in zip(names, grads, ref_g, base_g):
         assert a.dtype == dtype, name
         gpu_assert_close(a, b, dtype, name, base)
+
+
+# ---- the checker itself, on the CPU (Triton under the interpreter) -----------------------------
+
+@pytest.mark.parametrize("path", ["auto", "fused", "split"])
+@pytest.mark.parametrize("layout,dt,squeeze,res", [("nchw", "fp32", "max", True),
+                                                   ("nhwc", "bf16", "avg", False)])
+def test_check_stage_on_cpu(path, layout, dt, squeeze, res, poison):
+    """check_stage at a small shape on the CPU: triton (interpreted) with the forced plans."""
+    if "triton" not in se_kernels.available_backends() or torch.cuda.is_available():
+        pytest.skip("runs the Triton interpreter on CPU tensors (no GPU, TRITON_INTERPRET=1)")
+    check_stage("triton", path, "cpu", 3, 64, 5, 4, layout, DTYPES[dt], squeeze, res, seed=1)
+
+
+def test_gpu_assert_close_catches_errors():
+    ref = torch.randn(4, 64, 7, 7, dtype=torch.float64)
+    gpu_assert_close(ref.float(), ref, torch.float32, "exact")
+    with pytest.raises(AssertionError, match="relative error"):
+        gpu_assert_close((ref * 1.001).float(), ref, torch.float32, "scaled")
+    with pytest.raises(AssertionError, match="NaN"):
+        bad = ref.float().clone()
+        bad[0, 0, 0, 0] = float("nan")
+        gpu_assert_close(bad, ref, torch.float32, "unwritten")
+    with pytest.raises(AssertionError, match="far off"):
+        big = torch.randn(16, 64, 7, 7, dtype=torch.float64).clamp(-3, 3)
+        bad = big.clone()
+        bad.view(-1)[:3] += 1.2  # three elements, within bf16's norm tolerance: 0.009 < 0.01
+        gpu_assert_close(bad, big, torch.bfloat16, "some")
 
 
 # ---- once per backend: opcheck, torch.compile, CUDA graphs ------------------------------------
