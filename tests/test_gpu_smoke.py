@@ -113,6 +113,82 @@ def gpu_assert_close(out, ref, dtype, what, baseline=None):
     assert far <= max(1, ref.numel() // 100_000), f"{what}: {far} elements far off"
 
 
+# ---- once per backend: opcheck, torch.compile, CUDA graphs (first in the file: xdist starts
+# them first, so that Inductor's compilation overlaps the stage cases) --------------------------
+
+OPS = {"cuda": ("se_forward", "se_backward"), "triton": ("triton_se_forward", "triton_se_backward")}
+
+
+@pytest.mark.parametrize("backend", list(OPS))
+def test_smoke_opcheck(backend):
+    why = _skip_reason(backend)
+    if why:
+        pytest.skip(why)
+    fwd, bwd = (getattr(torch.ops.se_kernels, name) for name in OPS[backend])
+    for layout in ("contiguous", "channels_last"):
+        torch.library.opcheck(fwd.default, op_args(2, 16, 3, 5, 4, layout=layout,
+                                                   device="cuda"))
+    opcheck_backward(fwd, bwd.default, True, device="cuda")
+
+
+@pytest.mark.timeout(100)  # Inductor compiles a bottleneck's convs and its own kernels
+@pytest.mark.parametrize("backend", list(OPS))
+def test_smoke_compile_fullgraph(backend):
+    why = _skip_reason(backend)
+    if why:
+        pytest.skip(why)
+    torch.manual_seed(0)
+    model = Bottleneck(c=64, backend=backend).cuda()
+    x = torch.randn(4, 64, 14, 14, device="cuda").contiguous(memory_format=torch.channels_last)
+    assert_compile_matches_eager(model, x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", list(OPS))
+def test_smoke_cuda_graph_replay(backend):
+    """Capture forward and backward once, replay on fresh inputs copied into the static
+    ones: the replays give the eager results (a launcher that synchronises, allocates
+    outside the graph's pool or caches a pointer fails here)."""
+    why = _skip_reason(backend)
+    if why:
+        pytest.skip(why)
+    n, c, hw, cr = 8, 256, 14, 16
+
+    def fresh(seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        return [torch.randn(*s, device="cuda", generator=g) * k for s, k in
+                (((n, c, hw, hw), 1), ((cr, c), c ** -0.5), ((c, cr), cr ** -0.5), ((cr,), .5),
+                 ((c,), .5), ((n, c, hw, hw), 1), ((n, c, hw, hw), 1))]
+
+    static = [t.requires_grad_(i < 6) for i, t in enumerate(fresh(0))]
+
+    def step():
+        y = se_kernels.fused_se(*static[:5], residual=static[5], backend=backend)
+        return (y, *torch.autograd.grad(y, static[:6], static[6]))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off capture: Triton compiles, allocator settles
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = step()
+    for seed in (1, 2):
+        new = fresh(seed)
+        with torch.no_grad():
+            for s, f in zip(static, new):
+                s.copy_(f)
+        graph.replay()
+        torch.cuda.synchronize()
+        leaves = [t.requires_grad_(i < 6) for i, t in enumerate(new)]
+        y = se_kernels.fused_se(*leaves[:5], residual=leaves[5], backend=backend)
+        want = (y, *torch.autograd.grad(y, leaves[:6], leaves[6]))
+        for name, a, b in zip(["y", "dx", "dw1", "dw2", "db1", "db2", "dres"], outs, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, name=name: f"replay {seed}, {name}: {m}")
+
+
 def _cases():
     out = []
     for (backend, path) in PATHS:
@@ -212,80 +288,6 @@ def test_gpu_assert_close_catches_errors():
         bad = big.clone()
         bad.view(-1)[:3] += 1.2  # three elements, within bf16's norm tolerance: 0.009 < 0.01
         gpu_assert_close(bad, big, torch.bfloat16, "some")
-
-
-# ---- once per backend: opcheck, torch.compile, CUDA graphs ------------------------------------
-
-OPS = {"cuda": ("se_forward", "se_backward"), "triton": ("triton_se_forward", "triton_se_backward")}
-
-
-@pytest.mark.parametrize("backend", list(OPS))
-def test_smoke_opcheck(backend):
-    why = _skip_reason(backend)
-    if why:
-        pytest.skip(why)
-    fwd, bwd = (getattr(torch.ops.se_kernels, name) for name in OPS[backend])
-    for layout in ("contiguous", "channels_last"):
-        torch.library.opcheck(fwd.default, op_args(2, 16, 3, 5, 4, layout=layout,
-                                                   device="cuda"))
-    opcheck_backward(fwd, bwd.default, True, device="cuda")
-
-
-@pytest.mark.parametrize("backend", list(OPS))
-def test_smoke_compile_fullgraph(backend):
-    why = _skip_reason(backend)
-    if why:
-        pytest.skip(why)
-    torch.manual_seed(0)
-    model = Bottleneck(c=64, backend=backend).cuda()
-    x = torch.randn(4, 64, 14, 14, device="cuda").contiguous(memory_format=torch.channels_last)
-    assert_compile_matches_eager(model, x, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("backend", list(OPS))
-def test_smoke_cuda_graph_replay(backend):
-    """Capture forward and backward once, replay on fresh inputs copied into the static
-    ones: the replays give the eager results (a launcher that synchronises, allocates
-    outside the graph's pool or caches a pointer fails here)."""
-    why = _skip_reason(backend)
-    if why:
-        pytest.skip(why)
-    n, c, hw, cr = 8, 256, 14, 16
-
-    def fresh(seed):
-        g = torch.Generator(device="cuda").manual_seed(seed)
-        return [torch.randn(*s, device="cuda", generator=g) * k for s, k in
-                (((n, c, hw, hw), 1), ((cr, c), c ** -0.5), ((c, cr), cr ** -0.5), ((cr,), .5),
-                 ((c,), .5), ((n, c, hw, hw), 1), ((n, c, hw, hw), 1))]
-
-    static = [t.requires_grad_(i < 6) for i, t in enumerate(fresh(0))]
-
-    def step():
-        y = se_kernels.fused_se(*static[:5], residual=static[5], backend=backend)
-        return (y, *torch.autograd.grad(y, static[:6], static[6]))
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off capture: Triton compiles, allocator settles
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = step()
-    for seed in (1, 2):
-        new = fresh(seed)
-        with torch.no_grad():
-            for s, f in zip(static, new):
-                s.copy_(f)
-        graph.replay()
-        torch.cuda.synchronize()
-        leaves = [t.requires_grad_(i < 6) for i, t in enumerate(new)]
-        y = se_kernels.fused_se(*leaves[:5], residual=leaves[5], backend=backend)
-        want = (y, *torch.autograd.grad(y, leaves[:6], leaves[6]))
-        for name, a, b in zip(["y", "dx", "dw1", "dw2", "db1", "db2", "dres"], outs, want):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5,
-                                       msg=lambda m, name=name: f"replay {seed}, {name}: {m}")
 
 
 def triton_compile_cases():
