@@ -35,7 +35,7 @@ import se_kernels
 from helpers import (TOLERANCES, Bottleneck, assert_compile_matches_eager, op_args,
                      opcheck_backward)
 
-pytestmark = pytest.mark.smoke  # the checker's CPU tests below are part of it too (they skip on a GPU)
+pytestmark = pytest.mark.smoke  # the checker's own CPU tests below included
 
 STAGES = {"conv2_x": (256, 56, 16), "conv3_x": (512, 28, 32), "conv4_x": (1024, 14, 64),
           "conv5_x": (2048, 7, 128)}  # C, H = W, Cr

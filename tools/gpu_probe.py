@@ -553,9 +553,8 @@ def table(rows: list[OpRow]) -> str:
                     rs = [by.get((i, stage, n, lay, d)) for i in impls]
                     floor = next((r.floor_us for r in rs if r and r.floor_us), None)
                     cells = "".join(f"{_fmt(r.measured_us) if r else '-':>9}" for r in rs)
-                    preds = "".join(
-                        f"{_fmt(by[(b, stage, n, lay, d)].predicted_us) if (b, stage, n, lay, d) in by else '-':>12}"
-                        for b in FUSED)
+                    pr = [by.get((b, stage, n, lay, d)) for b in FUSED]
+                    preds = "".join(f"{_fmt(p.predicted_us) if p else '-':>12}" for p in pr)
                     lines.append(f"{stage:<8}{n:>4} {lay:<5}{d:<4}{_fmt(floor):>8}{cells}{preds}")
     return "\n".join(lines)
 
