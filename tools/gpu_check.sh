@@ -119,7 +119,7 @@ if [[ $DRY -eq 1 ]]; then
         jit=$("$PY" tools/compile_triton_kernels.py --set first --arch 90 --list 2>&1 | tail -n 1)
         line+="; triton-jit first: ${jit:-?}" ;;
       probe)
-        p=$("$PY" tools/gpu_probe.py --dry-run --budget-s $(( LIMIT[probe] - 12 )) 2>&1 | head -n 2 | tr '\n' ' ')
+        p=$("$PY" tools/gpu_probe.py --dry-run --budget-s $(( LIMIT[probe] - 15 )) 2>&1 | head -n 2 | tr '\n' ' ')
         [[ "$p" == *"op rows"* ]] || { p+=" PROBE DRY RUN FAILED"; fail=1; }
         line+="   $p" ;;
       sanitizer) line+="   CMake build (sm_90a) + compute-sanitizer memcheck, racecheck x2" ;;
@@ -231,7 +231,7 @@ for s in "${STEPS[@]}"; do
       ;;
     probe)
       step probe "$log" "$PY" tools/gpu_probe.py --json "$OUT/probe.json" \
-        --budget-s $(( LIMIT[probe] - 12 ))
+        --budget-s $(( LIMIT[probe] - 15 ))
       verdict probe "$STEP_RC" "$STEP_S" "${LIMIT[probe]}" "$(grep -E "^gpu_probe:" "$log" | tail -n 1) (probe.json)"
       ;;
     rest)

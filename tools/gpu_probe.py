@@ -613,7 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(a.json, doc)
     maker = OpMaker(torch, se_kernels)
 
-    def progress(r: OpRow):
+    def progress(r: OpRow):  # and the JSON after every row: a probe cut short keeps it
+        doc["ops"] = [asdict(r) for r in rows]
+        write_json(a.json, doc)
         print(f"  {r.impl:<8}{r.stage:<8}N={r.N:<4}{r.layout:<5}{r.direction:<4}"
               f"{r.status:<12}{_fmt(r.measured_us):>9} us  floor {_fmt(r.floor_us)}"
               f"{'  ' + r.error[:120] if r.error else ''}", flush=True)
@@ -641,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
               f" of ResNet-50", flush=True)
     if not a.no_compile:
         # each shape compiles (seconds): N = 256 and NHWC first, the rows that matter most
-        section(("compile",), reserve=3, order=compile_order)
+        # a compile row takes ~5-15 s: none is started with less than 15 s left
+        section(("compile",), reserve=15, order=compile_order)
     try:
         doc["copy_bandwidth_end_Bps"] = copy_bandwidth(torch, timer)
     except Exception as e:  # noqa: BLE001
