@@ -20,7 +20,8 @@
 #                   (probe.json), the ResNet-50 / SE-ResNet-50 headline
 # more, <= 480 s (STEPs: any of build rest sanitizer huge; default all):
 #   build   (150 s) as above (incremental: a no-op on a machine that built it already)
-#   rest    (120 s) the rest of the pytest suite: -m "not smoke and not stress and not huge"
+#   rest    (120 s) the rest of the pytest suite: -m "not smoke and not stress and not huge",
+#                   after compile_triton_kernels.py --set tests (a third of the limit)
 #   sanitizer (120 s) the C++ test program (CMake, sm_90a) on the quick matrix under
 #                   compute-sanitizer memcheck (every path), racecheck on the persistent path
 #                   (must be clean) and on the cluster path (its split barrier: see
@@ -75,7 +76,8 @@ done
 # ---- the selections (one place: the real run and the dry run use the same ones) ------------
 SMOKE_SEL=(-m smoke tests/test_gpu_smoke.py)
 STRESS_SEL=(-m stress tests/test_stress.py)
-REST_SEL=(-m "not smoke and not stress and not huge" tests)
+REST_MARK="not smoke and not stress and not huge"
+REST_SEL=(-m "$REST_MARK" tests)
 HUGE_SEL=(-m huge tests/test_cuda.py tests/test_sizes.py)
 PYTEST=("$PY" -m pytest -q -ra -p no:cacheprovider)
 # The most nodes a selection may grow to and still fit its limit (smoke: ~3 s of a worker per
@@ -235,8 +237,14 @@ for s in "${STEPS[@]}"; do
       verdict probe "$STEP_RC" "$STEP_S" "${LIMIT[probe]}" "$(grep -E "^gpu_probe:" "$log" | tail -n 1) (probe.json)"
       ;;
     rest)
-      step rest "$log" "${PYTEST[@]}" "${XDIST[@]}" "${T120[@]}" "${REST_SEL[@]}"
-      pytest_verdict rest "$log"
+      # the ~830 Triton variants tests/test_triton.py launches, compiled in parallel first
+      cc=$(timeout 30 "$PY" -c 'import torch; p = torch.cuda.get_device_capability(); print(p[0] * 10 + p[1])' 2>/dev/null || echo 90)
+      jit_s=$(( LIMIT[rest] / 3 ))
+      step rest "$log" bash -c "
+        timeout $jit_s $PY tools/compile_triton_kernels.py --set tests --arch $cc --jobs $JOBS | tail -n 5
+        echo \"== triton-jit rc=\${PIPESTATUS[0]} (a failure here only costs pytest the compile time)\"
+        exec ${PYTEST[*]} ${XDIST[*]} ${T120[*]} -m '$REST_MARK' tests"
+      pytest_verdict rest "$log" "$(grep -m1 -oE "triton-jit rc=[0-9]+" "$log")"
       ;;
     sanitizer)
       if ! command -v compute-sanitizer >/dev/null; then
