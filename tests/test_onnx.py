@@ -270,6 +270,27 @@ def test_se_resnet50_no_grad():
     assert count_ops(program, torch.ops.se_kernels.se_forward_inplace.default) == 0
 
 
+class InplaceCall(nn.Module):
+    """fused_se(inplace=True) on an intermediate, as a ResNet block's branch output."""
+
+    def __init__(self):
+        super().__init__()
+        self.se = se_kernels.SqueezeExcitation(12, 3, backend="cpu")
+
+    def forward(self, x):
+        h = x * 1.5
+        se = self.se
+        return se_kernels.fused_se(h, se.fc1_weight, se.fc2_weight, se.fc1_bias, se.fc2_bias,
+                                   residual=x, backend="cpu", inplace=True)
+
+
+@needs_cpu
+def test_fused_se_inplace_call_no_grad():
+    """A direct fused_se(inplace=True) under no_grad exports as the out-of-place op."""
+    program = check_model(InplaceCall(), torch.randn(2, 12, 4, 6), fused_blocks=1, no_grad=True)
+    assert count_ops(program, torch.ops.se_kernels.se_forward_inplace.default) == 0
+
+
 # ---- the table ------------------------------------------------------------------------------
 
 def test_table_lists_the_forward_ops():
