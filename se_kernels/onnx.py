@@ -18,8 +18,11 @@ can appear in an inference graph is decomposed into standard ONNX ops (opset 18)
     y    = Relu(Add(y, residual))                           # with a residual
 
 with every activation (relu, silu, hardswish, relu6, gelu, gelu_tanh) and gate (sigmoid,
-hardsigmoid, tanh, relu) of ``fused_se``. Like the kernels, the translation computes in
-float32 (float64 for float64 inputs) and casts y back to x's dtype.
+hardsigmoid, tanh, relu) of ``fused_se``, in ops that ONNX Runtime runs in float32 and
+float64 (hard-sigmoid and hard-swish as PyTorch's formula relu6(v + 3) / 6, not the
+HardSigmoid/HardSwish ops, which it has in float32 only). Like the kernels, the translation
+computes in float32 (float64 for float64 inputs; GELU's Erf in float32 always, as ONNX
+Runtime has no float64 Erf) and casts y back to x's dtype.
 
 Covered: ``se_forward`` (the cpu and cuda backends) and ``triton_se_forward`` (the Triton
 backend). The ``reference`` backend is plain PyTorch and needs no entry. The backward ops never
@@ -80,8 +83,14 @@ def _make_translation(op) -> Callable:
     def relu6(h):
         return op.Clip(h, const(0.0, h), const(6.0, h))
 
+    def hardsigmoid(g):  # torch's formula, relu6(g + 3) / 6 (ONNX Runtime's HardSigmoid and
+        return op.Div(op.Clip(op.Add(g, const(3.0, g)), const(0.0, g), const(6.0, g)),
+                      const(6.0, g))  # HardSwish kernels are float32 only)
+
     def gelu(h):  # exact: h * Phi(h) = 0.5 h (1 + erf(h / sqrt 2))
-        erf = op.Erf(op.Mul(h, const(1.0 / math.sqrt(2.0), h)))
+        # Erf in float32 (a no-op cast for float32 models): ONNX Runtime has no float64 Erf
+        u = op.Cast(op.Mul(h, const(1.0 / math.sqrt(2.0), h)), to=ir.DataType.FLOAT)
+        erf = op.CastLike(op.Erf(u), h)
         return op.Mul(op.Mul(h, const(0.5, h)), op.Add(erf, const(1.0, h)))
 
     def gelu_tanh(h):  # 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))
@@ -93,16 +102,14 @@ def _make_translation(op) -> Callable:
     activations = {
         "relu": op.Relu,
         "silu": silu,
-        # torch: h * relu6(h + 3) / 6; ONNX: h * max(0, min(1, h / 6 + 1 / 2))
-        "hardswish": lambda h: op.HardSwish(h),
+        "hardswish": lambda h: op.Mul(h, hardsigmoid(h)),
         "relu6": relu6,
         "gelu": gelu,
         "gelu_tanh": gelu_tanh,
     }
     gates = {
         "sigmoid": op.Sigmoid,
-        # torch: relu6(g + 3) / 6 = max(0, min(1, g / 6 + 1 / 2))
-        "hardsigmoid": lambda g: op.HardSigmoid(g, alpha=1.0 / 6.0, beta=0.5),
+        "hardsigmoid": hardsigmoid,
         "tanh": op.Tanh,
         "relu": op.Relu,
     }
