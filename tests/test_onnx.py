@@ -317,6 +317,13 @@ def test_table_lists_the_forward_ops():
     assert all(callable(f) for f in table.values())
 
 
+def test_activation_codes_agree_with_the_options():
+    from se_kernels.onnx import _ACTIVATION_CODES
+
+    assert {name: _ACTIVATION_CODES.index(name) for name in ACTIVATIONS} == ACTIVATIONS
+    assert set(NEW_ACTIVATIONS) | {"relu", "silu"} == set(_ACTIVATION_CODES)
+
+
 def test_table_without_onnxscript_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript -> ImportError
     with pytest.raises(ImportError, match="onnx_translation_table needs onnxscript"):
