@@ -124,3 +124,18 @@ def test_loading_needs_import_se_kernels(exported, tmp_path):
     for what in ("load+import", "aoti+import"):
         status, err = lines[what].split()
         assert status == "ok" and float(err) <= 1e-5, lines
+
+
+def test_inplace_op_lets_fake_tensors_through():
+    """AOTInductor lowers the in-place op on fake tensors with grad mode on and parameters
+    that require grad; the op's refusal is for real tensors only (tests/test_inplace.py)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op = torch.ops.se_kernels.se_forward_inplace
+    with FakeTensorMode():
+        x = torch.randn(2, 8, 3, 3)
+        w1, w2 = torch.randn(2, 8, requires_grad=True), torch.randn(8, 2, requires_grad=True)
+        op(x, w1, w2, None, None, None, 0, 0, 0)
+    with pytest.raises(RuntimeError, match="se_forward_inplace is not differentiable"):
+        op(torch.randn(2, 8, 3, 3), torch.randn(2, 8, requires_grad=True), torch.randn(8, 2),
+           None, None, None, 0, 0, 0)
