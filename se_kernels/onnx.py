@@ -83,9 +83,11 @@ def _make_translation(op) -> Callable:
     def relu6(h):
         return op.Clip(h, const(0.0, h), const(6.0, h))
 
-    def hardsigmoid(g):  # torch's formula, relu6(g + 3) / 6 (ONNX Runtime's HardSigmoid and
+    def hardsigmoid(g):
+        # torch's formula, relu6(g + 3) / 6: ONNX Runtime's HardSigmoid and HardSwish
+        # kernels are float32 only
         return op.Div(op.Clip(op.Add(g, const(3.0, g)), const(0.0, g), const(6.0, g)),
-                      const(6.0, g))  # HardSwish kernels are float32 only)
+                      const(6.0, g))
 
     def gelu(h):  # exact: h * Phi(h) = 0.5 h (1 + erf(h / sqrt 2))
         # Erf in float32 (a no-op cast for float32 models): ONNX Runtime has no float64 Erf
