@@ -13,7 +13,8 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # test-only and benchmark extras (never needed to import se_kernels)
 EXTRAS_SPEC ?= ninja setuptools wheel pytest pytest-benchmark pytest-timeout hypothesis \
-	expecttest numpy rich matplotlib tqdm tabulate timm safetensors scikit-learn
+	expecttest numpy rich matplotlib tqdm tabulate timm safetensors scikit-learn \
+	onnx onnxscript onnxruntime
 BUILD_LOG ?= build/build.log
 PYTEST_ARGS ?=
 OUT ?= out

@@ -135,13 +135,16 @@ void se_forward_inplace_ad_inplace_or_view(at::Tensor& x, const at::Tensor& w1,
 
 // Autograd: not differentiable (it overwrites the x that a backward would need), so an
 // input that requires grad while grad mode is on is an error; otherwise on to the kernel
-// through ADInplaceOrView.
+// through ADInplaceOrView. Fake tensors (they carry the Python key) are let through: they
+// hold no values to lose, and AOTInductor lowers an exported inference graph with grad mode
+// on and parameters that require grad (the graph was checked when it was traced).
 void se_forward_inplace_autograd(at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
                                  const std::optional<at::Tensor>& b1,
                                  const std::optional<at::Tensor>& b2,
                                  const std::optional<at::Tensor>& residual, int64_t squeeze,
                                  int64_t act, int64_t gate) {
-  if (at::GradMode::is_enabled()) {
+  const bool fake = x.defined() && x.key_set().has(c10::DispatchKey::Python);
+  if (at::GradMode::is_enabled() && !fake) {
     auto needs = [](const at::Tensor& t) { return t.defined() && t.requires_grad(); };
     auto opt_needs = [&](const std::optional<at::Tensor>& t) { return t && needs(*t); };
     TORCH_CHECK(!needs(x) && !needs(w1) && !needs(w2) && !opt_needs(b1) && !opt_needs(b2) &&

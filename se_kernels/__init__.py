@@ -7,12 +7,15 @@
     se_kernels.models.se_resnet50()             # the paper's networks (loaded on first use)
     se_kernels.complexity(net)                  # {"params": ..., "macs": ...}, SE ops counted
     se_kernels.convert(torchvision_or_timm_net) # their SE modules -> FusedSE, in place
+    torch.onnx.export(net, (x,), dynamo=True,   # ONNX: the ops' translations, passed
+                      custom_translation_table=se_kernels.onnx_translation_table())
 """
 
 from se_kernels._extension import LOAD_ERROR as EXTENSION_LOAD_ERROR
 from se_kernels.complexity import complexity
 from se_kernels.convert import convert
 from se_kernels.nn import FusedSE, SqueezeExcitation
+from se_kernels.onnx import onnx_translation_table
 from se_kernels.ops import BackendUnavailableError, available_backends, fused_se
 from se_kernels.reference import se_reference
 
@@ -29,6 +32,7 @@ __all__ = [
     "models",
     "complexity",
     "convert",
+    "onnx_translation_table",
 ]
 
 

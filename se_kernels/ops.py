@@ -300,12 +300,20 @@ def _fused_se_inplace(x, w1, w2, b1, b2, residual, squeeze, activation, gate, ba
 
 def writes_in_place(x, backend: str = "auto") -> bool:
     """Whether ``fused_se(x, ..., backend=backend, inplace=True)`` writes y into x in its
-    kernel (the ``cpu`` backend, x dense in its layout, no autocast), rather than computing y
-    and copying it into x."""
+    kernel (the ``cpu`` backend, x dense in its layout, no autocast, not inside
+    ``torch.onnx.export``), rather than computing y and copying it into x."""
     if not isinstance(x, torch.Tensor) or backend not in ("auto", "cpu") or x.dim() != 4:
         return False  # fused_se itself reports a bad backend name or shape
     return (_unavailable_reason("cpu", x.device.type) is None and _autocast_dtype(x) is None
-            and x.is_contiguous(memory_format=memory_format_of(x)))
+            and x.is_contiguous(memory_format=memory_format_of(x)) and not _in_onnx_export())
+
+
+def _in_onnx_export() -> bool:
+    """Whether torch.onnx.export is tracing. ONNX has no in-place ops, and torch.onnx cannot
+    translate the functionalised form of a mutating custom op (``auto_functionalized_v2``):
+    there the in-place op is not used (se_kernels/onnx.py translates the out-of-place one).
+    ``is_exporting`` first: it is cheap, ``is_in_onnx_export`` costs microseconds."""
+    return torch.compiler.is_exporting() and torch.onnx.is_in_onnx_export()
 
 
 def _overlaps_unlike(residual: torch.Tensor | None, x: torch.Tensor) -> bool:

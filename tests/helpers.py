@@ -243,3 +243,19 @@ def assert_no_graph_break(model, x):
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random BatchNorm statistics and affine parameters, so that a comparison of a whole
+    network sees every layer (fresh ones, some zero-initialised, leave outputs near 0)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            if m.affine:
+                m.weight.data = torch.rand(n, generator=g) + 0.5
+                m.bias.data = torch.randn(n, generator=g) * 0.1
+            if m.track_running_stats:
+                m.running_mean = torch.randn(n, generator=g) * 0.1
+                m.running_var = torch.rand(n, generator=g) + 0.5
+    return model
