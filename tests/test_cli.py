@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from se_kernels.bench import op, report
+from se_kernels.bench.complexity import paper_entry
+from se_kernels.bench.model import ModelRow
+from se_kernels.bench.shapes import parse_shape, preset_shapes
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the suites live in benchmarks/ at the repository root
-
-from benchmarks import op, report  # noqa: E402
-from benchmarks.complexity import paper_entry  # noqa: E402
-from benchmarks.model import ModelRow  # noqa: E402
-from benchmarks.shapes import parse_shape, preset_shapes  # noqa: E402
-
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # fields that may be None in a row, and numeric fields that may be 0
 NULLABLE = {"threads", "speedup_vs_compile", "speedup_vs_eager", "ratio_vs_plain",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.progress import Progress
+from se_kernels.bench.progress import Progress
 
 # Hu et al., Squeeze-and-Excitation Networks (TPAMI), Table 2 (GFLOPs = GMACs at 224x224) and
 # Table 3 (MobileNet, ShuffleNet: MFLOPs and params); the text gives ResNet-50's params

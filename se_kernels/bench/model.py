@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from se_kernels import ops as se_ops
-from benchmarks import timing
-from benchmarks.config import DTYPES, LAYOUTS, BenchConfig
-from benchmarks.progress import Progress
+from se_kernels.bench import timing
+from se_kernels.bench.config import DTYPES, LAYOUTS, BenchConfig
+from se_kernels.bench.progress import Progress
 
 PAPER_RATIO = {"inference": 167 / 164, "train": 209 / 190}
 PAPER_SOURCE = {"inference": "CPU, batch 1: 164 -> 167 ms",

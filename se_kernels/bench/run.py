@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import timing
-from benchmarks.config import (BASELINES, LAYOUTS, MODES, SUITES, BenchConfig, canonical_dtype,
+from se_kernels.bench import timing
+from se_kernels.bench.config import (BASELINES, LAYOUTS, MODES, SUITES, BenchConfig, canonical_dtype,
                                usable_cpus)
-from benchmarks.shapes import PRESETS, parse_shape, preset_shapes
+from se_kernels.bench.shapes import PRESETS, parse_shape, preset_shapes
 
 BENCH_DESCRIPTION = """\
 Benchmark the fused SE block against the eager SE module (as torchvision/timm write it) and
@@ -177,8 +177,8 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from benchmarks import complexity, model, op, report
-    from benchmarks.plot import make_plots
+    from se_kernels.bench import complexity, model, op, report
+    from se_kernels.bench.plot import make_plots
 
     t_start = time.perf_counter()
     load_start = report.load_average()
@@ -257,7 +257,7 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def plot(args: argparse.Namespace) -> int:
-    from benchmarks.plot import make_plots
+    from se_kernels.bench.plot import make_plots
 
     written = make_plots(args.json, args.output)
     for path in written:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.report import fmt_time_us, read_json, shape_label
+from se_kernels.bench.report import fmt_time_us, read_json, shape_label
 
 BANDWIDTH_PNG = "bench_bandwidth.png"
 MODEL_PNG = "bench_model.png"

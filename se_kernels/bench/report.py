@@ -28,7 +28,11 @@ _ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPIN
 # ---- provenance -----------------------------------------------------------------------------
 
 def _git(*args: str) -> str | None:
-    root = Path(__file__).resolve().parent.parent
+    """git in the checkout se_kernels runs from; None for an installed copy (whose folder
+    may sit inside some unrelated repository)."""
+    root = Path(__file__).resolve().parents[2]
+    if not ((root / ".git").exists() and (root / "setup.py").is_file()):
+        return None
     try:
         out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                              timeout=10)
