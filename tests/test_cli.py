@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # fields that may be None in a row, and numeric fields that may be 0
 NULLABLE = {"threads", "speedup_vs_compile", "speedup_vs_eager", "ratio_vs_plain",
-            "paper_params_m", "paper_gmacs", "baseline"}
+            "paper_params_m", "paper_gmacs", "baseline", "paper_source", "overhead_pct",
+            "overhead_low_pct", "overhead_high_pct", "within_noise"}
 NON_NEGATIVE = {"iqr_us", "iqr_ms"}
+SIGNED = {"overhead_pct", "overhead_low_pct", "overhead_high_pct"}
 
 TINY = ["--device", "cpu", "--suites", "op,model,complexity", "--shape", "2,16,8,8,4",
         "--threads", "1",
@@ -51,7 +53,8 @@ def _check_numbers(row: dict, where: str) -> None:
             assert k in NULLABLE, f"{where}: {k} is None"
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             assert math.isfinite(v), f"{where}: {k} = {v}"
-            assert v >= 0 if k in NON_NEGATIVE else v > 0, f"{where}: {k} = {v}"
+            if k not in SIGNED:
+                assert v >= 0 if k in NON_NEGATIVE else v > 0, f"{where}: {k} = {v}"
 
 
 def test_json_schema_and_rows(bench_run):
@@ -83,6 +86,12 @@ def test_json_schema_and_rows(bench_run):
         for r in data["model"]:
             assert set(r) == set(ModelRow.__dataclass_fields__)
             _check_numbers(r, f"model row {r['model']} {r['se']} {r['mode']}")
+            assert r["stop"] in ("converged", "budget") and r["rounds"] >= 3
+            if r["se"] == "none":
+                assert r["overhead_pct"] is None and r["within_noise"] is None
+            else:
+                assert r["overhead_low_pct"] <= r["overhead_pct"] <= r["overhead_high_pct"]
+                assert r["within_noise"] == (r["overhead_low_pct"] <= 0 <= r["overhead_high_pct"])
     else:
         assert any(s["suite"] == "model" for s in data["skipped"])
     if data["complexity"]:

@@ -1,21 +1,30 @@
 """Model level: ResNet-50 vs SE-ResNet-50 with the reference SE and with the fused SE.
 
 Inference (eval mode, ``torch.inference_mode``) and a training step (forward, cross-entropy,
-backward, SGD with momentum). Per-step latency is the median over steps, timed with
-``time.perf_counter`` on the CPU and CUDA events on the GPU, the models taking turns step by
-step (round-robin), so that a machine whose load drifts (ours are shared) shifts all of them
-alike: the SE overhead is a difference of a few % and a sequential A-then-B run would show the
-drift instead. On the GPU, cudnn.benchmark is on (as convnets are run there). The paper's
-figures: +1.8 % CPU inference (164 -> 167 ms, batch 1) and +10 % per training step
-(190 -> 209 ms, batch 256 on 8 GPUs).
+backward, SGD with momentum). Steps are timed with ``time.perf_counter`` on the CPU and CUDA
+events on the GPU, in rounds: each round times one step of every model, in an order that
+rotates from round to round, so that a machine whose load drifts (ours are shared) shifts all
+of them alike: the SE overhead is a difference of a few % and a sequential A-then-B run would
+show the drift instead.
+
+Each SE model's overhead over the plain one is estimated from the rounds as pairs: the mean of
+the per-round log ratios (a geometric mean of the ratios), with a 95 % percentile bootstrap
+interval over rounds. Rounds go on until every interval's half-width is at most
+``TARGET_HALF_WIDTH`` points (after at least ``MIN_ROUNDS`` rounds) or the time budget ends;
+a result whose interval spans 0 is "within noise" and is reported as such, not as a finding.
+On the GPU, cudnn.benchmark is on (as convnets are run there). The paper's figures: +1.8 % CPU
+inference (164 -> 167 ms, batch 1) and +10 % per training step (190 -> 209 ms, batch 256 on
+8 GPUs).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +36,11 @@ from se_kernels.bench.progress import Progress
 PAPER_RATIO = {"inference": 167 / 164, "train": 209 / 190}
 PAPER_SOURCE = {"inference": "CPU, batch 1: 164 -> 167 ms",
                 "train": "8 GPUs, batch 256: 190 -> 209 ms"}
+TARGET_HALF_WIDTH = 1.0   # percentage points: rounds stop once every interval is this narrow
+MIN_ROUNDS = 5            # rounds before an interval may count as narrow enough
+FLOOR_ROUNDS = 3          # rounds timed even past the budget
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass
@@ -49,6 +63,90 @@ class ModelRow:
     images_per_s: float
     ratio_vs_plain: float | None    # median / ResNet-50's median in the same mode
     paper_ratio: float
+    # SE overhead over the plain model from the paired rounds (None for the plain model):
+    overhead_pct: float | None      # 100 * (geometric mean of the per-round ratios - 1)
+    overhead_low_pct: float | None  # 95 % bootstrap interval over rounds
+    overhead_high_pct: float | None
+    within_noise: bool | None       # the interval spans 0: no overhead shown either way
+    rounds: int                     # rounds timed (each: one step of every model)
+    stop: str                       # "converged" (half-width <= 1 point) or "budget"
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """The overhead of one model over another, in percent, from paired rounds."""
+    pct: float
+    low: float
+    high: float
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    @property
+    def within_noise(self) -> bool:
+        return self.low <= 0.0 <= self.high
+
+
+# Student's t, 0.975 quantile, by degrees of freedom (1..30); beyond, 1.96 + 2.4 / dof
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def _t975(dof: int) -> float:
+    return _T975[dof - 1] if dof <= len(_T975) else 1.96 + 2.4 / dof
+
+
+def overhead(base: Sequence[float], other: Sequence[float], *,
+             resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Overhead:
+    """``other``'s overhead over ``base`` (per-round step times, paired by index): the mean
+    of the per-round log ratios, with a 95 % interval: a percentile bootstrap that resamples
+    rounds (pairs stay together, so a load that shifts both members of a pair cancels),
+    widened to Student's t interval of the mean where that is wider (with a handful of rounds
+    the bootstrap alone is too narrow: three pairs that happen to agree would give a point)."""
+    if len(base) != len(other) or not base:
+        raise ValueError(f"need equally many rounds, at least 1 (got {len(base)}, {len(other)})")
+    d = np.log(np.asarray(other, dtype=np.float64) / np.asarray(base, dtype=np.float64))
+    n, mean = len(d), float(d.mean())
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
+    alpha = (1 - CONFIDENCE) / 2
+    lo, hi = (float(v) for v in np.quantile(means, [alpha, 1 - alpha]))
+    if n > 1:
+        half = _t975(n - 1) * float(d.std(ddof=1)) / math.sqrt(n)
+        lo, hi = min(lo, mean - half), max(hi, mean + half)
+    else:
+        lo, hi = -math.inf, math.inf  # one round says nothing about the noise
+    pct = lambda v: 100 * math.expm1(v)  # noqa: E731
+    return Overhead(pct(mean), pct(lo), pct(hi))
+
+
+def interleaved_rounds(count: int, timed_step: Callable[[int], float], *, budget_s: float,
+                       pairs: Sequence[tuple[int, int]],
+                       clock: Callable[[], float] = time.perf_counter,
+                       target_half_width: float = TARGET_HALF_WIDTH,
+                       min_rounds: int = MIN_ROUNDS, floor_rounds: int = FLOOR_ROUNDS,
+                       max_rounds: int = 100_000) -> tuple[list[list[float]], str]:
+    """Times ``count`` models in rounds: each round calls ``timed_step(i)`` (one timed step
+    of model i, in seconds) for every i, starting at a model that rotates from round to round.
+    Stops when every (base, other) pair of ``pairs`` has an overhead interval no wider than
+    ``target_half_width`` points (after ``min_rounds``), or when ``budget_s`` seconds of
+    ``clock`` have passed (after ``floor_rounds``). Returns (per-model times, "converged" or
+    "budget")."""
+    times: list[list[float]] = [[] for _ in range(count)]
+    t_end = clock() + budget_s
+    for r in range(max_rounds):
+        for k in range(count):
+            i = (r + k) % count
+            times[i].append(timed_step(i))
+        rounds = r + 1
+        if rounds >= min_rounds and all(
+                overhead(times[b], times[o]).half_width <= target_half_width for b, o in pairs):
+            return times, "converged"
+        if rounds >= floor_rounds and clock() >= t_end:
+            return times, "budget"
+    return times, "budget"
 
 
 def _models_api():
@@ -158,16 +256,19 @@ def run(cfg: BenchConfig, device: torch.device, *, progress: bool = True):
                     skipped.append({"suite": "model", "what": f"{name} ({se}) {mode}",
                                     "reason": f"{type(e).__name__}: {e}"[:400]})
                 bar.step(f"{mode} {name} ({se}) warm-up")
-            times: list[list[float]] = [[] for _ in fns]
-            t_end = time.perf_counter() + cfg.model_seconds * len(fns)
-            while fns and (time.perf_counter() < t_end or len(times[0]) < 3):
-                for i, fn in enumerate(fns):  # round-robin: one step of each model in turn
-                    times[i].append(_timed_call(fn, device))
+            if not fns:
+                continue
+            base = next((i for i, (_, se) in enumerate(names) if se == "none"), None)
+            pairs = [(base, i) for i in range(len(fns)) if base is not None and i != base]
+            times, stop = interleaved_rounds(
+                len(fns), lambda i: _timed_call(fns[i], device),
+                budget_s=cfg.model_seconds * len(fns), pairs=pairs)
             plain = None
-            for (name, se), ts in zip(names, times):
+            for i, ((name, se), ts) in enumerate(zip(names, times)):
                 t = timing.summarize(ts)
                 if se == "none":
                     plain = t.median
+                o = overhead(times[base], ts) if base is not None and i != base else None
                 rows.append(ModelRow(
                     suite="model", model=name, se=se, mode=mode, n=n, image_size=s,
                     dtype=cfg.model_dtype, layout=cfg.model_layout,
@@ -175,7 +276,11 @@ def run(cfg: BenchConfig, device: torch.device, *, progress: bool = True):
                     device=device.type, median_ms=t.median * 1e3, iqr_ms=t.iqr * 1e3,
                     min_ms=t.min * 1e3, runs=t.runs, images_per_s=n / t.median,
                     ratio_vs_plain=t.median / plain if plain else None,
-                    paper_ratio=PAPER_RATIO[mode]).__dict__)
+                    paper_ratio=PAPER_RATIO[mode],
+                    overhead_pct=o.pct if o else None, overhead_low_pct=o.low if o else None,
+                    overhead_high_pct=o.high if o else None,
+                    within_noise=o.within_noise if o else None,
+                    rounds=len(ts), stop=stop).__dict__)
             del fns
         del built
     finally:

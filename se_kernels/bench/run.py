@@ -128,8 +128,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads (default: the smallest of --threads, i.e. 1: on a shared "
                         "machine more threads measure the neighbours' load more than the model)")
     g.add_argument("--model-seconds", type=float, metavar="S",
-                   help="timed seconds per model and mode after warm-up, at least 3 steps "
-                        "(default: 3 on CPU, 2 on GPU)")
+                   help="time budget per model and mode after warm-up: rounds (one step of "
+                        "each model) run until every SE overhead's 95%% interval is within "
+                        "+-1 point (after 5 rounds) or the budget ends (after 3 rounds) "
+                        "(default: 10 on CPU, 2 on GPU)")
     g = p.add_argument_group("complexity")
     g.add_argument("--models", type=_list(str), metavar="LIST",
                    help="models of se_kernels.models.list_models() (default: all)")
@@ -172,7 +174,7 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
         model_layout=args.model_layout or ("nhwc" if gpu else "nchw"),
         model_threads=None if gpu else (args.model_threads or min(threads)),
         model_seconds=args.model_seconds if args.model_seconds is not None else (
-            2.0 if gpu else 3.0),
+            2.0 if gpu else 10.0),
         complexity_models=args.models, output=args.output, plot=args.plot, notes=tuple(notes))
 
 
