@@ -152,3 +152,34 @@ def test_floor_and_shapes():
     assert (s.n, s.c, s.h, s.w, s.cr) == (8, 64, 32, 32, 4)
     with pytest.raises(ValueError):
         parse_shape("8,64,0,32")
+
+
+def _resolve(*argv):
+    import argparse
+
+    from se_kernels.bench import run
+
+    p = argparse.ArgumentParser()
+    run.add_bench_arguments(p)
+    return run.resolve(p.parse_args(["--device", "cpu", *argv]))
+
+
+def test_shape_means_the_op_suite_unless_suites_says_otherwise():
+    import torch
+
+    from se_kernels.bench import run
+
+    assert _resolve().suites == ("op", "model", "complexity")
+    assert _resolve("--shape", "2,64,14,14").suites == ("op",)
+    assert _resolve("--shapes", "mobilenetv3").suites == ("op",)
+    assert _resolve("--shape", "2,64,14,14", "--suites", "op,model").suites == ("op", "model")
+    cfg = _resolve("--shape", "2,64,14,14")
+    text = run.announce(cfg, torch.device("cpu"), Path("out"))
+    first, second = text.splitlines()
+    assert first.startswith("se-kernels bench: cpu, suites op (~") and "in all" in first
+    assert "not running model, complexity" in second
+    # the estimate grows with the work asked for
+    est = run.estimate_seconds(_resolve(), torch.device("cpu"))
+    assert set(est) == {"op", "model", "complexity"} and all(v > 0 for v in est.values())
+    small = run.estimate_seconds(cfg, torch.device("cpu"))["op"]
+    assert small < est["op"] and small < 60
