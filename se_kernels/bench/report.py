@@ -371,16 +371,18 @@ def _print_model(p: _Printer, rows: list[dict]) -> None:
 
 def _print_complexity(p: _Printer, rows: list[dict]) -> None:
     by_name = {r["model"]: r for r in rows}
-    headers = ["model", "params (M)", "GMACs", "paper params", "paper GMACs", "+params vs plain",
-               "+MACs vs plain"]
+    headers = ["model", "input", "params (M)", "GMACs", "paper params", "paper GMACs",
+               "+params vs plain", "+MACs vs plain", "paper source"]
     table = []
     # each plain network followed by its SE version(s)
     for r in sorted(rows, key=lambda r: (r["baseline"] or r["model"], r["baseline"] is not None,
                                          r["model"])):
         base = by_name.get(r["baseline"]) if r["baseline"] else None
-        table.append([r["model"], f"{r['params_m']:.2f}", f"{r['gmacs']:.3f}",
+        table.append([r["model"], r["input_size"].split("x", 1)[-1], f"{r['params_m']:.2f}",
+                      f"{r['gmacs']:.3f}",
                       _num(r["paper_params_m"], "g"), _num(r["paper_gmacs"], "g"),
                       f"{(r['params'] / base['params'] - 1) * 100:+.1f}%" if base else "",
-                      f"{(r['macs'] / base['macs'] - 1) * 100:+.2f}%" if base else ""])
-    p.table("Complexity at 224x224 (multiply-adds; the paper's GFLOPs are multiply-adds)",
-            headers, table)
+                      f"{(r['macs'] / base['macs'] - 1) * 100:+.2f}%" if base else "",
+                      r.get("paper_source") or ""])
+    p.table("Complexity at each network's own input size (multiply-adds; the paper's GFLOPs "
+            "are multiply-adds)", headers, table)
