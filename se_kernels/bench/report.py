@@ -362,8 +362,9 @@ def _print_model(p: _Printer, rows: list[dict]) -> None:
             f"{r0['image_size']}x{r0['image_size']}"
             f"{', %s threads' % r0['threads'] if r0['threads'] else ''})", headers, table,
             caption="SE overhead: the geometric mean of the per-round step-time ratios over "
-                    "ResNet-50 (models take turns each round), with a 95% bootstrap interval "
-                    "over rounds; rounds run until the interval's half-width is <= 1 point or "
+                    "ResNet-50 (models take turns each round), with a 95% interval (bootstrap "
+                    "over rounds, at least as wide as Student's t); rounds run until its "
+                    "half-width is <= 1 point or "
                     "the budget (--model-seconds) ends. 'within noise': the interval spans 0, "
                     "so this run shows no overhead either way. "
                     "paper: +1.8% CPU inference (batch 1), +10% training step (GPUs, batch 256)")
