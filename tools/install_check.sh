@@ -60,7 +60,8 @@ site = sys.argv[1]
 import se_kernels
 assert se_kernels.__file__.startswith(site), f"imported {se_kernels.__file__}, not the wheel's"
 assert "cpu" in se_kernels.available_backends(), se_kernels.EXTENSION_LOAD_ERROR
-names = [m.name for m in pkgutil.walk_packages(se_kernels.__path__, "se_kernels.")]
+names = [m.name for m in pkgutil.walk_packages(se_kernels.__path__, "se_kernels.")
+         if not m.name.endswith(".__main__")]  # that one runs the command
 for name in names:
     importlib.import_module(name)
 outside = sorted(n for n in sys.modules if n.split(".")[0] in ("benchmarks", "tools", "tests"))
