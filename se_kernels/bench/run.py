@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -227,6 +228,13 @@ def announce(cfg: BenchConfig, device: torch.device, out_dir: Path) -> str:
              for name in SUITES if name in cfg.suites]
     lines = [f"se-kernels bench: {cfg.device}, suites {', '.join(parts)}; about "
              f"{_fmt_duration(sum(est.values()))} in all; output {out_dir}/"]
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    if device.type == "cpu" and load > usable_cpus():
+        lines.append(f"se-kernels bench: the machine is busy (load {load:.1f} on "
+                     f"{usable_cpus()} CPUs): expect longer, and noisier timings")
     left = [s for s in SUITES if s not in cfg.suites]
     if left:
         lines.append(f"se-kernels bench: not running {', '.join(left)} "
