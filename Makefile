@@ -27,7 +27,7 @@ PY := $(VENV)/bin/python
 ENV_STAMP := $(VENV)/.se_kernels-env
 endif
 
-.PHONY: help env build test test-fast bench gpu-check gpu-check-more gpu-check-dry cmake-check clean
+.PHONY: help env build test test-fast bench gpu-check gpu-check-more gpu-check-dry cmake-check install-check clean FORCE
 
 help:
 	@echo "make bench      the main job: benchmark the fused SE block (CPU table by default)"
@@ -36,6 +36,8 @@ help:
 	@echo "make gpu-check-more  the second GPU call: rest of the suite, compute-sanitizer, > 2^31"
 	@echo "make gpu-check-dry   the plans of both, checked without a GPU (node counts, budgets)"
 	@echo "make cmake-check  build the same sources with CMake and run ctest"
+	@echo "make install-check  sdist -> wheel -> install outside the checkout -> se-kernels bench"
+	@echo "make build      (part of test and bench) one summary line; V=1 adds the ptxas table"
 	@echo "variables: PYTHON=python3 (use that interpreter, no venv), TORCH_SPEC, OUT"
 
 $(VENV)/.se_kernels-env:
@@ -47,14 +49,50 @@ $(VENV)/.se_kernels-env:
 env: $(ENV_STAMP)
 
 # Builds se_kernels._C in place (CPU kernels always; CUDA kernels whenever nvcc and a CUDA
-# build of torch are present, GPU or not). The full log goes to $(BUILD_LOG); the summary
-# lines (toolkit, archs, ptxas reports of the hot kernels) are printed.
-build: $(ENV_STAMP)
-	@mkdir -p $(dir $(BUILD_LOG))
+# build of torch are present, GPU or not) and prints one summary line: toolkit, archs, entry
+# points, spills, warnings, time. The full log and the ptxas table go to $(BUILD_LOG); V=1
+# prints the table too. Incremental: nothing runs when no source, build setting or the
+# environment changed since the last build; otherwise ninja (objects kept in build/temp)
+# recompiles only the sources that changed.
+BUILD_DIR := $(patsubst %/,%,$(dir $(BUILD_LOG)))
+BUILD_STAMP := $(BUILD_DIR)/.built
+BUILD_SOURCES := $(shell find csrc -type f -not -path 'csrc/tests/*' 2>/dev/null) \
+	setup.py pyproject.toml tools/find_cuda.py
+# The settings a build depends on: $(BUILD_DIR)/settings is rewritten (and the build rerun)
+# only when they change.
+BUILD_SETTINGS := python=$(PY) skip_cuda=$(SE_KERNELS_SKIP_CUDA) skip_ext=$(SE_KERNELS_SKIP_EXT) \
+	archs=$(TORCH_CUDA_ARCH_LIST) cuda_home=$(CUDA_HOME)
+ifeq ($(filter clean help,$(or $(MAKECMDGOALS),help)),)
+$(shell mkdir -p $(BUILD_DIR) && echo '$(BUILD_SETTINGS)' > $(BUILD_DIR)/settings.new \
+	&& { cmp -s $(BUILD_DIR)/settings.new $(BUILD_DIR)/settings \
+	     || mv $(BUILD_DIR)/settings.new $(BUILD_DIR)/settings; }; rm -f $(BUILD_DIR)/settings.new)
+endif
+# a missing library forces a build
+ifneq ($(SE_KERNELS_SKIP_EXT),1)
+ifeq ($(wildcard se_kernels/_C*.so),)
+BUILD_FORCE := FORCE
+endif
+endif
+
+$(BUILD_STAMP): $(ENV_STAMP) $(BUILD_SOURCES) $(BUILD_DIR)/settings $(BUILD_FORCE)
+	@t0=$$(date +%s); rm -f $@; \
 	SE_KERNELS_PTXAS_VERBOSE=1 $(PY) -m pip install -v --no-build-isolation --no-deps -e . \
-		> $(BUILD_LOG) 2>&1 || { tail -n 60 $(BUILD_LOG); exit 1; }
-	@grep -E "^\s*\[se_kernels build\]" $(BUILD_LOG) | sed 's/^\s*//' | sort -u || true
-	$(PY) tools/check_build_log.py $(BUILD_LOG)
+		> $(BUILD_LOG) 2>&1 || { tail -n 60 $(BUILD_LOG); \
+		echo "make build: failed; the full log is $(BUILD_LOG)"; exit 1; }; \
+	$(PY) tools/check_build_log.py $(BUILD_LOG) --quiet --seconds $$(( $$(date +%s) - t0 )) \
+		> $(BUILD_DIR)/summary.txt || { cat $(BUILD_DIR)/summary.txt; \
+		echo "make build: the checks failed; the table is in $(BUILD_LOG)"; exit 1; }
+	@touch $@ $(BUILD_DIR)/.just-built
+
+build: $(BUILD_STAMP)
+	@if [ -e $(BUILD_DIR)/.just-built ]; then rm -f $(BUILD_DIR)/.just-built; \
+		cat $(BUILD_DIR)/summary.txt; \
+	else echo "$$(cat $(BUILD_DIR)/summary.txt) [up to date: nothing rebuilt]"; fi
+ifdef V
+	@tail -n +2 $(BUILD_DIR)/build-report.txt
+endif
+
+FORCE:
 
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
@@ -78,6 +116,11 @@ gpu-check-dry: $(ENV_STAMP)
 
 cmake-check: $(ENV_STAMP)
 	tools/cmake_check.sh $(PY)
+
+# The install as users do it (tools/install_check.sh): an sdist, a wheel built from it (CPU
+# kernels only, for CI time), installed outside the checkout, `se-kernels bench` run there.
+install-check: $(ENV_STAMP)
+	@tools/install_check.sh $(PY)
 
 clean:
 	rm -rf build se_kernels/_C*.so *.egg-info

@@ -10,6 +10,11 @@ Environment switches:
   TORCH_CUDA_ARCH_LIST       CUDA archs, e.g. "9.0a" (default: "8.0;9.0a")
   SE_KERNELS_PTXAS_VERBOSE=1 pass -Xptxas -v (register/spill report in the build log)
   CUDA_HOME                  the toolkit's folder (found from nvcc when unset)
+  SE_KERNELS_BUILD_TEMP      ninja's build folder (default: build/temp beside this file)
+
+Builds are incremental: ninja's objects stay in build/temp, not in the temporary folder pip
+gives each build, so a rebuild compiles only the sources (or headers) that changed; ninja
+also recompiles a source whose compile command changed (flags, archs).
 """
 
 import glob
@@ -32,6 +37,19 @@ def _log(msg: str) -> None:
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _build_ext_class(base):
+    """torch's BuildExtension with a build folder that outlives the build."""
+
+    class PersistentBuildExtension(base):
+        def build_extensions(self):
+            self.build_temp = os.environ.get("SE_KERNELS_BUILD_TEMP") or str(
+                ROOT / "build" / "temp")
+            os.makedirs(self.build_temp, exist_ok=True)
+            super().build_extensions()
+
+    return PersistentBuildExtension
 
 
 def _extensions():
@@ -101,7 +119,7 @@ def _extensions():
             extra_link_args=link,
             py_limited_api=True,
         )
-    return [ext], {"build_ext": cpp_extension.BuildExtension}
+    return [ext], {"build_ext": _build_ext_class(cpp_extension.BuildExtension)}
 
 
 ext_modules, cmdclass = _extensions()

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import se_kernels
-from benchmarks.op import EagerSE
-from benchmarks.shapes import PRESETS
+from se_kernels.bench.op import EagerSE
+from se_kernels.bench.shapes import PRESETS
 
 SHAPES = PRESETS["se-resnet50"]
 FORMATS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}

@@ -28,7 +28,11 @@ _ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPIN
 # ---- provenance -----------------------------------------------------------------------------
 
 def _git(*args: str) -> str | None:
-    root = Path(__file__).resolve().parent.parent
+    """git in the checkout se_kernels runs from; None for an installed copy (whose folder
+    may sit inside some unrelated repository)."""
+    root = Path(__file__).resolve().parents[2]
+    if not ((root / ".git").exists() and (root / "setup.py").is_file()):
+        return None
     try:
         out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                              timeout=10)
@@ -316,37 +320,70 @@ def _print_speedup_summary(p: _Printer, rows: list[dict]) -> None:
     p.table("Speedup over the eager SE module (eager median / median)", headers, table)
 
 
+def model_overhead(r: dict) -> tuple[float, float | None, float | None] | None:
+    """(overhead %, interval low, high) of a model row; rows saved before the intervals
+    (schema without overhead_pct) give the median ratio and no interval; None for the plain
+    model."""
+    if r["se"] == "none":
+        return None
+    if r.get("overhead_pct") is not None:
+        return r["overhead_pct"], r["overhead_low_pct"], r["overhead_high_pct"]
+    if r.get("ratio_vs_plain") is not None:
+        return (r["ratio_vs_plain"] - 1) * 100, None, None
+    return None
+
+
+def fmt_overhead(r: dict) -> str:
+    o = model_overhead(r)
+    if o is None:
+        return "-"
+    pct, lo, hi = o
+    if lo is None:
+        return f"{pct:+.1f}% (no interval)"
+    text = f"{pct:+.1f}% [{lo:+.1f}, {hi:+.1f}]"
+    return text + " within noise" if lo <= 0 <= hi else text
+
+
 def _print_model(p: _Printer, rows: list[dict]) -> None:
-    headers = ["model", "SE", "mode", "N", "median", "IQR", "images/s", "SE overhead",
-               "paper", "runs"]
+    headers = ["model", "SE", "mode", "N", "median", "IQR", "images/s",
+               "SE overhead [95% CI]", "paper", "rounds"]
     table = []
     for r in rows:
-        ratio = r["ratio_vs_plain"]
-        over = "-" if ratio is None or r["se"] == "none" else f"{(ratio - 1) * 100:+.1f}%"
+        rounds = str(r.get("rounds", r["runs"]))
+        if r.get("stop") == "budget" and r["se"] != "none":
+            rounds += " (budget)"
         table.append([r["model"], r["se"], r["mode"], str(r["n"]),
-                      fmt_time_us(r["median_ms"] * 1e3), fmt_time_us(r["iqr_ms"] * 1e3), f"{r['images_per_s']:.3g}", over,
+                      fmt_time_us(r["median_ms"] * 1e3), fmt_time_us(r["iqr_ms"] * 1e3),
+                      f"{r['images_per_s']:.3g}", fmt_overhead(r),
                       f"{(r['paper_ratio'] - 1) * 100:+.1f}%" if r["se"] != "none" else "",
-                      str(r["runs"])])
+                      rounds])
     r0 = rows[0]
     p.table(f"Model level: ResNet-50 vs SE-ResNet-50 ({r0['dtype']}, {r0['layout']}, "
             f"{r0['image_size']}x{r0['image_size']}"
             f"{', %s threads' % r0['threads'] if r0['threads'] else ''})", headers, table,
-            caption="SE overhead: median step time over ResNet-50's, same mode and batch. "
+            caption="SE overhead: the geometric mean of the per-round step-time ratios over "
+                    "ResNet-50 (models take turns each round), with a 95% interval (bootstrap "
+                    "over rounds, at least as wide as Student's t); rounds run until its "
+                    "half-width is <= 1 point or "
+                    "the budget (--model-seconds) ends. 'within noise': the interval spans 0, "
+                    "so this run shows no overhead either way. "
                     "paper: +1.8% CPU inference (batch 1), +10% training step (GPUs, batch 256)")
 
 
 def _print_complexity(p: _Printer, rows: list[dict]) -> None:
     by_name = {r["model"]: r for r in rows}
-    headers = ["model", "params (M)", "GMACs", "paper params", "paper GMACs", "+params vs plain",
-               "+MACs vs plain"]
+    headers = ["model", "input", "params (M)", "GMACs", "paper params", "paper GMACs",
+               "+params vs plain", "+MACs vs plain", "paper source"]
     table = []
     # each plain network followed by its SE version(s)
     for r in sorted(rows, key=lambda r: (r["baseline"] or r["model"], r["baseline"] is not None,
                                          r["model"])):
         base = by_name.get(r["baseline"]) if r["baseline"] else None
-        table.append([r["model"], f"{r['params_m']:.2f}", f"{r['gmacs']:.3f}",
+        table.append([r["model"], r["input_size"].split("x", 1)[-1], f"{r['params_m']:.2f}",
+                      f"{r['gmacs']:.3f}",
                       _num(r["paper_params_m"], "g"), _num(r["paper_gmacs"], "g"),
                       f"{(r['params'] / base['params'] - 1) * 100:+.1f}%" if base else "",
-                      f"{(r['macs'] / base['macs'] - 1) * 100:+.2f}%" if base else ""])
-    p.table("Complexity at 224x224 (multiply-adds; the paper's GFLOPs are multiply-adds)",
-            headers, table)
+                      f"{(r['macs'] / base['macs'] - 1) * 100:+.2f}%" if base else "",
+                      r.get("paper_source") or ""])
+    p.table("Complexity at each network's own input size (multiply-adds; the paper's GFLOPs "
+            "are multiply-adds)", headers, table)

@@ -3,7 +3,8 @@
     bench_bandwidth.png  op level: effective bandwidth against the bytes floor, per shape, per
                          implementation, with the measured copy bandwidth as the ceiling line
     bench_model.png      model level: SE-ResNet-50's overhead over ResNet-50, reference SE vs
-                         fused SE, beside the paper's figures
+                         fused SE, each with its 95% interval (hollow bars: within noise),
+                         beside the paper's figures
 
 At most these two files, written next to the JSON unless ``--output`` says otherwise.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.report import fmt_time_us, read_json, shape_label
+from se_kernels.bench.report import fmt_time_us, model_overhead, read_json, shape_label
 
 BANDWIDTH_PNG = "bench_bandwidth.png"
 MODEL_PNG = "bench_model.png"
@@ -94,34 +95,58 @@ def plot_bandwidth(data: dict, path: Path) -> Path | None:
 
 
 def plot_model(data: dict, path: Path) -> Path | None:
-    rows = [r for r in data.get("model", []) if r["se"] != "none" and r["ratio_vs_plain"]]
+    rows = [r for r in data.get("model", []) if model_overhead(r) is not None]
     if not rows:
         return None
     plt = _plt()
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     variants = list(dict.fromkeys(r["se"] for r in rows)) + ["paper"]
-    fig, ax = plt.subplots(figsize=(2.2 + 2.2 * len(modes), 3.6))
+    fig, ax = plt.subplots(figsize=(2.2 + 2.2 * len(modes), 3.8))
     width = 0.8 / len(variants)
     colors = plt.get_cmap("tab10")
     for k, v in enumerate(variants):
-        xs, ys, labels = [], [], []
+        xs, ys, los, his, labels, noisy = [], [], [], [], [], []
         for i, mode in enumerate(modes):
             if v == "paper":
-                ratio = next(r["paper_ratio"] for r in rows if r["mode"] == mode)
+                pct = (next(r["paper_ratio"] for r in rows if r["mode"] == mode) - 1) * 100
+                lo = hi = None
                 note = ""
             else:
                 hit = [r for r in rows if r["mode"] == mode and r["se"] == v]
                 if not hit:
                     continue
-                ratio = hit[0]["ratio_vs_plain"]
+                pct, lo, hi = model_overhead(hit[0])
                 note = f"\n{fmt_time_us(hit[0]['median_ms'] * 1e3)}"
             xs.append(i + (k - (len(variants) - 1) / 2) * width)
-            ys.append((ratio - 1) * 100)
-            labels.append(f"{ys[-1]:+.1f}%{note}")
+            ys.append(pct)
+            los.append(pct if lo is None else lo)
+            his.append(pct if hi is None else hi)
+            within = lo is not None and lo <= 0 <= hi
+            noisy.append(within)
+            if lo is None:
+                labels.append(f"{pct:+.1f}%{note}" + ("" if v == "paper" else "\n(no CI)"))
+            else:
+                labels.append(f"{pct:+.1f}%\n[{lo:+.1f}, {hi:+.1f}]"
+                              + ("\nwithin noise" if within else "") + note)
+        if not xs:
+            continue
+        color = "lightgray" if v == "paper" else colors(k % 10)
         bars = ax.bar(xs, ys, width, label="paper (Hu et al.)" if v == "paper" else f"SE {v}",
-                      color="lightgray" if v == "paper" else colors(k % 10),
-                      hatch="//" if v == "paper" else None, edgecolor="k", lw=0.5)
-        ax.bar_label(bars, labels, fontsize=7)
+                      color=color, hatch="//" if v == "paper" else None, edgecolor="k", lw=0.5,
+                      alpha=1.0 if v == "paper" else 0.85)
+        for bar, within in zip(bars, noisy):
+            if within:  # a result the run cannot tell from 0: drawn hollow
+                bar.set_facecolor("none")
+                bar.set_edgecolor(color)
+                bar.set_hatch("..")
+        if v != "paper":
+            ax.errorbar(xs, ys, yerr=[[y - lo for y, lo in zip(ys, los)],
+                                      [hi - y for y, hi in zip(ys, his)]],
+                        fmt="none", ecolor="k", elinewidth=1, capsize=3)
+        for x, hi, lo, label in zip(xs, his, los, labels):
+            top = max(hi, lo, 0)
+            ax.annotate(label, (x, top), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=6)
     r0 = rows[0]
     ax.axhline(0, color="k", lw=0.8)
     plain = {r["mode"]: r for r in data["model"] if r["se"] == "none"}
@@ -131,9 +156,10 @@ def plot_model(data: dict, path: Path) -> Path | None:
         for m in modes])
     ax.set_ylabel("SE-ResNet-50 step time over ResNet-50 (%)")
     thr = f", {r0['threads']} threads" if r0["threads"] else ""
-    ax.set_title(f"SE overhead — {data['provenance']['device']}, {r0['dtype']}{thr}", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.margins(y=0.25)
+    ax.set_title(f"SE overhead, 95% CI (hollow: within noise) — "
+                 f"{data['provenance']['device']}, {r0['dtype']}{thr}", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.margins(y=0.35)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

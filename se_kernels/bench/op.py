@@ -32,10 +32,10 @@ from torch import nn
 
 import se_kernels
 from se_kernels import ops as se_ops
-from benchmarks import timing
-from benchmarks.config import DTYPES, LAYOUTS, BenchConfig
-from benchmarks.progress import Progress
-from benchmarks.shapes import Shape
+from se_kernels.bench import timing
+from se_kernels.bench.config import DTYPES, LAYOUTS, BenchConfig
+from se_kernels.bench.progress import Progress
+from se_kernels.bench.shapes import Shape
 
 ROUNDS = 3  # timing rounds per case: the implementations take turns (timing.time_interleaved)
 _GATES = {"sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks import timing
-from benchmarks.config import (BASELINES, LAYOUTS, MODES, SUITES, BenchConfig, canonical_dtype,
+from se_kernels.bench import timing
+from se_kernels.bench.config import (BASELINES, LAYOUTS, MODES, SUITES, BenchConfig, canonical_dtype,
                                usable_cpus)
-from benchmarks.shapes import PRESETS, parse_shape, preset_shapes
+from se_kernels.bench.shapes import PRESETS, parse_shape, preset_shapes
 
 BENCH_DESCRIPTION = """\
 Benchmark the fused SE block against the eager SE module (as torchvision/timm write it) and
@@ -38,7 +39,8 @@ suite starts no new case after 210 s (--op-budget), so that the run stays under 
 BENCH_EPILOG = """\
 examples:
   se-kernels bench                                   # the default run, results in out/bench
-  se-kernels bench --suites op --shape 8,64,32,32     # one custom shape (N,C,H,W[,Cr])
+  se-kernels bench --shape 8,64,32,32                # one custom shape (N,C,H,W[,Cr]), op suite
+  se-kernels bench --shape 8,64,32,32 --suites op,model   # ... and the model suite too
   se-kernels bench --suites op --shapes all --residual both --pass fwd,fwd+bwd
   se-kernels bench --suites op --impls eager,cpu --threads 2 --cache cold
   se-kernels plot out/bench/bench.json               # redraw the plots from the saved rows
@@ -77,8 +79,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for bench.json and the plots (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="cuda when a GPU is visible, else cpu (default: %(default)s)")
-    p.add_argument("--suites", type=_list(str, SUITES), default=SUITES, metavar="LIST",
-                   help=f"comma-separated, of {','.join(SUITES)} (default: all)")
+    p.add_argument("--suites", type=_list(str, SUITES), metavar="LIST",
+                   help=f"comma-separated, of {','.join(SUITES)} (default: all; op only when "
+                        "--shape or --shapes is given)")
     p.add_argument("--no-plot", dest="plot", action="store_false", help="write no PNGs")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     g = p.add_argument_group("op level")
@@ -128,8 +131,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads (default: the smallest of --threads, i.e. 1: on a shared "
                         "machine more threads measure the neighbours' load more than the model)")
     g.add_argument("--model-seconds", type=float, metavar="S",
-                   help="timed seconds per model and mode after warm-up, at least 3 steps "
-                        "(default: 3 on CPU, 2 on GPU)")
+                   help="time budget per model and mode after warm-up: rounds (one step of "
+                        "each model) run until every SE overhead's 95%% interval is within "
+                        "+-1 point (after 5 rounds) or the budget ends (after 3 rounds) "
+                        "(default: 10 on CPU, 2 on GPU)")
     g = p.add_argument_group("complexity")
     g.add_argument("--models", type=_list(str), metavar="LIST",
                    help="models of se_kernels.models.list_models() (default: all)")
@@ -143,6 +148,9 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
         "cuda" if torch.cuda.is_available() else "cpu")
     gpu = device == "cuda"
     notes = []
+    # shapes are op-level settings: asking for them asks for the op suite (unless --suites)
+    suites = tuple(args.suites) if args.suites else (
+        ("op",) if args.shape or args.shapes else SUITES)
     shapes = list(preset_shapes(list(args.shapes))) if args.shapes else []
     shapes += args.shape
     if not shapes:
@@ -157,7 +165,7 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
     if len(model_batch) == 1:
         model_batch = (model_batch[0], model_batch[0])
     return BenchConfig(
-        device=device, suites=tuple(args.suites), shapes=tuple(shapes),
+        device=device, suites=suites, shapes=tuple(shapes),
         batches=args.batch or ((1, 256) if gpu else (1, 8)),
         dtypes=args.dtype or (("bfloat16",) if gpu else ("float32",)),
         layouts=tuple(args.layout), modes=args.modes or (MODES if gpu else ("fwd",)),
@@ -172,13 +180,71 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
         model_layout=args.model_layout or ("nhwc" if gpu else "nchw"),
         model_threads=None if gpu else (args.model_threads or min(threads)),
         model_seconds=args.model_seconds if args.model_seconds is not None else (
-            2.0 if gpu else 3.0),
+            2.0 if gpu else 10.0),
         complexity_models=args.models, output=args.output, plot=args.plot, notes=tuple(notes))
 
 
+def estimate_seconds(cfg: BenchConfig, device: torch.device) -> dict[str, float]:
+    """Rough seconds each requested suite will take (for the first lines of the output):
+    per op case, each implementation's warm-up and timing (torch.compile: its compile); per
+    model mode, the warm-up steps and the time budget (an upper bound: rounds stop early once
+    the intervals are narrow); per complexity model, a count on the meta device."""
+    from se_kernels.bench import op
+
+    gpu = device.type == "cuda"
+    out: dict[str, float] = {}
+    if "op" in cfg.suites:
+        impls = list(cfg.impls) if cfg.impls is not None else op.default_impls(device)
+        # calibrated on the recorded CPU runs (benchmarks/results/cpu-xeon-2vcpu-*: 32 cases
+        # x 4 implementations in ~70 s); GPU figures are guesses on the safe side
+        per_impl = {"compile": 8.0 if gpu else 0.8, "compile-max-autotune": 40.0}
+        n_cases = len(op.cases(cfg)) * max(1, len(cfg.threads))
+        timed = 0.15 if gpu else cfg.min_run_time * 1.3 + 0.05
+        case = sum(timed + per_impl.get(i, 0.1) for i in impls) + 0.2
+        est = 1.0 + n_cases * case + (2.0 if gpu else 1.5 * max(1, len(cfg.threads)))
+        out["op"] = min(est, cfg.op_budget + 60) if cfg.op_budget else est
+    if "model" in cfg.suites:
+        modes = [n for n in (cfg.model_batch_infer, cfg.model_batch_train) if n > 0]
+        out["model"] = 3 * 3.0 + len(modes) * 3 * (cfg.model_seconds + (1.0 if gpu else 5.0))
+    if "complexity" in cfg.suites:
+        try:
+            from se_kernels import models
+            count = len(cfg.complexity_models or models.list_models())
+        except ImportError:
+            count = 0
+        out["complexity"] = 2.0 + 0.4 * count
+    return out
+
+
+def _fmt_duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
+
+
+def announce(cfg: BenchConfig, device: torch.device, out_dir: Path) -> str:
+    """The first lines: the suites that run, about how long each takes, and those that do
+    not."""
+    est = estimate_seconds(cfg, device)
+    parts = [f"{name} (~{_fmt_duration(est[name])}{' at most' if name == 'model' else ''})"
+             for name in SUITES if name in cfg.suites]
+    lines = [f"se-kernels bench: {cfg.device}, suites {', '.join(parts)}; about "
+             f"{_fmt_duration(sum(est.values()))} in all; output {out_dir}/"]
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    if device.type == "cpu" and load > usable_cpus():
+        lines.append(f"se-kernels bench: the machine is busy (load {load:.1f} on "
+                     f"{usable_cpus()} CPUs): expect longer, and noisier timings")
+    left = [s for s in SUITES if s not in cfg.suites]
+    if left:
+        lines.append(f"se-kernels bench: not running {', '.join(left)} "
+                     f"(--suites {','.join(SUITES)} runs every suite)")
+    return "\n".join(lines)
+
+
 def bench(args: argparse.Namespace) -> int:
-    from benchmarks import complexity, model, op, report
-    from benchmarks.plot import make_plots
+    from se_kernels.bench import complexity, model, op, report
+    from se_kernels.bench.plot import make_plots
 
     t_start = time.perf_counter()
     load_start = report.load_average()
@@ -191,8 +257,7 @@ def bench(args: argparse.Namespace) -> int:
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     default_threads = torch.get_num_threads()
-    print(f"se-kernels bench: {cfg.device}, suites {','.join(cfg.suites)}, "
-          f"{len(cfg.shapes)} shape(s), output {out_dir}/", file=sys.stderr, flush=True)
+    print(announce(cfg, device, out_dir), file=sys.stderr, flush=True)
 
     copy_bw: dict = {}
     if "op" in cfg.suites:
@@ -257,7 +322,7 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def plot(args: argparse.Namespace) -> int:
-    from benchmarks.plot import make_plots
+    from se_kernels.bench.plot import make_plots
 
     written = make_plots(args.json, args.output)
     for path in written:
