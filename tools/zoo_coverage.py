@@ -24,6 +24,7 @@ convert does not know). ``--markdown`` prints the table docs/models.md carries.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import re
@@ -55,13 +56,14 @@ def _recognised() -> tuple[type, ...]:
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN statistics and affine parameters (fresh ones leave outputs near 0 and hide
     whole branches; zero-initialised last BNs would zero residual branches), and small random
-    values in every parameter that is all zeros (NFNet's skip-init gains, zero-initialised
-    norm scales): otherwise the SE modules of such branches cannot change the output and
+    values in every parameter that is all zeros or nearly (NFNet's skip-init gains,
+    zero-initialised norm scales, layer scales at 1e-6): otherwise the SE modules of such branches cannot change the output and
     "outputs match" would say nothing."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            if p.is_floating_point() and p.numel() and not p.is_meta and (p == 0).all():
+            if (p.is_floating_point() and p.numel() and not p.is_meta
+                    and p.abs().max() < 1e-4):  # zeros, and layer scales at 1e-5 .. 1e-6
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -219,6 +221,28 @@ def timm_build(name: str, size: int):
 
 # ---- torchvision ----------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _params_on_meta():
+    """Parameters and buffers moved to the meta device as modules register them: for models
+    whose constructor computes with tensors (RegNet's widths), which fail under
+    ``torch.device("meta")``; the empty CPU tensors are never touched."""
+    reg_p, reg_b = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def register_parameter(self, name, param):
+        reg_p(self, name, param)
+        if param is not None:
+            self._parameters[name] = nn.Parameter(param.to("meta"), param.requires_grad)
+
+    def register_buffer(self, name, tensor, persistent=True):
+        reg_b(self, name, tensor if tensor is None else tensor.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = reg_p, reg_b
+
+
 def torchvision_candidates(per_family: int, only: list[str] | None) -> list[tuple]:
     import torchvision
 
@@ -230,11 +254,15 @@ def torchvision_candidates(per_family: int, only: list[str] | None) -> list[tupl
         try:
             with torch.device("meta"):
                 m = torchvision.models.get_model(name)
-        except Exception:  # noqa: BLE001 - e.g. an init that reads tensor data
-            continue
+        except Exception:  # noqa: BLE001 - an init that reads tensor data
+            try:
+                with _params_on_meta():
+                    m = torchvision.models.get_model(name)
+            except Exception:  # noqa: BLE001
+                continue
         recognised = recognised or _recognised()
         if _count(m, recognised):
-            family = re.sub(r"(_b\d|_v2_[sml]|_small|_large|_y_.*|_t)$", "", name)
+            family = re.sub(r"(_b\d|_[sml]|_small|_large|_[xy]_.*|_t)$", "", name)
             by_family.setdefault(family, []).append((_params(m), name))
     return [(f, n) for f, v in sorted(by_family.items()) for _, n in sorted(v)[:per_family]]
 
