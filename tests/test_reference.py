@@ -18,7 +18,8 @@ NP_ACT = {
     "hardswish": lambda v: v * np.clip(v + 3.0, 0.0, 6.0) / 6.0,
     "relu6": lambda v: np.clip(v, 0.0, 6.0),
     "gelu": np.vectorize(lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0)))),
-    "gelu_tanh": lambda v: 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3))),
+    "gelu_tanh": lambda v: 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi)
+                                                    * (v + 0.044715 * v ** 3))),
 }
 NP_GATE = {
     "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
