@@ -6,7 +6,8 @@ The codes must match ``csrc/include/se_kernels/options.h``.
 import torch
 
 SQUEEZES = {"avg": 0, "max": 1}
-ACTIVATIONS = {"relu": 0, "silu": 1}
+# gelu is exact (erf); gelu_tanh is GELU(approximate="tanh").
+ACTIVATIONS = {"relu": 0, "silu": 1, "hardswish": 2, "relu6": 3, "gelu": 4, "gelu_tanh": 5}
 GATES = {"sigmoid": 0, "hardsigmoid": 1, "tanh": 2, "relu": 3}
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
 

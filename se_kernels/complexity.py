@@ -10,7 +10,8 @@ op is counted element by element, one FLOP (half a MAC) per operation:
     scaling:  N*C*H*W multiplications
     => MACs = N*(2*C*Cr + C*H*W)
 
-The gate and the activation (N*C and N*Cr values) and the fused residual tail (the addition a
+The gate and the activation (N*C and N*Cr values; any of relu, silu, hardswish, relu6, gelu,
+gelu_tanh, so the formula is the same for all) and the fused residual tail (the addition a
 plain ResNet's count leaves out as well) are not counted. With this convention SE-MobileNet and
 SE-ShuffleNet come out at the paper's 572 and 142 MFLOPs (docs/models.md).
 

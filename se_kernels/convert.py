@@ -18,11 +18,25 @@ timm ``models.senet.SEModule``                         legacy_seresnet*, legacy_
 timm ``layers.EffectiveSEModule``, ``hgnet.EseModule`` one FC, no bottleneck (see below)
 ====================================================  ===========================================
 
-Activations: ReLU, SiLU (nn.SiLU, timm Swish/SwishMe); gates: Sigmoid, Hardsigmoid (nn and
-timm's HardSigmoid/HardSigmoidMe), Tanh, ReLU. Left alone (and listed in the report's
-``skipped``): a norm layer between the FCs (timm ``bn`` not Identity, e.g. ReXNet),
-``add_maxpool=True``, any other activation or gate (ReLU6, GELU, hard-swish ...), FCs that
-are not plain 1x1 convolutions. Modules of other types are not looked at.
+Activations: ReLU, SiLU (nn.SiLU, timm Swish/SwishMe), hard-swish (nn.Hardswish, timm
+HardSwish/HardSwishMe), ReLU6 (nn.ReLU6, nn.Hardtanh(0, 6)), GELU (nn.GELU, timm GELU) and its
+tanh approximation (nn.GELU(approximate="tanh"), timm GELUTanh) -- what timm's
+``create_act_layer`` returns for those names; gates: Sigmoid, Hardsigmoid (nn and timm's
+HardSigmoid/HardSigmoidMe), Tanh, ReLU. Left alone (and listed in the report's ``skipped``):
+``add_maxpool=True``, any other activation or gate (Mish, QuickGELU, PReLU ...), FCs that are
+not plain 1x1 convolutions, a norm between the FCs other than an eval-mode BatchNorm (below).
+Modules of other types are not looked at.
+
+A BatchNorm between the FCs (timm ``SEModule(norm_layer=nn.BatchNorm2d)``: ReXNet) is folded
+into FC1 when the model is converted in eval mode, exactly: ``W1' = (gamma / sigma) W1``,
+``b1' = gamma (b1 - mu) / sigma + beta`` with ``sigma = sqrt(running_var + eps)``, computed
+from the live parameters and running statistics at each call (gradients reach W1, b1, gamma
+and beta; a checkpoint loaded later is honoured). The BatchNorm stays a child under its own
+name, so parameters, buffers and state-dict keys are unchanged. In training mode a BatchNorm
+normalises with batch statistics, which no fold can express: a module found in training mode
+is left alone, with that reason. A folded module switched back to ``.train()`` *unfolds*: its
+forward is then the original module's own (batch statistics, running-statistics updates, the
+same autograd graph), and ``.eval()`` fuses it again.
 
 The one-FC "effective SE" form ``x * gate(W mean(x) + b)`` has no hidden layer. It is mapped
 exactly onto ``fused_se`` with ``W1 = [W; -W]``, ``b1 = [b; -b]``, ReLU, ``W2 = [I, -I]``:
@@ -60,6 +74,7 @@ class Replaced:
     activation: str
     gate: str
     bias: bool
+    folded_norm: str | None = None  # the BatchNorm folded into FC1 (its attribute name)
 
 
 @dataclass
@@ -82,10 +97,11 @@ class ConversionReport:
                  f"(backend={self.backend!r}), left {len(self.skipped)} alone"]
         counts: dict[tuple, int] = {}
         for r in self.replaced:
-            key = (r.source, r.activation, r.gate)
+            key = (r.source, r.activation, r.gate, r.folded_norm is not None)
             counts[key] = counts.get(key, 0) + 1
-        for (source, act, gate), n in counts.items():
-            lines.append(f"  {n} x {source} (activation={act}, gate={gate})")
+        for (source, act, gate, folded), n in counts.items():
+            lines.append(f"  {n} x {source} (activation={act}, gate={gate}"
+                         f"{', BatchNorm folded into FC1' if folded else ''})")
         for s in self.skipped:
             lines.append(f"  left alone: {s.name} ({s.source}): {s.reason}")
         return "\n".join(lines)
@@ -104,11 +120,22 @@ class ConvertedSE(SqueezeExcitation):
     """
 
     def __init__(self, fcs: dict[str, nn.Module], *, activation: str, gate: str, backend: str,
-                 source: str, single_fc: bool = False, channels_last_input: bool = False):
+                 source: str, single_fc: bool = False, channels_last_input: bool = False,
+                 norm: tuple[str, nn.Module] | None = None, original: nn.Module | None = None):
         nn.Module.__init__(self)
+        names = list(fcs)
         for name, module in fcs.items():
             self.add_module(name, module)
+            if norm is not None and name == names[0]:  # keep the original's child order
+                self.add_module(norm[0], norm[1])
         self._fc_names = tuple(fcs)
+        self._norm_name = None if norm is None else norm[0]
+        # The module replaced, kept outside the module tree (it shares the children above, so
+        # no parameter or state-dict key is added): the forward of a folded module in training
+        # mode. Only set when a norm is folded.
+        self.__dict__["_original"] = original if norm is not None else None
+        if original is not None:
+            self.train(original.training)  # the mode of the module replaced
         self.single_fc = single_fc
         self.channels_last_input = channels_last_input
         first = fcs[self._fc_names[0]]
@@ -122,19 +149,41 @@ class ConvertedSE(SqueezeExcitation):
             self.register_buffer("_fc2_single", torch.cat([eye, -eye], 1), persistent=False)
 
     def reset_parameters(self) -> None:
-        """Re-initialises the original FC submodules (as their own classes do)."""
-        for name in self._fc_names:
+        """Re-initialises the original FC (and norm) submodules (as their own classes do)."""
+        for name in self._fc_names + ((self._norm_name,) if self._norm_name else ()):
             getattr(self, name).reset_parameters()
+
+    def _fold(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(gamma / sigma, beta, -mu) of the folded BatchNorm (gamma = 1 and beta = None when it
+        is not affine), in float32 (float64 for float64 statistics)."""
+        bn = getattr(self, self._norm_name)
+        acc = torch.float64 if bn.running_var.dtype == torch.float64 else torch.float32
+        scale = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
+        shift = -bn.running_mean.to(acc)
+        if bn.weight is not None:
+            scale = scale * bn.weight.to(acc)
+        if bn.bias is not None:
+            return scale, bn.bias.to(acc), shift
+        return scale, None, shift
 
     # SqueezeExcitation reads these four
     @property
     def fc1_weight(self) -> torch.Tensor:
         w = getattr(self, self._fc_names[0]).weight
+        if self._norm_name is not None:  # W1' = (gamma / sigma) W1
+            scale = self._fold()[0]
+            return (w.to(scale.dtype) * scale.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
         return torch.cat([w, -w]) if self.single_fc else w
 
     @property
     def fc1_bias(self) -> torch.Tensor | None:
         b = getattr(self, self._fc_names[0]).bias
+        if self._norm_name is not None:  # b1' = gamma (b1 - mu) / sigma + beta
+            scale, beta, shift = self._fold()
+            dtype = getattr(self, self._fc_names[0]).weight.dtype
+            centred = shift if b is None else b.to(scale.dtype) + shift
+            out = scale * centred
+            return (out if beta is None else out + beta).to(dtype)
         return torch.cat([b, -b]) if self.single_fc and b is not None else b
 
     @property
@@ -148,6 +197,12 @@ class ConvertedSE(SqueezeExcitation):
         return None if self.single_fc else getattr(self, self._fc_names[1]).bias
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training and self._original is not None:
+            # A folded BatchNorm in training mode: unfold (the original module's forward).
+            if residual is not None:
+                raise ValueError("ConvertedSE: residual is not supported while a folded norm "
+                                 "is unfolded in training mode")
+            return self._original(x)
         if self.channels_last_input:
             x = x.permute(0, 3, 1, 2)
             if residual is not None:
@@ -159,7 +214,8 @@ class ConvertedSE(SqueezeExcitation):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, source={self.source!r}" + (
-            ", single_fc=True" if self.single_fc else "")
+            ", single_fc=True" if self.single_fc else "") + (
+            f", folded_norm={self._norm_name!r}" if self._norm_name else "")
 
 
 # ---- recognising modules --------------------------------------------------------------------
@@ -181,11 +237,23 @@ def _classes(*paths: str) -> tuple[type, ...]:
 
 
 def _activation_name(m: nn.Module) -> str | None:
-    if type(m) in (nn.ReLU,):
+    t = type(m)
+    if t in (nn.ReLU,):
         return "relu"
-    if type(m) in (nn.SiLU,) + _classes("timm.layers.activations.Swish",
-                                        "timm.layers.activations_me.SwishMe"):
+    if t in (nn.SiLU,) + _classes("timm.layers.activations.Swish",
+                                  "timm.layers.activations_me.SwishMe"):
         return "silu"
+    if t in (nn.Hardswish,) + _classes("timm.layers.activations.HardSwish",
+                                        "timm.layers.activations_me.HardSwishMe"):
+        return "hardswish"
+    if t is nn.ReLU6 or (t is nn.Hardtanh and (m.min_val, m.max_val) == (0.0, 6.0)):
+        return "relu6"
+    if t is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(m.approximate)
+    if t in _classes("timm.layers.activations.GELU"):
+        return "gelu"
+    if t in _classes("timm.layers.activations.GELUTanh"):
+        return "gelu_tanh"
     return None
 
 
@@ -225,10 +293,24 @@ class _Spec:
     gate: str
     channels_last: bool = False
     checks: tuple = ()         # (attribute, predicate, reason if the predicate fails)
+    norm: str | None = None    # attribute of a norm between the FCs (Identity when absent)
 
 
 def _is_identity(m) -> bool:
     return isinstance(m, nn.Identity)
+
+
+def _norm_problem(bn: nn.Module) -> str | None:
+    """Why the norm between the FCs cannot be folded into FC1 (None if it can)."""
+    if type(bn) is not nn.BatchNorm2d:
+        return f"a {type(bn).__name__} between the FCs (only an eval-mode BatchNorm folds)"
+    if not bn.track_running_stats or bn.running_mean is None:
+        return ("a BatchNorm between the FCs without running statistics (it always normalises "
+                "with batch statistics, which no fold can express)")
+    if bn.training:
+        return ("a BatchNorm between the FCs in training mode (it normalises with batch "
+                "statistics); convert the model in eval mode to fold it into FC1")
+    return None
 
 
 def _pool_is_global(m) -> bool:
@@ -239,8 +321,8 @@ SPECS = (
     _Spec("torchvision.ops.misc.SqueezeExcitation", ("fc1", "fc2"), "activation",
           "scale_activation", checks=(("avgpool", _pool_is_global, "pooling is not global"),)),
     _Spec("timm.layers.squeeze_excite.SEModule", ("fc1", "fc2"), "act", "gate",
-          checks=(("bn", _is_identity, "a norm layer between the FCs"),
-                  ("add_maxpool", lambda v: not v, "add_maxpool=True (avg+max squeeze)"))),
+          checks=(("add_maxpool", lambda v: not v, "add_maxpool=True (avg+max squeeze)"),),
+          norm="bn"),
     _Spec("timm.layers.squeeze_excite.SqueezeExciteCl", ("fc1", "fc2"), "act", "gate",
           channels_last=True),
     _Spec("timm.models._efficientnet_blocks.SqueezeExcite", ("conv_reduce", "conv_expand"),
@@ -262,9 +344,17 @@ def _plan(m: nn.Module, spec: _Spec, backend: str) -> ConvertedSE | str:
         why = _fc_problem(fc)
         if why:
             return why
+    norm = None
+    if spec.norm is not None and not _is_identity(getattr(m, spec.norm, None)):
+        bn = getattr(m, spec.norm)
+        why = _norm_problem(bn)
+        if why:
+            return why
+        norm = (spec.norm, bn)
     act = "relu" if spec.act is None else _activation_name(getattr(m, spec.act))
     if act is None:
-        return f"activation {type(getattr(m, spec.act)).__name__} is not relu or silu"
+        return (f"activation {type(getattr(m, spec.act)).__name__} is not one of "
+                "relu, silu, hardswish, relu6, gelu, gelu_tanh")
     gate = _gate_name(getattr(m, spec.gate))
     if gate is None:
         return (f"gate {type(getattr(m, spec.gate)).__name__} is not sigmoid, hardsigmoid, "
@@ -273,7 +363,8 @@ def _plan(m: nn.Module, spec: _Spec, backend: str) -> ConvertedSE | str:
     if len(set(biases)) > 1:
         return "one FC has a bias and the other not"
     return ConvertedSE(fcs, activation=act, gate=gate, backend=backend, source=spec.path,
-                       single_fc=spec.act is None, channels_last_input=spec.channels_last)
+                       single_fc=spec.act is None, channels_last_input=spec.channels_last,
+                       norm=norm, original=m)
 
 
 def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
@@ -303,7 +394,8 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
         replacements.append((name, new))
         report.replaced.append(Replaced(name, spec.path, new.channels, new.reduced_channels
                                         // (2 if new.single_fc else 1), new.activation,
-                                        new.gate, new.fc1_bias is not None))
+                                        new.gate, getattr(new, new._fc_names[0]).bias is not None,
+                                        new._norm_name))
     root = model
     for name, new in replacements:
         if not name:

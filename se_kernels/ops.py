@@ -216,7 +216,8 @@ def fused_se(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, b1: torch.Tens
     ::
 
         z = squeeze(x)                  # (N, C): mean ("avg") or amax ("max") over H, W
-        h = activation(z @ w1.T + b1)   # (N, Cr): "relu" or "silu"
+        h = activation(z @ w1.T + b1)   # (N, Cr): "relu", "silu", "hardswish", "relu6",
+                                        #   "gelu" (exact) or "gelu_tanh" (tanh approximation)
         s = gate(h @ w2.T + b2)         # (N, C): "sigmoid", "hardsigmoid", "tanh" or "relu"
         y = s[:, :, None, None] * x     # (N, C, H, W)
         y = relu(y + residual)          # only when residual is given

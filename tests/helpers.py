@@ -23,14 +23,21 @@ TOLERANCES = {
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 SQUEEZES = ("avg", "max")
-ACTIVATIONS = ("relu", "silu")
+ACTIVATIONS = ("relu", "silu", "hardswish", "relu6", "gelu", "gelu_tanh")
 GATES = ("sigmoid", "hardsigmoid", "tanh", "relu")
 LAYOUTS = ("contiguous", "channels_last", "strided")
 
 
 def option_matrix():
-    """Every (squeeze, activation, gate, bias, residual) combination."""
-    return list(itertools.product(SQUEEZES, ACTIVATIONS, GATES, (False, True), (False, True)))
+    """(squeeze, activation, gate, bias, residual) combinations: all of them for relu and silu
+    (64), then, for each later activation, each (squeeze, gate) with (bias, residual) rotating
+    (8 each), so that every pair of option values occurs without tripling every option test."""
+    full = list(itertools.product(SQUEEZES, ACTIVATIONS[:2], GATES, (False, True), (False, True)))
+    flags = list(itertools.product((False, True), (False, True)))
+    more = [(squeeze, act, gate, *flags[(i + j + 2 * k) % 4])
+            for k, act in enumerate(ACTIVATIONS[2:])
+            for i, squeeze in enumerate(SQUEEZES) for j, gate in enumerate(GATES)]
+    return full + more
 
 
 def option_id(opts) -> str:
@@ -195,10 +202,10 @@ def op_args(n=2, c=6, h=3, w=5, cr=2, *, bias=True, residual=True, layout="conti
     return (inp.x, inp.w1, inp.w2, inp.b1, inp.b2, inp.residual, squeeze, act, gate)
 
 
-def opcheck_backward(forward_op, backward_op, with_y: bool, device="cpu"):
+def opcheck_backward(forward_op, backward_op, with_y: bool, device="cpu", act=1):
     """opcheck on a backward op, fed with what its forward op saved (y only with the residual
     tail, where the backward needs its relu mask)."""
-    x, w1, w2, b1, b2, r, sq, act, gate = op_args(residual=with_y, device=device)
+    x, w1, w2, b1, b2, r, sq, act, gate = op_args(residual=with_y, device=device, act=act)
     y, z, hpre, gpre = forward_op(x, w1, w2, b1, b2, r, sq, act, gate)
     args = (torch.randn_like(y), x.detach(), w1.detach(), w2.detach(),
             y.detach() if with_y else None, z, hpre, gpre, sq, act, gate)

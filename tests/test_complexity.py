@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import se_kernels
 from se_kernels import complexity, models
+from se_kernels._options import ACTIVATIONS
 from se_kernels.complexity import complexity_breakdown, se_flops
 from se_kernels.models.paper import FIGURES, UNPRINTED
 
@@ -164,6 +165,21 @@ def test_se_formula_and_registration():
             se(xr).sum().backward()
         assert counter.get_total_flops() == se_flops(2, 256, 16, 196) + se_flops(
             2, 256, 16, 196, backward=True)
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_se_formula_every_activation(activation):
+    """The activation is elementwise over N*Cr values and counts nothing (like ReLU in the
+    paper's counts and in torch.utils.flop_counter), so the formula is the same for all six;
+    the reference backend's composite ops (erf, where, ...) add nothing either."""
+    want = 2 * 256 * 16 + 256 * 49
+    for backend in [b for b in se_kernels.available_backends() if b in ("reference", "cpu")]:
+        se = se_kernels.SqueezeExcitation(256, 16, activation=activation, backend=backend)
+        assert complexity(se, (256, 7, 7))["macs"] == want
+        with FlopCounterMode(display=False) as counter:
+            se(torch.randn(1, 256, 7, 7))
+        assert counter.get_total_flops() == (se_flops(1, 256, 16, 49) if backend == "cpu"
+                                             else 2 * 2 * 256 * 16)  # reference: the FCs
 
 
 def test_fused_residual_addition_counted_only_on_request():

@@ -372,3 +372,14 @@ def test_cuda_opcheck_se_forward(layout, bias, residual, squeeze):
 def test_cuda_opcheck_se_backward(with_y):
     opcheck_backward(torch.ops.se_kernels.se_forward, torch.ops.se_kernels.se_backward.default,
                      with_y, device="cuda")
+
+
+@pytest.mark.parametrize("act", range(6), ids=["relu", "silu", "hardswish", "relu6", "gelu",
+                                               "gelu_tanh"])
+def test_cuda_opcheck_every_activation(act):
+    """Each activation code through opcheck, forward and backward (the tests above use silu)."""
+    torch.library.opcheck(torch.ops.se_kernels.se_forward.default,
+                          op_args(2, 16, 3, 5, 4, act=act, gate=act % 4, squeeze=act % 2,
+                                  device="cuda"))
+    opcheck_backward(torch.ops.se_kernels.se_forward, torch.ops.se_kernels.se_backward.default,
+                     act % 2 == 0, device="cuda", act=act)

@@ -42,7 +42,7 @@ from hypothesis import currently_in_test_context, given, note, settings
 from hypothesis import strategies as st
 
 import se_kernels
-from helpers import TOLERANCES
+from helpers import ACTIVATIONS, TOLERANCES
 from se_kernels import reference, se_reference
 from se_kernels.ops import _unavailable_reason
 
@@ -124,7 +124,7 @@ def cases(draw, regimes=REGIMES):
         weight_form=draw(st.sampled_from(WEIGHT_FORMS)),
         bias=draw(st.booleans()),
         squeeze=draw(st.sampled_from(("avg", "max"))),
-        activation=draw(st.sampled_from(("relu", "silu"))),
+        activation=draw(st.sampled_from(ACTIVATIONS)),
         gate=draw(st.sampled_from(("sigmoid", "hardsigmoid", "tanh", "relu"))),
         regime=draw(st.sampled_from(regimes)),
         grad_form=draw(st.sampled_from(GRAD_FORMS)),

@@ -1,16 +1,25 @@
 """The reference backend against an independent float64 computation (NumPy), and its
 gradients against finite differences (torch.autograd.gradcheck)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import se_kernels
+from se_kernels import reference
 from helpers import (LAYOUTS, TOLERANCES, assert_close, make_inputs, option_id, option_matrix)
 
 NP_ACT = {
     "relu": lambda v: np.maximum(v, 0.0),
     "silu": lambda v: v / (1.0 + np.exp(-v)),
+    "hardswish": lambda v: v * np.clip(v + 3.0, 0.0, 6.0) / 6.0,
+    "relu6": lambda v: np.clip(v, 0.0, 6.0),
+    "gelu": np.vectorize(lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0)))),
+    "gelu_tanh": lambda v: 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi)
+                                                    * (v + 0.044715 * v ** 3))),
 }
 NP_GATE = {
     "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
@@ -90,3 +99,42 @@ def test_reference_gradcheck(opts):
                                    activation=act, gate=gate, backend="reference")
 
     assert torch.autograd.gradcheck(f, tuple(inp.tensors()), eps=1e-6, atol=1e-5)
+
+
+TORCH_ACT = {
+    "relu": F.relu, "silu": F.silu, "hardswish": F.hardswish, "relu6": F.relu6, "gelu": F.gelu,
+    "gelu_tanh": lambda v: F.gelu(v, approximate="tanh"),
+}
+
+
+@pytest.mark.parametrize("act", list(TORCH_ACT))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_reference_activations_are_torchs(act, dtype):
+    """The reference's activations have the values and gradients of PyTorch's own on finite
+    inputs, the kinks (-3, 0, 3, 6) included; at the specials: values as PyTorch's (but
+    gelu(+inf) = +inf, where float32 F.gelu gives NaN), and the piecewise gradients select:
+    an inf/NaN upstream gradient stops where the activation is flat, a NaN input passes g."""
+    v = torch.cat([torch.linspace(-9, 9, 181, dtype=dtype),
+                   torch.tensor([-3.0, 0.0, 3.0, 6.0, -1e-30, 1e-30], dtype=dtype)])
+    g = torch.randn(v.shape, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    ours, theirs = reference._ACTIVATIONS[act], TORCH_ACT[act]
+    vo, vt = v.clone().requires_grad_(), v.double().requires_grad_()
+    yo, yt = ours(vo), theirs(vt)  # against PyTorch's in float64 (its float32 gelu is less
+    (go,), (gt,) = torch.autograd.grad(yo, vo, g), torch.autograd.grad(yt, vt, g.double())
+    tol = dict(rtol=1e-6, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(yo.double(), yt, **tol)  # accurate in the lower tail than ours)
+    torch.testing.assert_close(go.double(), gt, **tol)
+    specials = torch.tensor([math.nan, math.inf, -math.inf], dtype=dtype)
+    y = ours(specials)
+    want = TORCH_ACT[act](specials.double()).to(dtype)  # float64: gelu(+inf) = +inf
+    torch.testing.assert_close(y, want, equal_nan=True)
+    if act in ("relu", "hardswish", "relu6"):
+        flat = torch.tensor({"relu": [-1.0, 0.0], "hardswish": [-4.0, -3.0],
+                             "relu6": [-1.0, 0.0, 6.0, 7.0, math.inf]}[act], dtype=dtype)
+        for up in (math.inf, math.nan):
+            x = flat.clone().requires_grad_()
+            (gx,) = torch.autograd.grad(ours(x), x, torch.full_like(flat, up))
+            assert (gx == 0).all(), (act, up, gx)
+        x = torch.tensor([math.nan], dtype=dtype, requires_grad=True)
+        (gx,) = torch.autograd.grad(ours(x), x, torch.full_like(x, 2.0))
+        assert gx.item() == 2.0 or act == "relu" and math.isnan(gx.item())

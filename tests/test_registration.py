@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import se_kernels
+from se_kernels._options import ACTIVATIONS
 from helpers import (Bottleneck, assert_compile_matches_eager, assert_no_graph_break, op_args,
                      opcheck_backward)
 
@@ -31,6 +32,16 @@ def test_opcheck_se_forward_cpu(layout, bias, residual, squeeze):
 def test_opcheck_se_backward_cpu(with_y):
     opcheck_backward(torch.ops.se_kernels.se_forward, torch.ops.se_kernels.se_backward.default,
                      with_y)
+
+
+@needs_c
+@pytest.mark.parametrize("act", range(len(ACTIVATIONS)), ids=list(ACTIVATIONS))
+def test_opcheck_every_activation_cpu(act):
+    """Each activation code through opcheck, forward and backward (the tests above use silu)."""
+    torch.library.opcheck(torch.ops.se_kernels.se_forward.default,
+                          op_args(act=act, gate=act % 4, squeeze=act % 2))
+    opcheck_backward(torch.ops.se_kernels.se_forward, torch.ops.se_kernels.se_backward.default,
+                     act % 2 == 0, act=act)
 
 
 @pytest.mark.parametrize("backend", se_kernels.available_backends())

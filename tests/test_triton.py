@@ -18,6 +18,7 @@ import se_kernels
 from helpers import (TOLERANCES, Bottleneck, assert_compile_matches_eager, assert_no_graph_break,
                      check_backend, make_inputs, op_args, opcheck_backward, option_id,
                      option_matrix, requires_cuda)
+from se_kernels._options import ACTIVATIONS
 from se_kernels.triton import config
 
 pytestmark = pytest.mark.skipif(
@@ -224,6 +225,16 @@ def test_opcheck_triton_se_forward(layout, squeeze, residual):
 def test_opcheck_triton_se_backward(with_y):
     opcheck_backward(torch.ops.se_kernels.triton_se_forward,
                      torch.ops.se_kernels.triton_se_backward.default, with_y, device=DEVICE)
+
+
+@pytest.mark.parametrize("act", range(len(ACTIVATIONS)), ids=list(ACTIVATIONS))
+def test_opcheck_triton_every_activation(act):
+    """Each activation code through opcheck, forward and backward (the tests above use silu)."""
+    torch.library.opcheck(torch.ops.se_kernels.triton_se_forward.default,
+                          op_args(act=act, gate=act % 4, squeeze=act % 2, device=DEVICE))
+    opcheck_backward(torch.ops.se_kernels.triton_se_forward,
+                     torch.ops.se_kernels.triton_se_backward.default, act % 2 == 0,
+                     device=DEVICE, act=act)
 
 
 def test_compile_fullgraph_matches_eager():

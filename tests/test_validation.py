@@ -99,7 +99,8 @@ def test_different_devices():
 
 @pytest.mark.parametrize("arg,value,exc,match", [
     ("squeeze", "mean", ValueError, r"squeeze must be one of \['avg', 'max'\], got 'mean'"),
-    ("activation", "gelu", ValueError, r"activation must be one of \['relu', 'silu'\]"),
+    ("activation", "elu", ValueError,
+     r"activation must be one of \['gelu', 'gelu_tanh', 'hardswish', 'relu', 'relu6', 'silu'\]"),
     ("gate", "softmax", ValueError, r"gate must be one of \['hardsigmoid', 'relu', 'sigmoid', "),
     ("gate", 3, TypeError, r"gate must be a string"),
     ("backend", "cudnn", ValueError, r"backend must be one of \['auto', 'cpu', 'cuda', "),

@@ -55,8 +55,8 @@ SMS = {90: 132, 80: 108}               # H100 SXM, A100 SXM
 SMEM = {90: 232448, 80: 166912}        # max dynamic shared memory per block (bytes)
 SE_RESNET50 = [(256, 56, 56, 16), (512, 28, 28, 32), (1024, 14, 14, 64), (2048, 7, 7, 128)]
 HEAVY = (1, 1, 2, True, True)          # max, silu, tanh, bias, residual
-ALL_OPTIONS = list(itertools.product((0, 1), (0, 1), (0, 1, 2, 3), (False, True),
-                                     (False, True)))
+ALL_OPTIONS = list(itertools.product((0, 1), range(6), (0, 1, 2, 3), (False, True),
+                                     (False, True)))  # activations: relu .. gelu_tanh
 
 
 # ---- recording the launches ---------------------------------------------------------------
@@ -206,8 +206,9 @@ def test_cases():
     import test_triton as T
     from helpers import option_matrix
 
-    opt_codes = lambda o: ({"avg": 0, "max": 1}[o[0]], {"relu": 0, "silu": 1}[o[1]],  # noqa: E731
-                           {"sigmoid": 0, "hardsigmoid": 1, "tanh": 2, "relu": 3}[o[2]],
+    from se_kernels._options import ACTIVATIONS, GATES, SQUEEZES
+
+    opt_codes = lambda o: (SQUEEZES[o[0]], ACTIVATIONS[o[1]], GATES[o[2]],  # noqa: E731
                            o[3], o[4])
     options = option_matrix()
     for i, opts in enumerate(options):

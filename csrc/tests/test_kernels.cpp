@@ -491,7 +491,7 @@ int main() {
                 if (narrow && dtype != at::kFloat && dtype != at::kBFloat16) continue;
                 if (quick && gate % 3 != 0) continue;
                 if (path == "cluster" && dtype == at::kDouble) continue;  // no float64 cluster
-                const int64_t act = (gate + sq) % 2;  // both activations across the matrix
+                const int64_t act = (gate + 4 * sq) % 6;  // every activation across the matrix
                 const bool bias = (gate % 2) == 0, res = gate >= 2;
                 Case k{sh[0], sh[1], sh[2], sh[3], sh[4], sq, act, gate, bias, res};
                 try {

@@ -17,6 +17,7 @@ from torch import nn
 
 from se_kernels._options import ACTIVATIONS, BACKENDS, GATES
 from se_kernels.nn import SqueezeExcitation
+from se_kernels.reference import _ACTIVATIONS as _REFERENCE_ACTIVATIONS
 
 __all__ = ["SEConfig", "NoSqueeze", "set_backend", "se_modules", "pop_se_config"]
 
@@ -30,7 +31,8 @@ class SEConfig:
     reduction: r of Table 10; the bottleneck has ``max(1, C // r)`` channels.
     squeeze: "avg" (default), "max" (Table 11) or "none" (NoSqueeze, Table 16: the two FCs
         become 1x1 convolutions over every position and nothing is pooled).
-    activation: after the first FC, "relu" (the paper) or "silu".
+    activation: after the first FC, "relu" (the paper), "silu", "hardswish", "relu6", "gelu"
+        or "gelu_tanh".
     gate: "sigmoid" (the paper), "tanh", "relu" (Table 12) or "hardsigmoid".
     bias: FC biases (the released models have them; the ablations of Section 6 do not).
     backend: the ``fused_se`` backend: "auto", "reference", "cpu", "triton" or "cuda".
@@ -83,7 +85,7 @@ def pop_se_config(with_se: bool, kwargs: dict) -> SEConfig | None:
     return None
 
 
-_ACT = {"relu": F.relu, "silu": F.silu}
+_ACT = _REFERENCE_ACTIVATIONS  # relu, silu, hardswish, relu6, gelu, gelu_tanh
 _GATE = {"sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid, "tanh": torch.tanh,
          "relu": F.relu}
 

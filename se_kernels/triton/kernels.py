@@ -28,7 +28,8 @@ row-major scratch/outputs in the accumulation type ACC (float32; float64 for flo
 every kernel takes from z's element type. Python float literals are float32 in Triton, so the
 maths below divides by small exact integers instead of multiplying by fractions.
 
-Option codes (constexpr): SQUEEZE 0 avg, 1 max; ACT 0 relu, 1 silu; GATE 0 sigmoid,
+Option codes (constexpr): SQUEEZE 0 avg, 1 max; ACT 0 relu, 1 silu, 2 hardswish, 3 relu6,
+4 gelu (exact, erf), 5 gelu_tanh; GATE 0 sigmoid,
 1 hardsigmoid, 2 tanh, 3 relu -- as in csrc/include/se_kernels/options.h, whose NaN
 conventions and cancellation-free derivatives these follow.
 """
@@ -42,19 +43,51 @@ import triton.language as tl
 # per-tile code below is written out inline.
 
 
+# The GELU constants are made in v's own type (tl.full): a bare literal is float32, which would
+# cost float64 inputs ~3e-8 of relative error. 1/sqrt(2), 1/sqrt(2 pi), 2 sqrt(2/pi), 0.044715.
+# Exact gelu uses erf (Triton has no erfc outside libdevice, which the interpreter lacks), so
+# far in the lower tail (v < -4) its relative error grows; the absolute error stays < 1e-6 |v|.
 @triton.jit
 def _act_fwd(v, ACT: tl.constexpr):
     if ACT == 1:  # silu = v sigma(v)
         return v / (1.0 + tl.exp(-v))
+    elif ACT == 2:  # hardswish = v relu6(v + 3) / 6, NaN passing
+        t = v + 3.0
+        return v * tl.where(t < 0.0, 0.0, tl.where(t > 6.0, 6.0, t)) / 6.0
+    elif ACT == 3:  # relu6, NaN passing
+        return tl.where(v < 0.0, 0.0, tl.where(v > 6.0, 6.0, v))
+    elif ACT == 4:  # gelu, exact: v (1 + erf(v / sqrt 2)) / 2
+        return 0.5 * v * (1.0 + tl.math.erf(v * tl.full([], 0.70710678118654752440, v.dtype)))
+    elif ACT == 5:  # gelu_tanh = v (1 + tanh u) / 2 = v sigma(2u), u = sqrt(2/pi) (v + k v^3)
+        u2 = tl.full([], 1.59576912160573071176, v.dtype) * (
+            v + tl.full([], 0.044715, v.dtype) * v * v * v)
+        return v / (1.0 + tl.exp(-u2))
     else:  # relu, NaN passing
         return tl.where(v < 0.0, 0.0, v)
 
 
 @triton.jit
 def _act_backward(v, g, ACT: tl.constexpr):
-    """g * act'(v); relu selects (threshold_backward): an inf/NaN g stops where v <= 0."""
+    """g * act'(v). The piecewise ones select: relu (threshold_backward) 0 where v <= 0;
+    hardswish 0 where v <= -3, g (v/3 + 1/2) where v < 3, else g; relu6 (hardtanh_backward) 0
+    where v <= 0 or v >= 6, else g; so an inf/NaN g stops where the activation is flat."""
     if ACT == 1:  # sigma(v) (1 + v sigma(-v)): no 1 - sigma cancellation
         return g * ((1.0 + v / (1.0 + tl.exp(v))) / (1.0 + tl.exp(-v)))
+    elif ACT == 2:
+        return tl.where(v <= -3.0, 0.0, tl.where(v < 3.0, g * (v / 3.0 + 0.5), g))
+    elif ACT == 3:
+        return tl.where((v <= 0.0) | (v >= 6.0), 0.0, g)
+    elif ACT == 4:  # Phi(v) + v phi(v)
+        cdf = 0.5 * (1.0 + tl.math.erf(v * tl.full([], 0.70710678118654752440, v.dtype)))
+        pdf = tl.exp(-0.5 * v * v) * tl.full([], 0.39894228040143267794, v.dtype)
+        return g * (cdf + v * pdf)
+    elif ACT == 5:  # sigma(2u) + v sigma(2u) sigma(-2u) (2u)'
+        c = tl.full([], 1.59576912160573071176, v.dtype)
+        k = tl.full([], 0.044715, v.dtype)
+        u2 = c * (v + k * v * v * v)
+        sp = 1.0 / (1.0 + tl.exp(-u2))
+        sm = 1.0 / (1.0 + tl.exp(u2))
+        return g * (sp + v * (sp * sm) * (c * (1.0 + 3.0 * k * v * v)))
     else:
         return tl.where(v <= 0.0, 0.0, g)
 

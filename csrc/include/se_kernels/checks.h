@@ -72,8 +72,9 @@ inline void check_matrix(const at::Tensor& t, const char* name, int64_t rows, in
 inline void check_options(int64_t squeeze, int64_t act, int64_t gate) {
   TORCH_CHECK(squeeze == kSqueezeAvg || squeeze == kSqueezeMax,
               "se_kernels: squeeze code must be 0 (avg) or 1 (max), got ", squeeze);
-  TORCH_CHECK(act == kActRelu || act == kActSilu,
-              "se_kernels: activation code must be 0 (relu) or 1 (silu), got ", act);
+  TORCH_CHECK(act >= kActRelu && act <= kActLast,
+              "se_kernels: activation code must be in 0..5 (relu, silu, hardswish, relu6, "
+              "gelu, gelu_tanh), got ", act);
   TORCH_CHECK(gate >= kGateSigmoid && gate <= kGateRelu,
               "se_kernels: gate code must be in 0..3 (sigmoid, hardsigmoid, tanh, relu), got ",
               gate);
