@@ -59,9 +59,7 @@ def fc_inflight_cta(version, direction, G):
         gp = 1 if G <= 1 else 2 if G <= 2 else 4 if G <= 4 else 8
         u = 4 if gp <= 2 else 2
         return THREADS * u * 16
-    gp = 1 if G <= 1 else 2 if G <= 2 else 4 if G <= 4 else 8   # cols_dot: scalar, cols_unroll
-    u = 4 if gp <= 2 else 2
-    return THREADS * u * 2
+    return THREADS * 2 * 2  # cols_dot (backward) is unchanged: 2-byte loads, unrolled 2x
 
 
 def stream_inflight_sm(path, direction, layout, HW, version):

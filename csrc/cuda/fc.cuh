@@ -99,16 +99,12 @@ __host__ __device__ __forceinline__ int fc_lanes(int64_t K) {
 // 16-bit types and up to 2 samples, else 2, and 1 for float with 8 samples (a pack is 4
 // registers whatever T: the packs and the GP accumulators must fit the 64 registers of two
 // CTAs per SM without spilling; ptxas -v, tools/check_build_log.py).
-// cols_unroll<GP>(): scalar weight loads (rows) in flight per thread in cols_dot.
 constexpr int kFcUnroll = 4;
 template <int GP, typename T>
 constexpr int fc_unroll() {
   return sizeof(T) == 4 ? (GP >= 8 ? 1 : 2) : (GP <= 2 ? kFcUnroll : 2);
 }
-template <int GP>
-constexpr int cols_unroll() {
-  return GP <= 2 ? kFcUnroll : 2;
-}
+
 
 // kPadded: v holds GP rows (rows G.. zero), so sample g's offset is g * ldv (a constant
 // when ldv is); else rows G.. read row G - 1.
@@ -241,54 +237,46 @@ __device__ __forceinline__ void rows_dot_padded(const T* M, int64_t ldm, int R, 
 // fewer than kThreads columns, `slices` threads share a column and split its rows, and their
 // partials are added in slice order. v is global (written earlier by this CTA or another:
 // read through L2) and is staged in shared memory kFcChunk rows at a time.
-// smem: group_rows(G) * kFcChunk + kThreads * kMaxGroup elements (the staged rows are
-// zero-padded to group_rows(G)). emit(g, j, value), once per (g, j).
-template <int GP, typename T, typename A, typename Emit>
-__device__ __forceinline__ void cols_dot_g(const T* M, int64_t ldm, int R, int NC, const A* v,
-                                           int64_t ldv, int G, A* smem, Emit&& emit) {
-  static_assert(GP <= kMaxGroup, "GP");
-  constexpr int U = cols_unroll<GP>();
+// smem: G * kFcChunk + kThreads * kMaxGroup elements. emit(g, j, value), once per (g, j).
+// Unchanged by issue 12 (a run-time G, 2 rows in flight): the compile-time group sizes of
+// rows_dot, tried here, made the max-squeeze + residual backward kernels spill (ptxas -v;
+// they are at 64 registers), so the backward FC keeps this loop until its FC is split into
+// row-block work items (docs/perf-notes.md, "Issue 12: predictions").
+template <typename T, typename A, typename Emit>
+__device__ __forceinline__ void cols_dot(const T* M, int64_t ldm, int R, int NC, const A* v,
+                                         int64_t ldv, int G, A* smem, Emit&& emit) {
   A* vs = smem;
-  A* red = smem + GP * kFcChunk;
+  A* red = smem + G * kFcChunk;
   for (int cb = 0; cb < NC; cb += kThreads) {
     const int ncols = NC - cb < kThreads ? NC - cb : kThreads;
     const int slices = kThreads / ncols;
     const int col = threadIdx.x % ncols, slice = threadIdx.x / ncols;
     const bool active = slice < slices;
-    A acc[GP];
+    A acc[kMaxGroup];
 #pragma unroll
-    for (int g = 0; g < GP; ++g) acc[g] = A(0);
+    for (int g = 0; g < kMaxGroup; ++g) acc[g] = A(0);
     for (int r0 = 0; r0 < R; r0 += kFcChunk) {
       const int nr = R - r0 < kFcChunk ? R - r0 : kFcChunk;
       __syncthreads();  // the previous chunk is consumed
-      for (int i = threadIdx.x; i < GP * nr; i += kThreads) {  // rows G..GP-1: zeros
+      for (int i = threadIdx.x; i < G * nr; i += kThreads) {
         const int g = i / nr, r = i - (i / nr) * nr;
-        vs[g * kFcChunk + r] = g < G ? load_cg(v + g * ldv + r0 + r) : A(0);
+        vs[g * kFcChunk + r] = load_cg(v + g * ldv + r0 + r);
       }
       __syncthreads();
       if (active) {
         const T* m = M + int64_t(r0) * ldm + cb + col;
-        // U rows' loads in flight, then their FMAs (the same order as one row at a time)
-        int r = slice;
-        for (; r + (U - 1) * slices < nr; r += U * slices) {
-          A w[U];
-#pragma unroll
-          for (int u = 0; u < U; ++u) w[u] = to_acc(m[int64_t(r + u * slices) * ldm]);
-#pragma unroll
-          for (int u = 0; u < U; ++u)
-#pragma unroll
-            for (int g = 0; g < GP; ++g) acc[g] += w[u] * vs[g * kFcChunk + r + u * slices];
-        }
-        for (; r < nr; r += slices) {
+#pragma unroll 2
+        for (int r = slice; r < nr; r += slices) {
           const A w = to_acc(m[int64_t(r) * ldm]);
 #pragma unroll
-          for (int g = 0; g < GP; ++g) acc[g] += w * vs[g * kFcChunk + r];
+          for (int g = 0; g < kMaxGroup; ++g)
+            if (g < G) acc[g] += w * vs[g * kFcChunk + r];
         }
       }
     }
     if (active) {
 #pragma unroll
-      for (int g = 0; g < GP; ++g)
+      for (int g = 0; g < kMaxGroup; ++g)
         if (g < G) red[(g * slices + slice) * ncols + col] = acc[g];
     }
     __syncthreads();
@@ -300,14 +288,6 @@ __device__ __forceinline__ void cols_dot_g(const T* M, int64_t ldm, int R, int N
     }
     __syncthreads();  // red and vs are free again
   }
-}
-
-template <typename T, typename A, typename Emit>
-__device__ __forceinline__ void cols_dot(const T* M, int64_t ldm, int R, int NC, const A* v,
-                                         int64_t ldv, int G, A* smem, Emit&& emit) {
-  with_group(G, [&](auto gp) {
-    cols_dot_g<decltype(gp)::value>(M, ldm, R, NC, v, ldv, G, smem, emit);
-  });
 }
 
 // One kGemmTile x kGemmTile tile (mt, qt) of out (M x Q, row-major, type T):
