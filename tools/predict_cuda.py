@@ -49,9 +49,9 @@ def cta_l2_rate(inflight_cta):
     return min(CTA_L2_MAX, inflight_cta / L2_LAT)
 
 
-def fc_inflight_cta(version, direction, G):
+def fc_inflight_cta(version, direction, G, path="cluster"):
     """Bytes of weight loads in flight per CTA in the FCs."""
-    if version == "before":
+    if version == "before" or path == "persistent":  # the persistent FCs are unchanged
         # rows_dot / cols_dot: one 2-byte load a step, unrolled 2x (the issue's reading: 1-2
         # loads in flight; 2 taken)
         return THREADS * 2 * 2
@@ -112,7 +112,7 @@ def predict(path, stage, N, layout, direction, version):
     else:
         t_stream = (2 * x if direction == "fwd" else 3 * x) / (BW * eff)
         fc_bytes = W  # forward: W1 and W2 once per group; backward: the same (dh, dz)
-        t_fc = fc_bytes / cta_l2_rate(fc_inflight_cta(version, direction, G))
+        t_fc = fc_bytes / cta_l2_rate(fc_inflight_cta(version, direction, G, path))
         grid = 2 * SMS
         t_fc_overlap = (groups - 1) * t_fc / grid
         t = LAUNCH["persistent"] + t_stream + t_fc + t_fc_overlap

@@ -47,7 +47,11 @@ __device__ void forward_fc(const ForwardArgs& a, const PersistentConfig& c, int6
       [&](int64_t i, A v) { z[n0 * C + i] = kMax ? v : v / A(a.HW); });
   __syncthreads();
 
-  const int L1 = fc_lanes<T>(C < kFcChunk ? C : kFcChunk);
+  // The FCs keep the run-time-G element loop of 23a97b5 (rows_dot_runtime_g): the 16-byte,
+  // compile-time-G rows_dot made every half/bf16 variant of this kernel spill (ptxas, sm_80
+  // and sm_90a; the cluster kernel's does not). Splitting the group's FC into row-block
+  // work items is what this kernel needs (docs/perf-notes.md, "Issue 12: predictions").
+  const int L1 = cuda_plan::lanes_for(C < kFcChunk ? C : kFcChunk);
   for (int64_t k0 = 0; k0 < C; k0 += kFcChunk) {
     const int kc = int(C - k0 < kFcChunk ? C - k0 : kFcChunk);
     for (int i = threadIdx.x; i < GR * kc; i += kThreads) {  // rows G..GR-1: zeros
@@ -56,7 +60,7 @@ __device__ void forward_fc(const ForwardArgs& a, const PersistentConfig& c, int6
     }
     __syncthreads();
     const bool first = k0 == 0, last = k0 + kc >= C;
-    rows_dot_padded(w1 + k0, C, int(Cr), kc, sm, kFcChunk, G, L1, [&](int g, int j, A v) {
+    rows_dot_runtime_g(w1 + k0, C, int(Cr), kc, sm, kFcChunk, G, L1, [&](int g, int j, A v) {
       A* o = hpre + (n0 + g) * Cr + j;
       if (!first) v += *o;  // this lane wrote it for the previous chunk
       if (last && b1 != nullptr) v += to_acc(b1[j]);
@@ -65,7 +69,7 @@ __device__ void forward_fc(const ForwardArgs& a, const PersistentConfig& c, int6
     __syncthreads();
   }
 
-  const int L2 = fc_lanes<T>(Cr < kFcChunk ? Cr : kFcChunk);
+  const int L2 = cuda_plan::lanes_for(Cr < kFcChunk ? Cr : kFcChunk);
   for (int64_t k0 = 0; k0 < Cr; k0 += kFcChunk) {
     const int kc = int(Cr - k0 < kFcChunk ? Cr - k0 : kFcChunk);
     for (int i = threadIdx.x; i < GR * kc; i += kThreads) {  // rows G..GR-1: zeros
@@ -75,7 +79,7 @@ __device__ void forward_fc(const ForwardArgs& a, const PersistentConfig& c, int6
     }
     __syncthreads();
     const bool first = k0 == 0, last = k0 + kc >= Cr;
-    rows_dot_padded(w2 + k0, Cr, int(C), kc, sm, kFcChunk, G, L2, [&](int g, int ch, A v) {
+    rows_dot_runtime_g(w2 + k0, Cr, int(C), kc, sm, kFcChunk, G, L2, [&](int g, int ch, A v) {
       const int64_t o = (n0 + g) * C + ch;
       if (!first) v += gpre[o];
       if (last) {
