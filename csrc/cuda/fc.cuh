@@ -223,6 +223,36 @@ __device__ __forceinline__ void rows_dot(const T* M, int64_t ldm, int R, int K, 
   }
 }
 
+// out(g, j) = sum_{r < R} M[r * ldm + j] * v[g * ldv + r] for columns j < NC and g < G:
+// the transposed product. Threads own columns (coalesced reads of M's rows); when there are
+// fewer than kThreads columns, `slices` threads share a column and split its rows, and their
+// partials are added in slice order. v is global (written earlier by this CTA or another:
+// read through L2) and is staged in shared memory kFcChunk rows at a time.
+// smem: G * kFcChunk + kThreads * kMaxGroup elements. emit(g, j, value), once per (g, j).
+// Unchanged by issue 12 (a run-time G, 2 rows in flight): the compile-time group sizes of
+// rows_dot, tried here, made the max-squeeze + residual backward kernels spill (ptxas -v;
+// they are at 64 registers), so the backward FC keeps this loop until its FC is split into
+// row-block work items (docs/perf-notes.md, "Issue 12: predictions").
+template <typename T, typename A, typename Emit>
+__device__ __forceinline__ void cols_dot(const T* M, int64_t ldm, int R, int NC, const A* v,
+                                         int64_t ldv, int G, A* smem, Emit&& emit) {
+  A* vs = smem;
+  A* red = smem + G * kFcChunk;
+  for (int cb = 0; cb < NC; cb += kThreads) {
+    const int ncols = NC - cb < kThreads ? NC - cb : kThreads;
+    const int slices = kThreads / ncols;
+    const int col = threadIdx.x % ncols, slice = threadIdx.x / ncols;
+    const bool active = slice < slices;
+    A acc[kMaxGroup];
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) acc[g] = A(0);
+    for (int r0 = 0; r0 < R; r0 += kFcChunk) {
+      const int nr = R - r0 < kFcChunk ? R - r0 : kFcChunk;
+      __syncthreads();  // the previous chunk is consumed
+      for (int i = threadIdx.x; i < G * nr; i += kThreads) {
+        const int g = i / nr, r = i - (i / nr) * nr;
+        vs[g * kFcChunk + r] = load_cg(v + g * ldv + r0 + r);
+      }
       __syncthreads();
       if (active) {
         const T* m = M + int64_t(r0) * ldm + cb + col;
