@@ -27,7 +27,7 @@ PY := $(VENV)/bin/python
 ENV_STAMP := $(VENV)/.se_kernels-env
 endif
 
-.PHONY: help env build test test-fast bench gpu-check gpu-check-more gpu-check-dry cmake-check install-check clean FORCE
+.PHONY: help env build test test-fast bench gpu-check gpu-check-more gpu-check-dry cmake-check install-check sass-check clean FORCE
 
 help:
 	@echo "make bench      the main job: benchmark the fused SE block (CPU table by default)"
@@ -38,6 +38,7 @@ help:
 	@echo "make cmake-check  build the same sources with CMake and run ctest"
 	@echo "make install-check  sdist -> wheel -> install outside the checkout -> se-kernels bench"
 	@echo "make build      (part of test and bench) one summary line; V=1 adds the ptxas table"
+	@echo "make sass-check   global-load widths of the hot CUDA kernels in the built sm_90a SASS"
 	@echo "variables: PYTHON=python3 (use that interpreter, no venv), TORCH_SPEC, OUT"
 
 $(VENV)/.se_kernels-env:
@@ -113,6 +114,14 @@ gpu-check-more:
 gpu-check-dry: $(ENV_STAMP)
 	PYTHON=$(PY) tools/gpu_check.sh --dry-run first
 	PYTHON=$(PY) tools/gpu_check.sh --dry-run more
+
+# Static evidence without a GPU (tools/check_sass.py): counts the global loads of every hot
+# kernel by width in the sm_90a SASS of the built extension, fails when a hot loop that must
+# be 16-byte vectorised is not. Skips (exit 0, says why) on a CPU-only build, except under CI
+# (CI=true), where the CUDA kernels are always built and nothing to check is a failure.
+sass-check:
+	rc=0; $(PY) tools/check_sass.py || rc=$$?; \
+	[ $$rc -eq 0 ] || { [ $$rc -eq 2 ] && [ -z "$${CI:-}" ]; }
 
 cmake-check: $(ENV_STAMP)
 	tools/cmake_check.sh $(PY)

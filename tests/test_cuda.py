@@ -350,6 +350,98 @@ def test_cuda_paths_agree(shape, monkeypatch):
         assert rel_err(y, y_ref) < 1e-5
 
 
+# ---- issue 12: paths nothing else reaches --------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("squeeze", ["avg", "max"])
+def test_cuda_hidden_wider_than_a_chunk(layout, dtype, squeeze, path, poison):
+    """Cr = 520 > kFcChunk (512) and C = 1040 > 512: the FCs staged in chunks (the persistent
+    forward's second FC accumulates over two chunks of h; the backward's dz = dhpre W1 runs
+    cols_dot over two chunks of rows), and FC groups of G = 2 and 3 (padded to 2 and 4)."""
+    for n in (2, 3):
+        inp = _make(n, 1040, 3, 3, 520, seed=n, dtype=dtype, layout=layout, bias=True,
+                    residual=True)
+        check_backend("cuda", inp, squeeze, "silu", "sigmoid")
+
+
+def test_cuda_nhwc_short_last_channel_tile(path, poison):
+    """NHWC, C = 1032 bfloat16: 16-byte channel vectors (C % 8 == 0) and persistent tiles of
+    1024 + 8 channels, the last tile one vector column wide."""
+    for squeeze in ("avg", "max"):
+        inp = _make(3, 1032, 5, 5, 8, seed=1032, dtype=torch.bfloat16, layout="channels_last",
+                    bias=True, residual=True)
+        check_backend("cuda", inp, squeeze, "relu", "sigmoid")
+
+
+@pytest.mark.parametrize("kg", ["3,1", "5,2", "7,3", "9,1", "13,2"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_forced_odd_cluster_sizes(kg, layout, monkeypatch, poison):
+    """SE_KERNELS_CUDA_CLUSTER=K,G with odd K (more than 8: the non-portable sizes): channels
+    split unevenly (the last CTA's share is short), groups with a short last one (N = 7).
+    C = 200 splits into K shares of 16-byte multiples for these K (not for K = 11: 10 x 24
+    channels would leave the last CTA none; the planner refuses such a K)."""
+    if not _cluster_capable():
+        pytest.skip("the cluster path needs sm_90")
+    monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "cluster")
+    monkeypatch.setenv("SE_KERNELS_CUDA_CLUSTER", kg)
+    inp = _make(7, 200, 6, 6, 12, seed=len(kg), dtype=torch.bfloat16, layout=layout,
+                bias=True, residual=True)
+    check_backend("cuda", inp, "avg", "relu", "sigmoid")
+
+
+@pytest.mark.parametrize("cap", ["16", "8"])
+def test_cuda_cluster_cap_16_to_8(cap, monkeypatch, poison):
+    """N = 1, C = 2048, 14 x 14 bfloat16: the planner takes K = 16 (50 KiB of slab a CTA);
+    SE_KERNELS_CUDA_MAX_CLUSTER=8 plans as a device that refuses non-portable clusters does
+    (the 16 -> 8 fallback), K = 8 (100 KiB a CTA). Both give the reference's answer."""
+    if not _cluster_capable():
+        pytest.skip("the cluster path needs sm_90")
+    monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "cluster")
+    monkeypatch.setenv("SE_KERNELS_CUDA_MAX_CLUSTER", cap)
+    inp = _make(1, 2048, 14, 14, 128, seed=int(cap), dtype=torch.bfloat16,
+                layout="contiguous", bias=True, residual=True)
+    check_backend("cuda", inp, "avg", "relu", "sigmoid")
+
+
+def test_cuda_cluster_cap_env_checked(monkeypatch):
+    monkeypatch.setenv("SE_KERNELS_CUDA_MAX_CLUSTER", "17")
+    inp = _make(1, 16, 4, 4, 4, seed=0, dtype=torch.float32, layout="contiguous")
+    if not _cluster_capable():
+        pytest.skip("the variable is read by the cluster planner (sm_90)")
+    with pytest.raises(RuntimeError, match="SE_KERNELS_CUDA_MAX_CLUSTER"):
+        se_kernels.fused_se(*inp.args(), backend="cuda")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_max_squeeze_2_pow_24_plus_1_ties(layout):
+    """2^24 + 1 tied maxima in one channel (float32, 24929 x 673 pixels, every x equal): the
+    tie count is a uint32 summed over many tiles and CTAs, each tied x gets dy * s + dz / count.
+    Checks that every pixel gets the same gradient and that it matches the float64 reference
+    to 1e-6. A count that wraps, saturates or misses a tile is off by far more than that; a
+    float count rounded to 2^24 differs by 2^-24 relative, below float32 resolution of dx, so
+    no test of dx can see that one (the uint32 count is there so that it cannot happen)."""
+    h, w = 24929, 673
+    assert h * w == 2 ** 24 + 1
+    x = torch.full((1, 1, h, w), 0.75, device="cuda")
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    w1 = torch.tensor([[0.5]], device="cuda")
+    w2 = torch.tensor([[-1.25]], device="cuda")
+    grads = {}
+    for backend in ("cuda", "reference"):
+        xs = x if backend == "cuda" else x.detach().double().requires_grad_(True)
+        ws = [w1, w2] if backend == "cuda" else [w1.double(), w2.double()]
+        y = se_kernels.fused_se(xs, *ws, squeeze="max", backend=backend)
+        dy = torch.full_like(y, 2.0 ** -20)  # ds = dy * sum(x), about 12: dz / count ~ 1e-7
+        (grads[backend],) = torch.autograd.grad(y, xs, dy)
+    dx, ref = grads["cuda"], grads["reference"]
+    assert torch.all(dx == dx.flatten()[0]), "tied maxima got different gradients"
+    got, want = dx.flatten()[0].double().item(), ref.flatten()[0].item()
+    assert abs(got - want) <= 1e-6 * abs(want), (got, want)
+
+
 # ---- torch.library: compile, opcheck -------------------------------------------------------
 
 def test_cuda_compile_fullgraph_matches_eager():

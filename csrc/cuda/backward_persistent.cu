@@ -38,7 +38,8 @@ __device__ void backward_fc(const BackwardArgs& a, const PersistentConfig& c, in
   const A* gpre = static_cast<const A*>(a.gpre);
   A* ws = static_cast<A*>(c.ws);
   const A* pds = ws + c.off.partial;
-  const A* pcnt = ws + c.off.cnt;
+  // tie-count partials: uint32 in the first 4 bytes' worth of the cnt region, same indices
+  const unsigned* pcnt = reinterpret_cast<const unsigned*>(ws + c.off.cnt);
   A* dpre = ws + c.off.dpre;
   A* s = ws + c.off.s;
   A* coef = ws + c.off.coef;
@@ -48,7 +49,7 @@ __device__ void backward_fc(const BackwardArgs& a, const PersistentConfig& c, in
 
   // dpre and s from the npb partials of ds at pds[(n npb + b) C + c]; the tie counts wait in
   // coef
-  auto partial = [&](const A* base) {
+  auto partial = [&](const auto* base) {
     return [=](int64_t i) { return base + ((n0 + i / C) * npb) * C + i % C; };
   };
   combine_strided<false, A>(G * C, npb, C, partial(pds), [&](int64_t i, A ds) {
@@ -58,8 +59,9 @@ __device__ void backward_fc(const BackwardArgs& a, const PersistentConfig& c, in
     s[o] = gate_fwd(a.gate, v);
   });
   if constexpr (kMax) {
-    combine_strided<false, A>(G * C, npb, C, partial(pcnt),
-                              [&](int64_t i, A k) { coef[n0 * C + i] = k; });
+    combine_strided<false, unsigned>(G * C, npb, C, partial(pcnt), [&](int64_t i, unsigned k) {
+      count_to_slot(coef + n0 * C + i, k);  // the count's bits, until dz replaces them
+    });
   }
   __syncthreads();
   // dh[g, j] = sum_c dpre[g, c] W2[c, j]
@@ -72,7 +74,14 @@ __device__ void backward_fc(const BackwardArgs& a, const PersistentConfig& c, in
   // dz[g, c] = sum_j dhpre[g, j] W1[j, c]
   cols_dot(w1, C, int(Cr), int(C), dhpre + n0 * Cr, Cr, G, sm, [&](int g, int ch, A v) {
     const int64_t o = (n0 + g) * C + ch;
-    coef[o] = kMax ? v / load_cg(coef + o) : v / A(a.HW);
+    if constexpr (kMax) {
+      // dz / #ties: the count is exact (uint32); its conversion to float rounds only above
+      // 2^24 ties, by at most 2^-25 relative (below the float result's own rounding). No
+      // double division: its slow-path call made the max + residual kernels spill.
+      coef[o] = v / A(count_from_slot(load_cg(coef + o)));
+    } else {
+      coef[o] = v / A(a.HW);
+    }
   });
 }
 
@@ -150,11 +159,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
 
     if (it.kind == cuda_plan::kItemReduce) {
       A* pds = ws + c.off.partial + (n * c.tiles.npb + pb) * C + c0;
-      A* pcn = ws + c.off.cnt + (n * c.tiles.npb + pb) * C + c0;
+      unsigned* pcn = reinterpret_cast<unsigned*>(ws + c.off.cnt) + (n * c.tiles.npb + pb) * C + c0;
       if constexpr (!kNHWC) {
         const int64_t o = (n * C + c0) * HW + p0;
         const T* yo = kRes ? y + o : nullptr;
-        auto emit = [&](int r, A ds, A k) {
+        auto emit = [&](int r, A ds, unsigned k) {
           pds[r] = ds;
           if constexpr (kMax) pcn[r] = k;
         };
@@ -167,7 +176,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
         const int64_t o = (n * HW + p0) * C + c0;
         const T* yo = kRes ? y + o : nullptr;
         auto emit_ds = [&](int ch, A v) { pds[ch] = v; };
-        auto emit_cnt = [&](int ch, A v) { pcn[ch] = v; };
+        auto emit_cnt = [&](int ch, unsigned v) { pcn[ch] = v; };
         if (kHasVecPath<T> && a.vec) {
           grad_reduce_nhwc<kMax, kRes, V>(dy + o, x + o, yo, C, int(np), int(nc), zc, sm, emit_ds,
                                           emit_cnt);

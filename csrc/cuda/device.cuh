@@ -128,6 +128,19 @@ __device__ __forceinline__ A group_reduce(A v, int L) {
   return v;
 }
 
+// ---- uint32 counts kept in accumulation-type slots ------------------------------------------
+
+// The bits of a count (not its value) in a float/double slot of the workspace, and back.
+// Loads and stores move bits unchanged, so the count survives exactly.
+__device__ __forceinline__ void count_to_slot(float* p, unsigned k) { *p = __uint_as_float(k); }
+__device__ __forceinline__ void count_to_slot(double* p, unsigned k) {
+  *p = __longlong_as_double(static_cast<long long>(k));
+}
+__device__ __forceinline__ unsigned count_from_slot(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ unsigned count_from_slot(double v) {
+  return static_cast<unsigned>(__double_as_longlong(v));
+}
+
 // ---- asynchronous copies (sm_80+) ----------------------------------------------------------
 
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {

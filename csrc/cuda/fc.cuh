@@ -4,6 +4,8 @@
 // a fixed order (bitwise reproducible); every function is called by all threads of the CTA.
 #pragma once
 
+#include <type_traits>
+
 #include "device.cuh"
 
 namespace se_kernels {
@@ -37,14 +39,150 @@ __device__ __forceinline__ void combine_strided(int64_t count, int64_t nb, int64
   }
 }
 
+// Calls f(std::integral_constant<int, GP>{}) with GP in {1, 2, 4, 8}, the smallest >= G: the
+// FC loops run over a compile-time number of samples (register accumulators, no `g < G`
+// branch between the weight loads); samples G..GP-1 read sample G-1's vector (its results
+// are dropped), so no staging buffer needs padding.
+template <typename F>
+__device__ __forceinline__ void with_group(int G, F&& f) {
+  static_assert(kMaxGroup == 8, "with_group covers 1, 2, 4, 8");
+  if (G <= 1) {
+    f(std::integral_constant<int, 1>{});
+  } else if (G <= 2) {
+    f(std::integral_constant<int, 2>{});
+  } else if (G <= 4) {
+    f(std::integral_constant<int, 4>{});
+  } else {
+    f(std::integral_constant<int, 8>{});
+  }
+}
+
+// Issues L2 prefetches for `rows` rows of n elements, row r at p + r * ld: one per 128-byte
+// line (the last byte of a row included, whatever the alignment). A hint; no data moves to
+// the SM, nothing waits for it.
+template <typename T>
+__device__ __forceinline__ void prefetch_l2_rows(const T* p, int64_t ld, int rows, int n) {
+  if (rows <= 0 || n <= 0) return;
+  const int64_t bytes = int64_t(n) * int64_t(sizeof(T));
+  const int lines = int((bytes + 127) / 128) + 1;
+  for (int i = threadIdx.x; i < rows * lines; i += kThreads) {
+    const int r = i / lines, l = i - (i / lines) * lines;
+    const char* row = reinterpret_cast<const char*>(p + int64_t(r) * ld);
+    const char* a = row + (int64_t(l) * 128 < bytes ? int64_t(l) * 128 : bytes - 1);
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(a));
+  }
+}
+
+// 16-byte weight loads for the 16-bit types only: the float cluster kernel already needs all
+// 64 registers (two CTAs per SM), and the 4-register packs made it spill; float keeps the
+// element loads (its FCs are 2x the bytes of bf16 anyway, and bf16 is the target dtype).
+template <typename T>
+constexpr int kFcVec = sizeof(T) == 2 ? kVec<T> : 1;
+
+// Lanes that share a row of K weights in rows_dot: about 4 16-byte vectors per lane.
+template <typename T>
+__host__ __device__ __forceinline__ int fc_lanes(int64_t K) {
+  return cuda_plan::lanes_for(cuda_plan::ceil_div(K, int64_t(kFcVec<T>)));
+}
+
 // out(g, r) = sum_{k < K} M[r * ldm + k] * v[g * ldv + k] for rows r < R and samples g < G.
 // Rows of M are contiguous: groups of L lanes share a row (coalesced), rows go round the
 // groups. A row always belongs to the same lane group for a given L, so callers that
 // accumulate over chunks of k through emit may read back what they wrote. v: shared memory.
 // emit(g, r, value) is called by the group's first lane.
+// Weight loads: when every row start is 16-byte aligned, each lane loads 16 bytes a step and
+// issues kFcUnroll such loads before it uses the first (latency-bound otherwise: a CTA alone
+// streams a group's weights); the K % VEC tail, or every element when rows are not aligned,
+// goes element by element. The sum order depends on L, K and the alignment only: fixed for a
+// call site (bitwise reproducible).
+// fc_unroll<GP, T>(): 16-byte weight loads in flight per lane in rows_dot: kFcUnroll for
+// 16-bit types and up to 2 samples, else 2, and 1 for float with 8 samples (a pack is 4
+// registers whatever T: the packs and the GP accumulators must fit the 64 registers of two
+// CTAs per SM without spilling; ptxas -v, tools/check_build_log.py).
+constexpr int kFcUnroll = 4;
+template <int GP, typename T>
+constexpr int fc_unroll() {
+  return sizeof(T) == 4 ? (GP >= 8 ? 1 : 2) : (GP <= 2 ? kFcUnroll : 2);
+}
+
+
+// kPadded: v holds GP rows (rows G.. zero), so sample g's offset is g * ldv (a constant
+// when ldv is); else rows G.. read row G - 1.
+template <int GP, bool kPadded, typename T, typename A, typename Emit>
+__device__ __forceinline__ void rows_dot_g(const T* M, int64_t ldm, int R, int K, const A* v,
+                                           int ldv, int G, int L, Emit&& emit) {
+  constexpr int VEC = kFcVec<T>;
+  const int groups = kThreads / L;
+  const int sub = threadIdx.x / L, sl = threadIdx.x % L;
+  const uintptr_t row_bytes = uintptr_t(ldm * int64_t(sizeof(T)));
+  const bool vec_ok = VEC > 1 && ((reinterpret_cast<uintptr_t>(M) | row_bytes) % 16) == 0;
+  const int nv = vec_ok ? K / VEC : 0;  // full vectors per row
+  const int kv = nv * VEC;              // elements covered by them
+  constexpr int U = fc_unroll<GP, T>();
+  int vo[GP];  // offset of sample g's vector in v
+#pragma unroll
+  for (int g = 0; g < GP; ++g) vo[g] = (kPadded || g < G ? g : G - 1) * ldv;
+  for (int rb = 0; rb < R; rb += groups) {
+    const int r = rb + sub;
+    A acc[GP];
+#pragma unroll
+    for (int g = 0; g < GP; ++g) acc[g] = A(0);
+    if (r < R) {
+      const T* m = M + int64_t(r) * ldm;
+      if constexpr (VEC > 1) {
+        // U 16-byte loads in flight, then their FMAs
+        int j = sl;
+        for (; j + (U - 1) * L < nv; j += U * L) {
+          Pack<T, VEC> w[U];
+#pragma unroll
+          for (int u = 0; u < U; ++u) w[u] = load_pack<VEC>(m + (j + u * L) * VEC);
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            const int k0 = (j + u * L) * VEC;
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+              const A we = to_acc(w[u].v[e]);
+#pragma unroll
+              for (int g = 0; g < GP; ++g) acc[g] += we * v[vo[g] + k0 + e];
+            }
+          }
+        }
+        for (; j < nv; j += L) {
+          const Pack<T, VEC> w = load_pack<VEC>(m + j * VEC);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            const A we = to_acc(w.v[e]);
+#pragma unroll
+            for (int g = 0; g < GP; ++g) acc[g] += we * v[vo[g] + j * VEC + e];
+          }
+        }
+      }
+      // the elements past the full vectors (all of them when rows are not aligned)
+#pragma unroll 4
+      for (int k = kv + sl; k < K; k += L) {
+        const A w = to_acc(m[k]);
+#pragma unroll
+        for (int g = 0; g < GP; ++g) acc[g] += w * v[vo[g] + k];
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < GP; ++g) acc[g] = group_reduce<false>(acc[g], L);
+    if (r < R && sl == 0) {
+#pragma unroll
+      for (int g = 0; g < GP; ++g)
+        if (g < G) emit(g, r, acc[g]);
+    }
+  }
+}
+
+// The element-load product with a run-time G (per-sample branches): float's rows_dot in the
+// cluster kernel, which is at the 64-register limit of two CTAs per SM. The compile-time
+// group sizes (per-size accumulators and sample offsets) made it spill there, whatever the
+// unroll; float is not the target type of the cluster path's speed (bfloat16 is).
 template <typename T, typename A, typename Emit>
-__device__ __forceinline__ void rows_dot(const T* M, int64_t ldm, int R, int K, const A* v,
-                                         int ldv, int G, int L, Emit&& emit) {
+__device__ __forceinline__ void rows_dot_runtime_g(const T* M, int64_t ldm, int R, int K,
+                                                   const A* v, int ldv, int G, int L,
+                                                   Emit&& emit) {
   const int groups = kThreads / L;
   const int sub = threadIdx.x / L, sl = threadIdx.x % L;
   for (int rb = 0; rb < R; rb += groups) {
@@ -72,12 +210,29 @@ __device__ __forceinline__ void rows_dot(const T* M, int64_t ldm, int R, int K, 
   }
 }
 
+// v: G rows at stride ldv.
+template <typename T, typename A, typename Emit>
+__device__ __forceinline__ void rows_dot(const T* M, int64_t ldm, int R, int K, const A* v,
+                                         int ldv, int G, int L, Emit&& emit) {
+  if constexpr (sizeof(T) == 4) {
+    rows_dot_runtime_g(M, ldm, R, K, v, ldv, G, L, emit);
+  } else {
+    with_group(G, [&](auto gp) {
+      rows_dot_g<decltype(gp)::value, false>(M, ldm, R, K, v, ldv, G, L, emit);
+    });
+  }
+}
+
 // out(g, j) = sum_{r < R} M[r * ldm + j] * v[g * ldv + r] for columns j < NC and g < G:
 // the transposed product. Threads own columns (coalesced reads of M's rows); when there are
 // fewer than kThreads columns, `slices` threads share a column and split its rows, and their
 // partials are added in slice order. v is global (written earlier by this CTA or another:
 // read through L2) and is staged in shared memory kFcChunk rows at a time.
 // smem: G * kFcChunk + kThreads * kMaxGroup elements. emit(g, j, value), once per (g, j).
+// Unchanged by issue 12 (a run-time G, 2 rows in flight): the compile-time group sizes of
+// rows_dot, tried here, made the max-squeeze + residual backward kernels spill (ptxas -v;
+// they are at 64 registers), so the backward FC keeps this loop until its FC is split into
+// row-block work items (docs/perf-notes.md, "Issue 12: predictions").
 template <typename T, typename A, typename Emit>
 __device__ __forceinline__ void cols_dot(const T* M, int64_t ldm, int R, int NC, const A* v,
                                          int64_t ldv, int G, A* smem, Emit&& emit) {

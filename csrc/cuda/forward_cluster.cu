@@ -128,6 +128,11 @@ __global__ void __launch_bounds__(kThreads, 2)
       copy_rows<1>(slab, cc, src, C, G * HW, nch);
     }
   }
+  // The weight slices of this CTA's two FCs, W1[:, own] (Cr rows) and W2[own, :] (one
+  // contiguous span), requested into L2 while the slab copy is in flight: the FCs then read
+  // them from L2 instead of waiting on HBM after the squeeze.
+  prefetch_l2_rows(w1 + c0, C, Cr, nch);
+  prefetch_l2_rows(w2 + c0 * Cr, 0, 1, nch * Cr);
   cp_async_wait_all();
   __syncthreads();
 
@@ -158,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   __syncthreads();
 
   // 3. this CTA's part of the first FC: hpart[g, j] = sum_{own c} W1[j, c] z[g, c]
-  rows_dot(w1 + c0, C, Cr, nch, zs, cc, G, cuda_plan::lanes_for(nch),
+  rows_dot(w1 + c0, C, Cr, nch, zs, cc, G, fc_lanes<T>(nch),
            [&](int g, int j, A v) { hpart[g * Cr + j] = v; });
 
   // 4. h = act(sum over the cluster + b1)
@@ -175,7 +180,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   __syncthreads();
 
   // 5. the second FC and the gate for the own channels
-  rows_dot(w2 + c0 * Cr, Cr, nch, Cr, hs, Cr, G, cuda_plan::lanes_for(Cr), [&](int g, int ch, A v) {
+  rows_dot(w2 + c0 * Cr, Cr, nch, Cr, hs, Cr, G, fc_lanes<T>(Cr), [&](int g, int ch, A v) {
     if (b2 != nullptr) v += to_acc(b2[c0 + ch]);
     gpre[(n0 + g) * C + c0 + ch] = v;
     ss[g * cc + ch] = gate_fwd(a.gate, v);
@@ -276,13 +281,16 @@ bool forward_cluster_compiled(const ForwardArgs& a) {
          }) >= 90;
 }
 
-int forward_cluster_max_active(const ForwardArgs& a, const ClusterConfig& c) {
+int forward_cluster_max_active(const ForwardArgs& a, const ClusterConfig& c,
+                               cudaStream_t stream) {
   const Kernel k = pick(a);
   if (k == nullptr) return 0;
   const void* kp = reinterpret_cast<const void*>(k);
   return cached(CacheKey{current_device(), kp, c.smem, c.K}, [&] {
     Launch l;
-    prepare(k, c, nullptr, l);
+    // the launch stream, not the null stream: a first call inside graph capture (on a
+    // capturing stream) would otherwise touch the legacy stream and break the capture
+    prepare(k, c, stream, l);
     int clusters = 0;
     if (cudaOccupancyMaxActiveClusters(&clusters, k, &l.config) != cudaSuccess) {
       (void)cudaGetLastError();  // not launchable as configured: report 0
@@ -292,13 +300,24 @@ int forward_cluster_max_active(const ForwardArgs& a, const ClusterConfig& c) {
   });
 }
 
-void launch_forward_cluster(const ForwardArgs& a, const ClusterConfig& c, cudaStream_t stream) {
+bool launch_forward_cluster(const ForwardArgs& a, const ClusterConfig& c, cudaStream_t stream) {
   const Kernel k = pick(a);
   TORCH_CHECK(k != nullptr, "se_kernels: no cluster kernel for this dtype");
   Launch l;
   prepare(k, c, stream, l);
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&l.config, k, a, c));
+  const cudaError_t err = cudaLaunchKernelEx(&l.config, k, a, c);
+  if (err == cudaErrorInvalidClusterSize || err == cudaErrorLaunchOutOfResources) {
+    // Refused, not failed: the occupancy query said yes, but the launch-time resources (MPS
+    // SM limits, green contexts) do not hold a cluster of this shape (the runtime reports
+    // that as one of these two; CUDA 13 has no separate "cluster out of resources" code).
+    // Nothing was enqueued; clear the (non-sticky) error so that the caller's fallback
+    // launch starts clean.
+    (void)cudaGetLastError();
+    return false;
+  }
+  C10_CUDA_CHECK(err);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
 }
 
 }  // namespace cuda

@@ -39,6 +39,7 @@ __device__ void forward_fc(const ForwardArgs& a, const PersistentConfig& c, int6
   const A* part = static_cast<const A*>(c.ws) + c.off.partial;
   A* s = static_cast<A*>(c.ws) + c.off.s;
   const int64_t C = a.C, Cr = a.Cr, npb = c.tiles.npb;
+  const int GR = int(cuda_plan::group_rows(G));  // staged rows (zero-padded)
 
   // z[n, c] from the npb partials of (n, c), at part[(n npb + b) C + c]
   combine_strided<kMax, A>(
@@ -46,16 +47,20 @@ __device__ void forward_fc(const ForwardArgs& a, const PersistentConfig& c, int6
       [&](int64_t i, A v) { z[n0 * C + i] = kMax ? v : v / A(a.HW); });
   __syncthreads();
 
+  // The FCs keep the run-time-G element loop of 23a97b5 (rows_dot_runtime_g): the 16-byte,
+  // compile-time-G rows_dot made every half/bf16 variant of this kernel spill (ptxas, sm_80
+  // and sm_90a; the cluster kernel's does not). Splitting the group's FC into row-block
+  // work items is what this kernel needs (docs/perf-notes.md, "Issue 12: predictions").
   const int L1 = cuda_plan::lanes_for(C < kFcChunk ? C : kFcChunk);
   for (int64_t k0 = 0; k0 < C; k0 += kFcChunk) {
     const int kc = int(C - k0 < kFcChunk ? C - k0 : kFcChunk);
-    for (int i = threadIdx.x; i < G * kc; i += kThreads) {
+    for (int i = threadIdx.x; i < GR * kc; i += kThreads) {  // rows G..GR-1: zeros
       const int g = i / kc, k = i - (i / kc) * kc;
-      sm[g * kFcChunk + k] = load_cg(z + (n0 + g) * C + k0 + k);
+      sm[g * kFcChunk + k] = g < G ? load_cg(z + (n0 + g) * C + k0 + k) : A(0);
     }
     __syncthreads();
     const bool first = k0 == 0, last = k0 + kc >= C;
-    rows_dot(w1 + k0, C, int(Cr), kc, sm, kFcChunk, G, L1, [&](int g, int j, A v) {
+    rows_dot_runtime_g(w1 + k0, C, int(Cr), kc, sm, kFcChunk, G, L1, [&](int g, int j, A v) {
       A* o = hpre + (n0 + g) * Cr + j;
       if (!first) v += *o;  // this lane wrote it for the previous chunk
       if (last && b1 != nullptr) v += to_acc(b1[j]);
@@ -67,13 +72,14 @@ __device__ void forward_fc(const ForwardArgs& a, const PersistentConfig& c, int6
   const int L2 = cuda_plan::lanes_for(Cr < kFcChunk ? Cr : kFcChunk);
   for (int64_t k0 = 0; k0 < Cr; k0 += kFcChunk) {
     const int kc = int(Cr - k0 < kFcChunk ? Cr - k0 : kFcChunk);
-    for (int i = threadIdx.x; i < G * kc; i += kThreads) {
+    for (int i = threadIdx.x; i < GR * kc; i += kThreads) {  // rows G..GR-1: zeros
       const int g = i / kc, k = i - (i / kc) * kc;
-      sm[g * kFcChunk + k] = activation_fwd(a.act, load_cg(hpre + (n0 + g) * Cr + k0 + k));
+      sm[g * kFcChunk + k] =
+          g < G ? activation_fwd(a.act, load_cg(hpre + (n0 + g) * Cr + k0 + k)) : A(0);
     }
     __syncthreads();
     const bool first = k0 == 0, last = k0 + kc >= Cr;
-    rows_dot(w2 + k0, Cr, int(C), kc, sm, kFcChunk, G, L2, [&](int g, int ch, A v) {
+    rows_dot_runtime_g(w2 + k0, Cr, int(C), kc, sm, kFcChunk, G, L2, [&](int g, int ch, A v) {
       const int64_t o = (n0 + g) * C + ch;
       if (!first) v += gpre[o];
       if (last) {

@@ -104,8 +104,12 @@ struct ClusterConfig {
 
 // forward_cluster.cu (sm_90 code; elsewhere the kernel is an empty shell that is never run)
 bool forward_cluster_compiled(const ForwardArgs& a);  // sm_90 machine code for this device
-int forward_cluster_max_active(const ForwardArgs& a, const ClusterConfig& c);
-void launch_forward_cluster(const ForwardArgs& a, const ClusterConfig& c, cudaStream_t stream);
+// Clusters of shape c that can be co-resident, queried on the launch stream (cached).
+int forward_cluster_max_active(const ForwardArgs& a, const ClusterConfig& c,
+                               cudaStream_t stream);
+// False when the launch was refused for want of cluster resources (the error is cleared,
+// nothing was enqueued: the caller falls back); other errors raise.
+bool launch_forward_cluster(const ForwardArgs& a, const ClusterConfig& c, cudaStream_t stream);
 
 // forward_persistent.cu
 int forward_persistent_blocks_per_sm(const ForwardArgs& a, int64_t smem);

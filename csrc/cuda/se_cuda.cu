@@ -12,6 +12,8 @@
 //   SE_KERNELS_CUDA_PATH=auto|cluster|persistent   force a forward path; forcing a path that
 //                                                  cannot run this call raises an error
 //   SE_KERNELS_CUDA_CLUSTER=K,G   cluster shape (CTAs per cluster, samples per cluster)
+//   SE_KERNELS_CUDA_MAX_CLUSTER=K largest cluster the planner may pick (1..16; 8 plans as a
+//                                 device that refuses non-portable sizes would)
 //   SE_KERNELS_CUDA_TILE=BYTES    tile size of the persistent kernels
 //   SE_KERNELS_CUDA_LAG=SAMPLES   how far apply items trail reduce items (persistent)
 // Backward: one persistent launch, no floating-point atomics, so bitwise reproducible and
@@ -28,6 +30,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
@@ -204,9 +207,40 @@ PersistentBuffers allocate(PersistentConfig& c, const at::Tensor& x, cudaStream_
 
 // ---- the cluster plan ----------------------------------------------------------------------
 
+// The largest cluster each device has not refused at launch (cudaErrorClusterOutOfResources:
+// MPS SM limits, green contexts), kMaxCluster until a refusal. A refused K > 8 lowers it to
+// 8 (the portable sizes); a refused K <= 8 to 0, which turns the cluster path off for the
+// device for the rest of the process: the persistent path then runs every call.
+std::mutex g_cluster_cap_mu;
+std::map<int, int> g_cluster_cap;
+
+int cluster_cap(int device) {
+  const std::lock_guard<std::mutex> lock(g_cluster_cap_mu);
+  const auto it = g_cluster_cap.find(device);
+  return it == g_cluster_cap.end() ? plan::kMaxCluster : it->second;
+}
+
+void note_cluster_refused(int device, int K) {
+  const std::lock_guard<std::mutex> lock(g_cluster_cap_mu);
+  auto it = g_cluster_cap.find(device);
+  const int cur = it == g_cluster_cap.end() ? plan::kMaxCluster : it->second;
+  const int cap = K > 8 ? 8 : 0;
+  g_cluster_cap[device] = cap < cur ? cap : cur;
+}
+
 // Fills `cc` and returns true when the cluster path can run this call; else says why.
 bool plan_cluster_launch(const ForwardArgs& a, const Problem& p, const cudaDeviceProp& prop,
-                         bool ptrs_aligned, ClusterConfig& cc, std::string& why) {
+                         int device, bool ptrs_aligned, cudaStream_t stream, ClusterConfig& cc,
+                         std::string& why) {
+  const int64_t env_cap = env_int("SE_KERNELS_CUDA_MAX_CLUSTER", plan::kMaxCluster);
+  TORCH_CHECK(env_cap <= plan::kMaxCluster,
+              "se_kernels: SE_KERNELS_CUDA_MAX_CLUSTER must be at most ", plan::kMaxCluster,
+              ", got ", env_cap);
+  const int cap = std::min(cluster_cap(device), int(env_cap));
+  if (cap == 0) {
+    why = "a cluster launch was refused on this device earlier (cluster resources)";
+    return false;
+  }
   if (prop.major < 9) {
     why = "it needs sm_90 or newer (the device is sm_" + std::to_string(prop.major) +
           std::to_string(prop.minor) + ")";
@@ -225,7 +259,7 @@ bool plan_cluster_launch(const ForwardArgs& a, const Problem& p, const cudaDevic
   const int64_t vec = a.nhwc ? (a.vec ? V : 1) : (flat_vec ? V : 1);
   plan::ClusterLimits lim{int64_t(prop.sharedMemPerBlockOptin),
                           int64_t(prop.sharedMemPerMultiprocessor),
-                          int64_t(prop.multiProcessorCount), plan::kMaxCluster};
+                          int64_t(prop.multiProcessorCount), cap};
   int fk = 0, fg = 0;
   const bool forced = env_cluster_shape(fk, fg);
   auto shape = [&]() {
@@ -254,13 +288,13 @@ bool plan_cluster_launch(const ForwardArgs& a, const Problem& p, const cudaDevic
     why = "the grid would be too large";
     return false;
   }
-  if (forward_cluster_max_active(a, cc) > 0) return true;
+  if (forward_cluster_max_active(a, cc, stream) > 0) return true;
   if (!forced && s.K > 8) {  // 16-CTA clusters need a non-portable size the device may refuse
     lim.max_k = 8;
     s = shape();
     if (s.ok) {
       fill(s);
-      if (forward_cluster_max_active(a, cc) > 0) return true;
+      if (forward_cluster_max_active(a, cc, stream) > 0) return true;
     }
   }
   why = "no cluster of the planned shape can be resident on this device";
@@ -313,9 +347,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(
   if (path != Path::kPersistent) {
     std::string why;
     ClusterConfig cc{};
-    if (plan_cluster_launch(a, p, prop, ptrs, cc, why)) {
-      launch_forward_cluster(a, cc, stream);
-      return {y, z, hpre, gpre};
+    // At most two tries: a refused launch lowers the device's cluster cap (16 -> 8, or 8 ->
+    // off) and plans again; a refusal leaves nothing enqueued and no error set.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      if (!plan_cluster_launch(a, p, prop, device, ptrs, stream, cc, why)) break;
+      if (launch_forward_cluster(a, cc, stream)) return {y, z, hpre, gpre};
+      note_cluster_refused(device, cc.K);
+      why = "the launch of a cluster of " + std::to_string(cc.K) +
+            " CTAs was refused (cluster resources)";
     }
     TORCH_CHECK(path != Path::kCluster,
                 "se_kernels: SE_KERNELS_CUDA_PATH=cluster, but the cluster path cannot run this "

@@ -63,7 +63,8 @@ __device__ __forceinline__ A upstream(A dy, A y) {
   }
 }
 
-// emit(r, ds, cnt): ds = sum over the row of g * x; cnt = #(x == zr[r]) (max squeeze only).
+// emit(r, ds, cnt): ds = sum over the row of g * x; cnt = #(x == zr[r]) (max squeeze only),
+// counted in uint32 (exact past 2^24 ties, where a float count stops growing).
 template <bool kMax, bool kRes, int VEC, typename T, typename Emit>
 __device__ __forceinline__ void grad_reduce_rows(const T* dy, const T* x, const T* y, int64_t rs,
                                                  int rows, int len, const acc_t<T>* zr,
@@ -75,7 +76,8 @@ __device__ __forceinline__ void grad_reduce_rows(const T* dy, const T* x, const 
   const int sub = threadIdx.x / L, sl = threadIdx.x % L;
   for (int rb = 0; rb < rows; rb += groups) {
     const int r = rb + sub;
-    A ds = A(0), cnt = A(0);
+    A ds = A(0);
+    unsigned cnt = 0u;
     if (r < rows) {
       const int64_t o = int64_t(r) * rs;
       const A zv = kMax ? zr[r] : A(0);
@@ -91,7 +93,7 @@ __device__ __forceinline__ void grad_reduce_rows(const T* dy, const T* x, const 
           const A xv = to_acc(vx.v[e]);
           const A g = upstream<kRes>(to_acc(vd.v[e]), kRes ? to_acc(vy.v[e]) : A(0));
           ds += g * xv;
-          if constexpr (kMax) cnt += xv == zv ? A(1) : A(0);
+          if constexpr (kMax) cnt += xv == zv ? 1u : 0u;
         }
       }
     }
@@ -333,7 +335,8 @@ __device__ __forceinline__ void reduce_nhwc(const T* src, int64_t ps, int np, in
   __syncthreads();
 }
 
-// emit_ds(c, ds) and emit_cnt(c, cnt) (max only) over np pixels; zc: z of the nc channels.
+// emit_ds(c, ds) and emit_cnt(c, cnt) (max only; cnt a uint32) over np pixels; zc: z of the
+// nc channels.
 // scratch: 2 * cuda_plan::nhwc_scratch_elems(nc, VEC) + nc elements.
 template <bool kMax, bool kRes, int VEC, typename T, typename EmitDs, typename EmitCnt>
 __device__ __forceinline__ void grad_reduce_nhwc(const T* dy, const T* x, const T* y, int64_t ps,
@@ -345,15 +348,16 @@ __device__ __forceinline__ void grad_reduce_nhwc(const T* dy, const T* x, const 
   const NhwcMap m(nc, VEC);
   const int stride = nc | 1;
   A* sc_ds = scratch;
-  A* sc_cnt = scratch + m.rows * stride;
+  unsigned* sc_cnt = reinterpret_cast<unsigned*>(scratch + m.rows * stride);  // A-sized slots
   // Two pixels in flight, except with max squeeze, whose 2 x VEC accumulators (and the
   // residual's third load) leave no registers for a second pixel under 64 a thread.
   constexpr int kUnroll = kMax ? 1 : 2;
-  A ds[VEC], cnt[VEC];
+  A ds[VEC];
+  unsigned cnt[VEC];
 #pragma unroll
   for (int e = 0; e < VEC; ++e) {
     ds[e] = A(0);
-    cnt[e] = A(0);
+    cnt[e] = 0u;
   }
   // z of the tile's channels, staged after the two partial arrays (read from shared memory
   // in the loop: no registers held for it)
@@ -375,7 +379,7 @@ __device__ __forceinline__ void grad_reduce_nhwc(const T* dy, const T* x, const 
         const A xv = to_acc(vx.v[e]);
         const A g = upstream<kRes>(to_acc(vd.v[e]), kRes ? to_acc(vy.v[e]) : A(0));
         ds[e] += g * xv;
-        if constexpr (kMax) cnt[e] += xv == zs[m.v * VEC + e] ? A(1) : A(0);
+        if constexpr (kMax) cnt[e] += xv == zs[m.v * VEC + e] ? 1u : 0u;
       }
     }
   }

@@ -346,9 +346,11 @@ int check_tiles(int64_t C, int64_t HW, bool nhwc, int64_t target, int64_t vec,
   return 0;
 }
 
-// A planned cluster fits the device, gives every CTA channels, keeps vectors aligned.
+// A planned cluster fits the device, gives every CTA channels, keeps vectors aligned; with
+// fill_sms, it also puts a CTA on every SM of the device and caps each CTA's weight bytes
+// (plan_cluster's first rule, which these shapes can meet).
 int check_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, bool nhwc,
-                  bool expect_ok) {
+                  bool expect_ok, bool fill_sms = false) {
   namespace P = se_kernels::cuda_plan;
   const P::ClusterLimits h100{227 << 10, 228 << 10, 132, 16};
   const int64_t vec = 16 / esize;
@@ -367,6 +369,25 @@ int check_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, b
   if (s.G < 1 || s.G > P::kMaxGroup || s.G > std::max<int64_t>(N, 1)) return plan_failure(where + ": G");
   // bfloat16 stages: two CTAs per SM (one loads while the other stores)
   if (esize == 2 && s.smem > h100.smem_per_sm / 2 - 1024) return plan_failure(where + ": 1 CTA/SM");
+  if (fill_sms) {
+    if (s.K * P::ceil_div(N, s.G) < h100.sms)
+      return plan_failure(where + ": " + std::to_string(s.K * P::ceil_div(N, s.G)) + " CTAs on " +
+                          std::to_string(h100.sms) + " SMs");
+    // in float, conv5_x's W slice of a 16-CTA cluster (128 KiB) is above any cap rule 0 meets
+    if (esize == 2 && P::cluster_weight_bytes_per_cta(Cr, s.Cc, esize) >
+                          P::cluster_weight_cap(s.G, s.Cc, HW, esize))
+      return plan_failure(where + ": weight bytes per CTA above the cap");
+  }
+  return 0;
+}
+
+// FC staging rows: G padded to the compile-time group sizes of fc.cuh (1, 2, 4, 8).
+int check_group_rows() {
+  namespace P = se_kernels::cuda_plan;
+  const int64_t want[] = {1, 1, 2, 4, 4, 8, 8, 8, 8};
+  for (int64_t G = 1; G <= P::kMaxGroup; ++G)
+    if (P::group_rows(G) != want[G] || P::group_rows(G) < G)
+      return plan_failure("group_rows(" + std::to_string(G) + ")");
   return 0;
 }
 
@@ -411,6 +432,20 @@ int check_plans() {
         f += check_cluster(N, 2048, 49, 128, esize, nhwc, true);
         f += check_cluster(N, 64, 224 * 224, 4, esize, nhwc, false);  // 6.4 / 12.8 MB: too big
       }
+  // issue 12: every SM busy and the weights per CTA capped where a shape allows it: N = 32 at
+  // conv5_x (first fit: G = 8, 64 CTAs); C = 2048, H*W = 1, N = 256 (first fit: 32 CTAs, each
+  // streaming 1 MiB of weights); the stages at N = 256 and N = 17 (just above "few samples")
+  for (bool nhwc : {false, true})
+    for (int64_t esize : {2, 4}) {
+      f += check_cluster(32, 2048, 49, 128, esize, nhwc, true, true);
+      f += check_cluster(256, 2048, 1, 128, esize, nhwc, true, true);
+      f += check_cluster(17, 1024, 196, 64, esize, nhwc, true, true);
+      f += check_cluster(256, 256, 3136, 16, esize, nhwc, true, true);
+      f += check_cluster(256, 512, 784, 32, esize, nhwc, true, true);
+      f += check_cluster(256, 1024, 196, 64, esize, nhwc, true, true);
+      f += check_cluster(256, 2048, 49, 128, esize, nhwc, true, true);
+    }
+  f += check_group_rows();
   for (int64_t esize : {2, 4, 8})
     for (bool nhwc : {false, true})
       for (bool backward : {false, true})

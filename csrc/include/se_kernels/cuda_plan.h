@@ -35,6 +35,12 @@ SE_HOST_DEVICE int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
+// Rows of the FC input staging for a group of G samples: G rounded up to 1, 2, 4 or 8 (the
+// compile-time sample counts of the FC loops, fc.cuh); rows G.. are zero-filled padding.
+SE_HOST_DEVICE int64_t group_rows(int64_t G) {
+  return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : kMaxGroup;
+}
+
 // Lanes (a power of two <= 32) that share one row of `n` vectors: about 4 vectors per lane.
 SE_HOST_DEVICE int lanes_for(int64_t n) {
   int l = 1;
@@ -254,13 +260,29 @@ inline ClusterShape cluster_shape(int64_t C, int64_t HW, int64_t Cr, int64_t esi
   return s;
 }
 
+// Weight bytes one CTA of a cluster reads: W1[:, own] and W2[own, :], Cc channels each.
+SE_HOST_DEVICE int64_t cluster_weight_bytes_per_cta(int64_t Cr, int64_t Cc, int64_t esize) {
+  return 2 * Cr * Cc * esize;
+}
+
+// The cap on cluster_weight_bytes_per_cta: at most the CTA's share of the slab, or 64 KiB
+// (the weights of one CTA stream at the latency of a single SM: a CTA that reads much more
+// weight than slab finishes long after the others).
+constexpr int64_t kClusterWeightFloor = 64 << 10;
+SE_HOST_DEVICE int64_t cluster_weight_cap(int64_t G, int64_t Cc, int64_t HW, int64_t esize) {
+  return max64(kClusterWeightFloor, G * Cc * HW * esize);
+}
+
 // The heuristic (tune on a GPU; benchmarks/cuda_paths.py --sweep-cluster tries every shape):
 //  * few samples (fewer clusters of 8 than SMs): each sample as wide as possible, the largest
 //    K that fits, for latency;
 //  * otherwise G, samples per cluster, so that the weights (read once per cluster) cost at
-//    most half the slab: G_want = ceil(2 |W| / slab), at most kMaxGroup and N; then the first
-//    (G from G_want down, K from 1 up) whose CTAs fit two per SM (one can load while the other
-//    stores); failing that, the first that fits at all.
+//    most half the slab: G_want = ceil(2 |W| / slab), at most kMaxGroup and N; then, G from
+//    G_want down and K from 1 up, the first shape whose CTAs fit two per SM (one can load
+//    while the other stores), that puts a CTA on every SM (K x clusters >= #SMs: shrinking G
+//    first, since a smaller G only costs weight re-reads from L2) and whose CTAs each read at
+//    most cluster_weight_cap bytes of weights. Failing that, the same without the weight
+//    cap, then without the SM count, then the first shape that fits at all.
 inline ClusterShape plan_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize,
                                  int64_t asize, bool nhwc, int64_t vec, int64_t weight_bytes,
                                  const ClusterLimits& lim) {
@@ -276,16 +298,20 @@ inline ClusterShape plan_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, i
   const int64_t g_want = min64(clamp64(ceil_div(2 * weight_bytes, max64(slab, 1)), 1, kMaxGroup),
                                max64(N, 1));
   const int64_t half = lim.smem_per_sm / 2 - 1024;  // the runtime reserves 1 KiB per CTA
-  for (int64_t G = g_want; G >= 1; --G)
-    for (int k : ks) {
-      ClusterShape s = cluster_shape(C, HW, Cr, esize, asize, nhwc, vec, k, int(G), lim);
-      if (s.ok && s.smem <= half) return s;
-    }
-  for (int64_t G = g_want; G >= 1; --G)
-    for (int k : ks) {
-      ClusterShape s = cluster_shape(C, HW, Cr, esize, asize, nhwc, vec, k, int(G), lim);
-      if (s.ok) return s;
-    }
+  // rule 0: two per SM, every SM busy, weights capped; 1: without the cap; 2: without the SM
+  // count; 3: fits at all
+  for (int rule = 0; rule < 4; ++rule)
+    for (int64_t G = g_want; G >= 1; --G)
+      for (int k : ks) {
+        ClusterShape s = cluster_shape(C, HW, Cr, esize, asize, nhwc, vec, k, int(G), lim);
+        if (!s.ok) continue;
+        if (rule < 3 && s.smem > half) continue;
+        if (rule < 2 && k * ceil_div(N, G) < lim.sms) continue;
+        if (rule < 1 &&
+            cluster_weight_bytes_per_cta(Cr, s.Cc, esize) > cluster_weight_cap(G, s.Cc, HW, esize))
+          continue;
+        return s;
+      }
   return ClusterShape{};
 }
 
@@ -298,14 +324,15 @@ inline int64_t nhwc_tile_scratch(const Tiles& t, int64_t vec) {
 inline int64_t persistent_forward_smem_elems(const Tiles& t, int64_t G, int64_t vec) {
   int64_t e = t.tc;                              // the gate of an apply tile
   e = max64(e, nhwc_tile_scratch(t, vec));       // the NHWC reduction
-  e = max64(e, G * kFcChunk);                    // FC input staging
+  e = max64(e, group_rows(G) * kFcChunk);        // FC input staging (zero-padded rows)
   return e;
 }
 
 inline int64_t persistent_backward_smem_elems(const Tiles& t, int64_t G, int64_t vec) {
   int64_t e = 3 * t.tc;                               // s, coef, z of a write tile
   e = max64(e, t.nhwc ? 2 * nhwc_tile_scratch(t, vec) + t.tc : 0);  // NHWC reductions, z
-  e = max64(e, G * kFcChunk + int64_t(kThreads) * kMaxGroup);  // FC staging + column partials
+  // FC staging (zero-padded rows) + column partials
+  e = max64(e, group_rows(G) * kFcChunk + int64_t(kThreads) * kMaxGroup);
   e = max64(e, 2 * int64_t(kGemmK) * kGemmTile);               // weight-gradient tiles
   return e;
 }
@@ -320,9 +347,13 @@ struct PersistentShape {
 
 // tile_bytes and lag: overrides, or 0 for the defaults:
 //  * G: the weights, read once per group, cost at most half a group's slab;
-//  * tiles of about 1/16 of the batch's bytes per SM, 8 to 64 KiB;
-//  * lag: 40% of L2 holds what the apply (or write) items re-read: x (forward); dy and x,
-//    and y with the residual (backward).
+//  * tiles of about 1/16 of the batch's bytes per SM, 8 to 64 KiB, and small enough that
+//    the tiles in flight (one per CTA, 2 CTAs per SM: the most the kernels are compiled for
+//    outside float64) take at most 15% of L2;
+//  * lag: the larger of (a) 40% of L2 holds what the apply (or write) items re-read: x
+//    (forward); dy and x, and y with the residual (backward); (b) G + the samples in flight
+//    (ceil(CTAs x tile / slab)): the reduce items handed out just before an apply item may
+//    still be running, so an apply item that trails them by less spins on its group's flag.
 inline PersistentShape plan_persistent_shape(int64_t N, int64_t C, int64_t HW, int64_t Cr,
                                              bool nhwc, int64_t esize, int64_t asize,
                                              int64_t vec, int64_t row_align, bool backward,
@@ -332,13 +363,23 @@ inline PersistentShape plan_persistent_shape(int64_t N, int64_t C, int64_t HW, i
   const int64_t slab = max64(C * HW * esize, 1);
   const int64_t weight_bytes = 2 * C * Cr * esize;
   s.G = min64(clamp64(ceil_div(2 * weight_bytes, slab), 1, kMaxGroup), max64(N, 1));
-  if (tile_bytes <= 0) tile_bytes = clamp64(N * slab / (16 * max64(sms, 1)), 8 << 10, 64 << 10);
+  const int64_t ctas = 2 * max64(sms, 1);  // an upper bound of the grid (occupancy comes later)
+  if (tile_bytes <= 0) {
+    tile_bytes = clamp64(N * slab / (16 * max64(sms, 1)), 8 << 10, 64 << 10);
+    tile_bytes = max64(8 << 10, min64(tile_bytes, (l2_bytes * 3 / 20) / ctas));
+  }
   s.tiles = make_tiles(C, HW, nhwc, max64(1, tile_bytes / esize), vec, row_align);
   const int64_t elems = backward ? persistent_backward_smem_elems(s.tiles, s.G, vec)
                                  : persistent_forward_smem_elems(s.tiles, s.G, vec);
   s.smem = round_up(elems * asize, 16);
   const int64_t streams = backward ? (residual ? 3 : 2) : 1;
-  s.lag = lag > 0 ? lag : max64(1, (l2_bytes * 2 / 5) / (slab * streams));
+  if (lag > 0) {
+    s.lag = lag;
+  } else {
+    const int64_t tile = s.tiles.tc * s.tiles.tp * esize;
+    const int64_t in_flight = s.G + ceil_div(ctas * tile, slab);
+    s.lag = max64(max64(1, (l2_bytes * 2 / 5) / (slab * streams)), in_flight);
+  }
   return s;
 }
 

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Static evidence for the CUDA kernels without a GPU: global-load widths in the sm_90a SASS.
+
+Dumps the machine code of the built extension (cuobjdump --dump-sass; the CUDA toolkit's, or
+the copy the triton package ships) and, for every instantiation of a hot kernel (named in a
+`// hot-kernel: NAME` comment in csrc/cuda/), counts its global loads by width:
+
+  LDG 128   16-byte loads (LDG.E.128): vectorised tile passes, FC weight loads
+  LDGSTS    16-byte cp.async copies global -> shared (LDGSTS.E.BYPASS.128): the cluster slab
+  LDG <128  narrower loads (64, 32, 16, 8 bits): scalar paths, tails, workspace reads
+
+and prints the table. It fails when a kernel whose element type has a vector path (float,
+half, bfloat16; float64 has none by design) shows none of the 16-byte accesses its hot loops
+must use:
+  * the persistent kernels: at least one LDG.E.128 (the vectorised tile passes; in the
+    forward kernel also the FC weight loads of fc.cuh's rows_dot for 16-bit types);
+  * se_fwd_cluster_kernel: at least one LDGSTS.128 (the slab copy), and for half/bfloat16
+    at least one LDG.E.128: without a residual the kernel's only 16-byte LDGs are the FC
+    weight loads (rows_dot; float keeps element loads there, fc.cuh kFcVec).
+A count is static (instructions in the binary, not executions): it proves that the vector
+path exists in the machine code, not how often it runs; docs/perf-notes.md predicts that.
+
+Usage: check_sass.py [LIBRARY_OR_CUBIN ...] [--arch sm_90a]
+  default: se_kernels/_C*.so of this checkout. Exit 0: pass; 1: a check failed; 2: no SASS
+  to check (no CUDA build, or no cuobjdump) -- reported, not a failure, unless --strict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def find_cuobjdump() -> str | None:
+    exe = shutil.which("cuobjdump")
+    if exe:
+        return exe
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "cuobjdump").is_file():
+            return str(Path(home) / "bin" / "cuobjdump")
+    try:  # the triton wheel bundles one
+        import triton  # noqa: PLC0415
+
+        p = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        if p.is_file():
+            return str(p)
+    except Exception:  # noqa: BLE001 - triton is optional here
+        pass
+    return None
+
+
+def hot_kernels() -> list[str]:
+    names = set()
+    for f in (ROOT / "csrc" / "cuda").glob("*"):
+        if f.suffix in (".cu", ".cuh", ".h"):
+            names.update(re.findall(r"//\s*hot-kernel:\s*(\w+)", f.read_text()))
+    return sorted(names)
+
+
+def demangle(names: list[str]) -> dict[str, str]:
+    try:
+        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+        return dict(zip(names, out))
+    except (OSError, subprocess.CalledProcessError):
+        return {n: n for n in names}
+
+
+LOAD = re.compile(r"\b(LDGSTS|LDG)((?:\.[A-Z0-9_]+)*)\b")
+
+
+def width(mods: list[str]) -> int:
+    for m in mods:
+        if m in ("128", "64"):
+            return int(m)
+        if m in ("U16", "S16"):
+            return 16
+        if m in ("U8", "S8"):
+            return 8
+    return 32
+
+
+def parse_sass(text: str) -> dict[str, collections.Counter]:
+    """{mangled function: Counter of 'LDG128', 'LDG64', ..., 'LDGSTS128'}"""
+    funcs: dict[str, collections.Counter] = {}
+    cur = None
+    for line in text.splitlines():
+        m = re.match(r"\s*Function\s*:\s*(\S+)", line)
+        if m:
+            cur = funcs.setdefault(m.group(1), collections.Counter())
+            continue
+        if cur is None or "/*" not in line:
+            continue
+        for op, mods in LOAD.findall(line):
+            cur[f"{op}{width(mods.strip('.').split('.'))}"] += 1
+    return funcs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="*")
+    ap.add_argument("--arch", default="sm_90a")
+    ap.add_argument("--strict", action="store_true", help="no SASS to check is a failure")
+    args = ap.parse_args()
+    files = args.files or sorted(glob.glob(str(ROOT / "se_kernels" / "_C*.so")))
+    exe = find_cuobjdump()
+    if not files or exe is None:
+        print(f"check_sass: nothing to check ({'no cuobjdump' if exe is None else 'no library'})")
+        return 1 if args.strict else 2
+    text = ""
+    for f in files:
+        r = subprocess.run([exe, "--dump-sass", "--gpu-architecture", args.arch, f],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"check_sass: cuobjdump failed on {f}: {r.stderr.strip()}")
+            return 1
+        text += r.stdout
+    funcs = parse_sass(text)
+    names = demangle(list(funcs))
+    hot = hot_kernels()
+    rows = []
+    failures = []
+    for mangled, cnt in sorted(funcs.items(), key=lambda kv: names[kv[0]]):
+        full = names[mangled]
+        kern = next((h for h in hot if re.search(rf"\b{h}<", full)), None)
+        if kern is None:
+            continue
+        targs = re.search(rf"{kern}<([^>]*)>", full).group(1)
+        targs = targs.replace("__nv_bfloat16", "bf16").replace("__half", "half").replace(" ", "")
+        narrow = sum(v for k, v in cnt.items() if k.startswith("LDG") and not k.startswith(
+            "LDGSTS") and k != "LDG128")
+        rows.append((kern, targs, cnt["LDG128"], cnt["LDGSTS128"], narrow,
+                     " ".join(f"{k}:{v}" for k, v in sorted(cnt.items()) if k not in (
+                         "LDG128", "LDGSTS128"))))
+        dtype = targs.split(",")[0]
+        if dtype == "double":
+            continue  # no vector path by design (device.cuh kHasVecPath)
+        if kern == "se_fwd_cluster_kernel":
+            if cnt["LDGSTS128"] == 0:
+                failures.append(f"{kern}<{targs}>: the slab copy is not 16-byte cp.async")
+            if dtype in ("half", "bf16") and cnt["LDG128"] == 0:
+                failures.append(f"{kern}<{targs}>: FC weight loads are not 16-byte (LDG.E.128)")
+        elif cnt["LDG128"] == 0:
+            failures.append(f"{kern}<{targs}>: no 16-byte global load (LDG.E.128)")
+    if not rows:
+        print(f"check_sass: no hot kernel in the {args.arch} SASS of {', '.join(files)}")
+        return 1 if args.strict else 2
+    w = max(len(r[0]) + len(r[1]) + 2 for r in rows)
+    print(f"check_sass: global loads per hot kernel ({args.arch} SASS, static counts)")
+    print(f"  {'kernel<T,nhwc,max,res>':<{w}}  LDG.128  LDGSTS.128  LDG<128  (narrower by width)")
+    for kern, targs, l128, sts, narrow, detail in rows:
+        print(f"  {kern + '<' + targs + '>':<{w}}  {l128:7d}  {sts:10d}  {narrow:7d}  {detail}")
+    if failures:
+        print("check_sass: FAILED\n  " + "\n  ".join(failures))
+        return 1
+    print(f"check_sass: ok ({len(rows)} hot kernel instantiations)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

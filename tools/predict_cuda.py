@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Predictions for the CUDA backend on an H200 (bf16, SE-ResNet-50 stages), written before any
+GPU measures them (issue 12). Prints the markdown table of docs/perf-notes.md ("Issue 12:
+predictions") and, with --json PATH, writes the rows of benchmarks/predictions/cuda.json.
+
+The model (Little's law; every constant is named below):
+  * HBM: 4.3 TB/s copy bandwidth, ~0.7 us latency, 132 SMs: full bandwidth needs about
+    4.3e12 * 0.7e-6 = 3 MB in flight, ~23 KB per SM. A stream with B bytes in flight per SM
+    runs at min(1, B / 23 KB) of the bandwidth.
+  * bytes in flight per SM of a streaming pass = CTAs per SM x threads x loads in flight per
+    thread x bytes per load (the unroll of the hot loop, read from csrc/cuda/tiles.cuh and
+    fc.cuh; the cluster kernel's cp.async slab copy has its whole share in flight).
+  * weights (FCs) are read from L2 after the first group: ~0.6 us latency, so one CTA streams
+    them at (bytes in flight per CTA) / 0.6 us, at most ~100 GB/s (one SM's L2 share).
+  * persistent kernels: the FC of the last group runs on one CTA after its reduce items and
+    before its apply items: its time is added (the tail); the other groups' FCs overlap the
+    streaming of other CTAs (their CTA time is divided by the grid).
+  * backward tail: the weight gradients (dW1, dW2: N x C x Cr each) from L2, ~5 us at N = 256.
+  * launch + grid drain: 3 us (persistent), 2.5 us (cluster).
+"before" is the code of commit 23a97b5; "after" is this branch. The floor is the bytes a
+single pass must move over the HBM bandwidth: forward 2|x| + |W|, backward 3|x| + 2|W|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+BW = 4.3e12          # bytes/s
+HBM_LAT = 0.7e-6     # s
+L2_LAT = 0.6e-6      # s
+SMS = 132
+NEED = BW * HBM_LAT / SMS  # bytes in flight per SM for full bandwidth (~23 KB)
+CTA_L2_MAX = 100e9   # bytes/s one CTA can pull from L2
+THREADS = 512
+ESIZE = 2            # bf16
+STAGES = {"conv2_x": (256, 56 * 56, 16), "conv3_x": (512, 28 * 28, 32),
+          "conv4_x": (1024, 14 * 14, 64), "conv5_x": (2048, 7 * 7, 128)}
+LAUNCH = {"persistent": 3e-6, "cluster": 2.5e-6}
+
+
+def group(C, HW, Cr, N):
+    w = 2 * C * Cr * ESIZE
+    return min(8, max(1, math.ceil(2 * w / (C * HW * ESIZE))), N)
+
+
+def cta_l2_rate(inflight_cta):
+    return min(CTA_L2_MAX, inflight_cta / L2_LAT)
+
+
+def fc_inflight_cta(version, direction, G, path="cluster"):
+    """Bytes of weight loads in flight per CTA in the FCs."""
+    if version == "before" or path == "persistent":  # the persistent FCs are unchanged
+        # rows_dot / cols_dot: one 2-byte load a step, unrolled 2x (the issue's reading: 1-2
+        # loads in flight; 2 taken)
+        return THREADS * 2 * 2
+    if direction == "fwd":  # rows_dot: 16-byte loads, fc_unroll<GP, bf16>
+        gp = 1 if G <= 1 else 2 if G <= 2 else 4 if G <= 4 else 8
+        u = 4 if gp <= 2 else 2
+        return THREADS * u * 16
+    return THREADS * 2 * 2  # cols_dot (backward) is unchanged: 2-byte loads, unrolled 2x
+
+
+def stream_inflight_sm(path, direction, layout, HW, version):
+    """Bytes in flight per SM in the streaming (tile) passes."""
+    if path == "cluster":
+        return 64e3  # cp.async of the whole slab share (>= 40 KB a CTA, 2 CTAs/SM)
+    vec = layout == "nhwc" or HW % 8 == 0
+    if direction == "fwd":
+        # reduce_rows / reduce_nhwc: unroll 4 x 16 B (scale passes: flat, unroll 2 x 16 B x 2)
+        per_thread = 4 * 16 if vec else 2 * 16  # NCHW HW % 8 != 0: the flat 16-byte passes
+        # forward NCHW with HW % 8 != 0 reduces rows with scalar loads (unroll 4 x 2 B) but
+        # scales flat (16 B); the reduce reads x from HBM, so it sets the pace
+        if not vec:
+            per_thread = 4 * 2
+        return 2 * THREADS * per_thread
+    # backward reduce: dy, x (and y) per step, unroll 2
+    if vec:
+        return 2 * THREADS * 2 * 2 * 16
+    return 2 * THREADS * 2 * 2 * 2  # scalar (item 3 not done: same before and after)
+
+
+def predict(path, stage, N, layout, direction, version):
+    C, HW, Cr = STAGES[stage]
+    x = N * C * HW * ESIZE
+    W = 2 * C * Cr * ESIZE
+    floor_bytes = 2 * x + W if direction == "fwd" else 3 * x + 2 * W
+    floor = floor_bytes / BW
+    G = group(C, HW, Cr, N)
+    groups = math.ceil(N / G)
+    inflight = stream_inflight_sm(path, direction, layout, HW, version)
+    eff = min(1.0, inflight / NEED)
+    note = []
+    if path == "cluster":
+        # HBM: x in, y out; weights once per cluster (L2). Phases of one CTA serialise
+        # (copy, squeeze, FC, cluster barrier, scale): two CTAs per SM overlap them, ~85%.
+        t_stream = (2 * x) / (BW * eff * 0.85)
+        # FC slice per CTA from L2, overlapped with the other CTA of the SM except in the last
+        # wave: counted once
+        K = 16
+        wpc = W / K
+        t_fc = wpc / cta_l2_rate(fc_inflight_cta(version, "fwd", G))
+        t = LAUNCH["cluster"] + t_stream + t_fc
+        if N == 1:
+            # latency chain on K SMs: copy (HBM latency + the share at what one SM's bytes in
+            # flight allow), FC slice, store
+            per_sm = min(BW / K, inflight / 2 / HBM_LAT)  # one CTA per SM at N = 1
+            t = LAUNCH["cluster"] + 2 * HBM_LAT + (x / K) / per_sm * 2 + t_fc
+        rate = cta_l2_rate(fc_inflight_cta(version, "fwd", G))
+        note.append(f"FC slice {wpc / 1024:.0f} KiB/CTA at {rate / 1e9:.0f} GB/s")
+    else:
+        t_stream = (2 * x if direction == "fwd" else 3 * x) / (BW * eff)
+        fc_bytes = W  # forward: W1 and W2 once per group; backward: the same (dh, dz)
+        t_fc = fc_bytes / cta_l2_rate(fc_inflight_cta(version, direction, G, path))
+        grid = 2 * SMS
+        t_fc_overlap = (groups - 1) * t_fc / grid
+        t = LAUNCH["persistent"] + t_stream + t_fc + t_fc_overlap
+        if direction == "bwd":
+            t += 5e-6 * (N / 256) + 1e-6  # weight-gradient tail
+        if N == 1:
+            t = LAUNCH["persistent"] + 2 * HBM_LAT + t_stream + t_fc
+            t += 2e-6 if direction == "bwd" else 0
+        note.append(f"G={G}, FC of a group on one CTA: {t_fc * 1e6:.1f} us")
+    if eff < 1:
+        note.append(f"stream {eff:.0%} of bandwidth")
+    return {
+        "backend": "cuda", "path": path, "stage": stage, "N": N, "layout": layout,
+        "direction": direction, "dtype": "bf16", "bytes": int(floor_bytes),
+        "floor_us": round(floor * 1e6, 2), "predicted_us": round(t * 1e6, 1),
+        "in_flight_kb_per_sm": round(inflight / 1e3, 1), "note": "; ".join(note),
+    }
+
+
+def rows(version):
+    out = []
+    for stage in STAGES:
+        for N in (1, 256):
+            for layout in ("nchw", "nhwc"):
+                out.append(predict("cluster", stage, N, layout, "fwd", version))
+                out.append(predict("persistent", stage, N, layout, "fwd", version))
+                out.append(predict("persistent", stage, N, layout, "bwd", version))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", help="write the 'after' rows here")
+    args = ap.parse_args()
+    before, after = rows("before"), rows("after")
+    print("| path | stage | N | layout | dir | MB moved | floor us | in flight KB/SM | "
+          "before us (% floor) | after us (% floor) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for b, a in zip(before, after):
+        pb = 100 * a["floor_us"] / b["predicted_us"]
+        pa = 100 * a["floor_us"] / a["predicted_us"]
+        print(f"| {a['path']} | {a['stage']} | {a['N']} | {a['layout']} | {a['direction']} | "
+              f"{a['bytes'] / 1e6:.1f} | {a['floor_us']:.1f} | {a['in_flight_kb_per_sm']:.0f} | "
+              f"{b['predicted_us']:.1f} ({pb:.0f}%) | {a['predicted_us']:.1f} ({pa:.0f}%) |")
+    if args.json:
+        # one row per (backend, stage, N, layout, direction): the path `auto` takes on an
+        # H200 in bf16 (the cluster forward fits every stage; the backward is persistent)
+        keep = [r for r in after if (r["direction"] == "fwd") == (r["path"] == "cluster")]
+        with open(args.json, "w") as f:
+            json.dump(keep, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
