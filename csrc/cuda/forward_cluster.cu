@@ -174,9 +174,13 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int j = i % Cr;
     if (b1 != nullptr) v += to_acc(b1[j]);
     if (rank == 0) hpre[n0 * Cr + i] = v;
-    hs[i] = activation_fwd(a.act, v);
+    hs[i] = v;
   }
   cluster_arrive_release();  // done reading the other CTAs' shared memory
+  // The activation in a loop of its own, over the entries this thread just wrote (no barrier
+  // needed): the cluster-sum loop above keeps its distributed-shared-memory addresses live,
+  // and the longer activations (gelu's erfc) beside them made ptxas spill at 64 registers.
+  for (int i = threadIdx.x; i < G * Cr; i += kThreads) hs[i] = activation_fwd(a.act, hs[i]);
   __syncthreads();
 
   // 5. the second FC and the gate for the own channels
