@@ -117,8 +117,30 @@ def forced(**fields):
         _FORCED = prev
 
 
+INT32_MAX = 2**31 - 1
+
+
+def _pow2_floor(v: int) -> int:
+    """The largest power of two <= v (1 for v <= 1)."""
+    return 1 if v <= 1 else 1 << (int(v).bit_length() - 1)
+
+
 def make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
               dev: Device) -> Plan:
+    """The plan for one call; cached by its shape key (the arguments), except while a test
+    forces fields (``forced``), so that the host cost per call is a dict lookup."""
+    if _FORCED:
+        return _make_plan(n, c, hw, cr, elem, channels_last, dev)
+    return _cached_plan(n, c, hw, cr, elem, channels_last, dev)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_plan(n, c, hw, cr, elem, channels_last, dev):
+    return _make_plan(n, c, hw, cr, elem, channels_last, dev)
+
+
+def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
+               dev: Device) -> Plan:
     slab = max(1, c * hw * elem)
     wbytes = 2 * c * cr * elem
     g = dev.min_group
@@ -176,4 +198,21 @@ def make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
         plan = dataclasses.replace(plan, **tiles)
         if "num_warps" not in tiles:  # the same rule for forced tiles as for the heuristic's
             plan = dataclasses.replace(plan, num_warps=8 if plan.BC * plan.BHW >= 4096 else 4)
+    return _int32_tiles(plan, c, hw, channels_last)
+
+
+def _int32_tiles(plan: Plan, c: int, hw: int, channels_last: bool) -> Plan:
+    """Shrinks the activation tile so that the int32 offsets inside it (kernels.py,
+    "addressing") and the per-tile pointer step BHW * SH stay below 2^31: NHWC offsets reach
+    (BC - 1) + (BHW - 1) * C and the step is BHW * C; NCHW offsets reach (BC - 1) * HW +
+    BHW - 1 with BHW < 2 HW, below (BC + 1) * HW. Only tensors of ~2^31 elements per
+    sample reach these caps; the tile bases are int64 either way."""
+    if channels_last:
+        bhw = min(plan.BHW, _pow2_floor(INT32_MAX // max(c, 1) - 1))
+        bc = plan.BC
+    else:
+        bhw = plan.BHW
+        bc = min(plan.BC, _pow2_floor(INT32_MAX // max(hw, 1) - 1))
+    if (bc, bhw) != (plan.BC, plan.BHW):
+        plan = dataclasses.replace(plan, BC=max(1, bc), BHW=max(1, bhw))
     return plan

@@ -23,7 +23,8 @@ fp32 must stay fp32 (no tf32), and float64 works the same way.
 
 Tensors are addressed from their shapes: x, residual, y, dy, dx, dres are (N, C, H, W),
 contiguous (NCHW, CHANNELS_LAST=False) or channels_last (NHWC, CHANNELS_LAST=True), read in
-place; the per-sample base offset is int64. z, hpre, gpre, part, dpre, cnt, dpart are
+place; every tile's base offset is int64 and only the offsets inside a tile are int32 (see
+"addressing" below), so tensors of >= 2^31 elements are addressed correctly. z, hpre, gpre, part, dpre, cnt, dpart are
 row-major scratch/outputs in the accumulation type ACC (float32; float64 for float64 x), which
 every kernel takes from z's element type. Python float literals are float32 in Triton, so the
 maths below divides by small exact integers instead of multiplying by fractions.
@@ -35,6 +36,12 @@ conventions and cancellation-free derivatives these follow.
 
 import triton
 import triton.language as tl
+
+# Software pipelining depth of the pixel loops: Triton (3.6+) pipelines a loop without
+# tl.dot only when the loop sets num_stages; the loads of the next two tiles are then in
+# flight (cp.async into shared memory on sm_80+) while the current one is reduced or
+# rescaled. tools/compile_triton_kernels.py reports the cp.async count per variant.
+_STAGES = tl.constexpr(3)
 
 # ---- scalar maths (elementwise on tensors of ACC) --------------------------------------------
 # Leaf functions (no nested @triton.jit calls) and none inside the per-tile loops: the
@@ -95,16 +102,40 @@ def _gate_backward(v, g, GATE: tl.constexpr):
 
 
 # ---- addressing -----------------------------------------------------------------------------
+# 64-bit safety: an activation tensor can hold >= 2^31 elements per sample (N = 1, C = 64,
+# 5800 x 5800) and N * C can reach 2^31, while Triton's index arithmetic is int32 (the
+# shapes are passed as i32). So every tile's base is an int64 element offset (a scalar,
+# computed once per tile by _act_offset / _row_offset and added to the pointer), and only
+# the offsets *inside* a tile are int32: arange(BC) * SC + arange(BHW) * SH, bounded by
+# BC * HW (NCHW) or BHW * C (NHWC), which config.make_plan keeps below 2^31.
+
+
+@triton.jit
+def _act_offset(n, c0, C, HW, CHANNELS_LAST: tl.constexpr):
+    """int64 element offset of x[n, c0, 0, 0], x NCHW- or NHWC-contiguous. The pixel loops
+    then step the tile pointer by BHW * SH (< 2^31, config.make_plan) per tile."""
+    n64 = tl.cast(n, tl.int64)
+    if CHANNELS_LAST:
+        return n64 * HW * C + c0
+    else:
+        return (n64 * C + c0) * HW
+
+
+@triton.jit
+def _row_offset(n, R):
+    """int64 element offset of row n of a row-major (N, R) scratch/output tensor."""
+    return tl.cast(n, tl.int64) * R
 
 
 @triton.jit
 def _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR):
     """sum_p part[n0 + gs, p, js] -> [G_PAD, BJ]; part: (N, P, CR), summed in p order."""
     m = gm[:, None] & jm[None, :]
-    rows = (n0 + gs)[:, None] * P
-    acc = tl.load(part_ptr + rows * CR + js[None, :], mask=m, other=0.0)
+    base = part_ptr + _row_offset(n0, P * CR)
+    rows = gs[:, None] * P
+    acc = tl.load(base + rows * CR + js[None, :], mask=m, other=0.0)
     for q in range(1, P):
-        acc += tl.load(part_ptr + (rows + q) * CR + js[None, :], mask=m, other=0.0)
+        acc += tl.load(base + (rows + q) * CR + js[None, :], mask=m, other=0.0)
     return acc
 
 
@@ -126,31 +157,33 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         SC = HW
         SH = 1
     g_count = tl.minimum(N - n0, G)
+    cl = tl.arange(0, BC)
+    hl = tl.arange(0, BHW)
+    off = cl[:, None] * SC + hl[None, :] * SH               # int32, inside the tile
+    zs = z_ptr + _row_offset(n0, C)                         # the group's rows of z
     for g in range(0, g_count):
-        n = n0 + g
-        xs = x_ptr + n.to(tl.int64) * C * HW
         for c0 in range(c_lo, c_hi, BC):
-            cs = c0 + tl.arange(0, BC)
+            cs = c0 + cl
             cm = cs < c_hi
+            xs = x_ptr + _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)
             if SQUEEZE == 1:
                 acc = tl.full([BC, BHW], float("-inf"), ACC)
             else:
                 acc = tl.zeros([BC, BHW], ACC)
-            for hw0 in range(0, HW, BHW):
-                hws = hw0 + tl.arange(0, BHW)
-                m = cm[:, None] & (hws < HW)[None, :]
-                off = cs[:, None] * SC + hws[None, :] * SH
+            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                m = cm[:, None] & (hw0 + hl < HW)[None, :]
                 if SQUEEZE == 1:  # max that propagates NaN, as torch.amax does
                     v = tl.load(xs + off, mask=m, other=float("-inf")).to(ACC)
                     acc = tl.where((acc > v) | (acc != acc), acc, v)
                 else:
                     acc += tl.load(xs + off, mask=m, other=0.0).to(ACC)
+                xs += BHW * SH
             if SQUEEZE == 1:
                 nans = tl.sum((acc != acc).to(tl.int32), axis=1)
                 z = tl.where(nans > 0, float("nan"), tl.max(acc, axis=1))
             else:
                 z = tl.sum(acc, axis=1) / HW
-            tl.store(z_ptr + n * C + cs, z, mask=cm)
+            tl.store(zs + g * C + cs, z, mask=cm)
     tl.debug_barrier()  # z is read back below by other threads of this program
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
@@ -161,13 +194,13 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         for k0 in range(c_lo, c_hi, BK):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
-            zt = tl.load(z_ptr + (n0 + gs)[:, None] * C + ks[None, :],
+            zt = tl.load(zs + gs[:, None] * C + ks[None, :],
                          mask=gm[:, None] & km[None, :], other=0.0)                # [G, BK]
             wt = tl.load(w1_ptr + js[:, None] * C + ks[None, :],
                          mask=jm[:, None] & km[None, :], other=0.0).to(ACC)        # [BJ, BK]
             acc1 += tl.sum(zt[:, None, :] * wt[None, :, :], axis=2)
-        tl.store(part_ptr + ((n0 + gs)[:, None] * P + p) * CR + js[None, :], acc1,
-                 mask=gm[:, None] & jm[None, :])
+        tl.store(part_ptr + _row_offset(n0, P * CR) + (gs[:, None] * P + p) * CR + js[None, :],
+                 acc1, mask=gm[:, None] & jm[None, :])
 
 
 @triton.jit
@@ -196,8 +229,11 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
             h = _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR)
             if HAS_B1:
                 h += tl.load(b1_ptr + js, mask=jm, other=0.0).to(ACC)[None, :]
-            tl.store(hpre_ptr + (n0 + gs)[:, None] * CR + js[None, :], h,
+            tl.store(hpre_ptr + _row_offset(n0, CR) + gs[:, None] * CR + js[None, :], h,
                      mask=gm[:, None] & jm[None, :])
+    cl = tl.arange(0, BC)
+    hl = tl.arange(0, BHW)
+    off = cl[:, None] * SC + hl[None, :] * SH               # int32, inside the tile
     for c0 in range(c_lo, c_hi, BC):
         cs = c0 + tl.arange(0, BC)
         cm = cs < c_hi
@@ -214,22 +250,21 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
             acc += tl.sum(h[:, :, None] * wt[None, :, :], axis=1)
         if HAS_B2:
             acc += tl.load(b2_ptr + cs, mask=cm, other=0.0).to(ACC)[None, :]
-        tl.store(gpre_ptr + (n0 + gs)[:, None] * C + cs[None, :], acc,
+        tl.store(gpre_ptr + _row_offset(n0, C) + gs[:, None] * C + cs[None, :], acc,
                  mask=gm[:, None] & cm[None, :])
         s = _gate_fwd(acc, GATE)                                                   # [G, BC]
         for g in range(0, g_count):
             # row g of s (a select, so that other rows' NaNs stay out)
             s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]
-            base = (n0 + g).to(tl.int64) * C * HW
-            for hw0 in range(0, HW, BHW):
-                hws = hw0 + tl.arange(0, BHW)
-                m = cm[:, None] & (hws < HW)[None, :]
-                off = base + cs[:, None] * SC + hws[None, :] * SH
-                v = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC) * s_g
+            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
+            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                m = cm[:, None] & (hw0 + hl < HW)[None, :]
+                v = tl.load(x_ptr + t + off, mask=m, other=0.0).to(ACC) * s_g
                 if HAS_RES:  # relu(y + residual), NaN passing
-                    v += tl.load(res_ptr + off, mask=m, other=0.0).to(ACC)
+                    v += tl.load(res_ptr + t + off, mask=m, other=0.0).to(ACC)
                     v = tl.where(v < 0.0, 0.0, v)
-                tl.store(y_ptr + off, v.to(y_ptr.dtype.element_ty), mask=m)
+                tl.store(y_ptr + t + off, v.to(y_ptr.dtype.element_ty), mask=m)
+                t += BHW * SH
 
 
 # ---- backward phases ------------------------------------------------------------------------
@@ -251,32 +286,35 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         SC = HW
         SH = 1
     g_count = tl.minimum(N - n0, G)
+    cl = tl.arange(0, BC)
+    hl = tl.arange(0, BHW)
+    off = cl[:, None] * SC + hl[None, :] * SH               # int32, inside the tile
+    row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
     for g in range(0, g_count):
-        n = n0 + g
-        base = n.to(tl.int64) * C * HW
         for c0 in range(c_lo, c_hi, BC):
-            cs = c0 + tl.arange(0, BC)
+            cs = c0 + cl
             cm = cs < c_hi
             acc = tl.zeros([BC, BHW], ACC)
             ties = tl.zeros([BC, BHW], ACC)
             if SQUEEZE == 1:
-                zc = tl.load(z_ptr + n * C + cs, mask=cm, other=0.0)[:, None]
-            for hw0 in range(0, HW, BHW):
-                hws = hw0 + tl.arange(0, BHW)
-                m = cm[:, None] & (hws < HW)[None, :]
-                off = base + cs[:, None] * SC + hws[None, :] * SH
-                xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
-                gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
+                zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
+            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
+            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                m = cm[:, None] & (hw0 + hl < HW)[None, :]
+                xv = tl.load(x_ptr + t + off, mask=m, other=0.0).to(ACC)
+                gv = tl.load(dy_ptr + t + off, mask=m, other=0.0).to(ACC)
                 if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing)
-                    yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
+                    yv = tl.load(y_ptr + t + off, mask=m, other=0.0).to(ACC)
                     gv = tl.where(yv <= 0.0, 0.0, gv)
                 acc += gv * xv
                 if SQUEEZE == 1:
                     ties += tl.where(m & (xv == zc), 1.0, 0.0)
-            gp = tl.load(gpre_ptr + n * C + cs, mask=cm, other=0.0)
-            tl.store(dpre_ptr + n * C + cs, _gate_backward(gp, tl.sum(acc, axis=1), GATE), mask=cm)
+                t += BHW * SH
+            gp = tl.load(gpre_ptr + row0 + g * C + cs, mask=cm, other=0.0)
+            tl.store(dpre_ptr + row0 + g * C + cs,
+                     _gate_backward(gp, tl.sum(acc, axis=1), GATE), mask=cm)
             if SQUEEZE == 1:
-                tl.store(cnt_ptr + n * C + cs, tl.sum(ties, axis=1), mask=cm)
+                tl.store(cnt_ptr + row0 + g * C + cs, tl.sum(ties, axis=1), mask=cm)
     tl.debug_barrier()  # dpre is read back below by other threads of this program
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
@@ -287,13 +325,13 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         for k0 in range(c_lo, c_hi, BK):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
-            dp = tl.load(dpre_ptr + (n0 + gs)[:, None] * C + ks[None, :],
+            dp = tl.load(dpre_ptr + row0 + gs[:, None] * C + ks[None, :],
                          mask=gm[:, None] & km[None, :], other=0.0)                # [G, BK]
             wt = tl.load(w2_ptr + ks[None, :] * CR + js[:, None],
                          mask=jm[:, None] & km[None, :], other=0.0).to(ACC)        # [BJ, BK]
             acc1 += tl.sum(dp[:, None, :] * wt[None, :, :], axis=2)
-        tl.store(dpart_ptr + ((n0 + gs)[:, None] * P + p) * CR + js[None, :], acc1,
-                 mask=gm[:, None] & jm[None, :])
+        tl.store(dpart_ptr + _row_offset(n0, P * CR) + (gs[:, None] * P + p) * CR + js[None, :],
+                 acc1, mask=gm[:, None] & jm[None, :])
 
 
 @triton.jit
@@ -314,16 +352,20 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
     g_count = tl.minimum(N - n0, G)
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
+    cl = tl.arange(0, BC)
+    hl = tl.arange(0, BHW)
+    off = cl[:, None] * SC + hl[None, :] * SH               # int32, inside the tile
+    row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
     for c0 in range(c_lo, c_hi, BC):
-        cs = c0 + tl.arange(0, BC)
+        cs = c0 + cl
         cm = cs < c_hi
         gc = gm[:, None] & cm[None, :]
-        rows = (n0 + gs)[:, None] * C + cs[None, :]
+        rows = row0 + gs[:, None] * C + cs[None, :]
         acc = tl.zeros([G_PAD, BC], ACC)
         for j0 in range(0, CR, BJ):
             js = j0 + tl.arange(0, BJ)
             jm = js < CR
-            hp = tl.load(hpre_ptr + (n0 + gs)[:, None] * CR + js[None, :],
+            hp = tl.load(hpre_ptr + _row_offset(n0, CR) + gs[:, None] * CR + js[None, :],
                          mask=gm[:, None] & jm[None, :], other=0.0)
             dh = _act_backward(hp, _sum_parts(dpart_ptr, n0, gs, gm, js, jm, P, CR), ACT)
             wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
@@ -335,28 +377,26 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
             coef = acc / HW
         s = _gate_fwd(tl.load(gpre_ptr + rows, mask=gc, other=0.0), GATE)
         for g in range(0, g_count):
-            n = n0 + g
             s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]      # row g
             coef_g = tl.sum(tl.where(gs[:, None] == g, coef, 0.0), axis=0)[:, None]
             if SQUEEZE == 1:
-                zc = tl.load(z_ptr + n * C + cs, mask=cm, other=0.0)[:, None]
-            base = n.to(tl.int64) * C * HW
-            for hw0 in range(0, HW, BHW):
-                hws = hw0 + tl.arange(0, BHW)
-                m = cm[:, None] & (hws < HW)[None, :]
-                off = base + cs[:, None] * SC + hws[None, :] * SH
-                gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
+                zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
+            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
+            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                m = cm[:, None] & (hw0 + hl < HW)[None, :]
+                gv = tl.load(dy_ptr + t + off, mask=m, other=0.0).to(ACC)
                 if HAS_RES:
-                    yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
+                    yv = tl.load(y_ptr + t + off, mask=m, other=0.0).to(ACC)
                     gv = tl.where(yv <= 0.0, 0.0, gv)
                 if SQUEEZE == 1:  # mask * coef as arithmetic: 0 * inf is NaN, as in the reference
-                    xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
+                    xv = tl.load(x_ptr + t + off, mask=m, other=0.0).to(ACC)
                     d = gv * s_g + tl.where(xv == zc, 1.0, 0.0) * coef_g
                 else:
                     d = gv * s_g + coef_g
-                tl.store(dx_ptr + off, d.to(dx_ptr.dtype.element_ty), mask=m)
+                tl.store(dx_ptr + t + off, d.to(dx_ptr.dtype.element_ty), mask=m)
                 if HAS_RES:
-                    tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=m)
+                    tl.store(dres_ptr + t + off, gv.to(dres_ptr.dtype.element_ty), mask=m)
+                t += BHW * SH
 
 
 @triton.jit
@@ -370,10 +410,11 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
     ACC = z_ptr.dtype.element_ty
     cs = wpid * BCW + tl.arange(0, BCW)
     cm = cs < C
+    bl = tl.arange(0, BN)
     db2 = tl.zeros([BCW], ACC)
     for nb in range(0, N, BN):
-        ns = nb + tl.arange(0, BN)
-        db2 += tl.sum(tl.load(dpre_ptr + ns[:, None] * C + cs[None, :],
+        ns = nb + bl
+        db2 += tl.sum(tl.load(dpre_ptr + _row_offset(nb, C) + bl[:, None] * C + cs[None, :],
                               mask=(ns < N)[:, None] & cm[None, :], other=0.0), axis=0)
     tl.store(db2_ptr + cs, db2.to(db2_ptr.dtype.element_ty), mask=cm)
     for j0 in range(0, CR, BJ):
@@ -383,14 +424,16 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
         acc1 = tl.zeros([BJ, BCW], ACC)   # dW1[js, cs]
         db1 = tl.zeros([BJ], ACC)
         for nb in range(0, N, BN):
-            ns = nb + tl.arange(0, BN)
+            ns = nb + bl
             nm = ns < N
             nc = nm[:, None] & cm[None, :]
             nj = nm[:, None] & jm[None, :]
-            dp = tl.load(dpre_ptr + ns[:, None] * C + cs[None, :], mask=nc, other=0.0)
-            zt = tl.load(z_ptr + ns[:, None] * C + cs[None, :], mask=nc, other=0.0)
-            hp = tl.load(hpre_ptr + ns[:, None] * CR + js[None, :], mask=nj, other=0.0)
-            dh = _sum_parts(dpart_ptr, nb, tl.arange(0, BN), nm, js, jm, P, CR)
+            rc = _row_offset(nb, C) + bl[:, None] * C + cs[None, :]
+            dp = tl.load(dpre_ptr + rc, mask=nc, other=0.0)
+            zt = tl.load(z_ptr + rc, mask=nc, other=0.0)
+            hp = tl.load(hpre_ptr + _row_offset(nb, CR) + bl[:, None] * CR + js[None, :],
+                         mask=nj, other=0.0)
+            dh = _sum_parts(dpart_ptr, nb, bl, nm, js, jm, P, CR)
             dh = _act_backward(hp, dh, ACT)                                           # [BN, BJ]
             acc2 += tl.sum(dp[:, :, None] * _act_fwd(hp, ACT)[:, None, :], axis=0)
             acc1 += tl.sum(dh[:, :, None] * zt[:, None, :], axis=0)
