@@ -101,20 +101,24 @@ class Plan:
         return _cdiv(n, self.G)
 
 
-_FORCED: dict | None = None
+class _ForcedState:
+    fields: dict | None = None
+
+
+_FORCED_STATE = _ForcedState()   # read by ops.py's launch-configuration cache
 
 
 @contextlib.contextmanager
 def forced(**fields):
     """Test hook: override fields of every Plan made inside the block, e.g.
     ``forced(split=True, chunk=16, BHW=32)`` (P follows from chunk; any block sizes work,
-    the kernels mask every edge). Not thread-safe."""
-    global _FORCED
-    prev, _FORCED = _FORCED, fields
+    the kernels mask every edge). Plans made inside the block are not cached. Not
+    thread-safe."""
+    prev, _FORCED_STATE.fields = _FORCED_STATE.fields, fields
     try:
         yield
     finally:
-        _FORCED = prev
+        _FORCED_STATE.fields = prev
 
 
 INT32_MAX = 2**31 - 1
@@ -129,8 +133,8 @@ def make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
               dev: Device) -> Plan:
     """The plan for one call; cached by its shape key (the arguments), except while a test
     forces fields (``forced``), so that the host cost per call is a dict lookup."""
-    if _FORCED:
-        return _make_plan(n, c, hw, cr, elem, channels_last, dev)
+    if _FORCED_STATE.fields or not all(type(v) is int for v in (n, c, hw, cr, elem)):
+        return _make_plan(n, c, hw, cr, elem, channels_last, dev)   # forced, or SymInts
     return _cached_plan(n, c, hw, cr, elem, channels_last, dev)
 
 
@@ -161,6 +165,7 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
         if chunk >= c:
             split, chunk = False, c
 
+    _FORCED = _FORCED_STATE.fields
     if _FORCED:
         split = _FORCED.get("split", split)
         g = _FORCED.get("G", g)
