@@ -24,8 +24,8 @@ fp32 must stay fp32 (no tf32), and float64 works the same way.
 Tensors are addressed from their shapes: x, residual, y, dy, dx, dres are (N, C, H, W),
 contiguous (NCHW, CHANNELS_LAST=False) or channels_last (NHWC, CHANNELS_LAST=True), read in
 place; every tile's base offset is int64 and only the offsets inside a tile are int32 (see
-"addressing" below), so tensors of >= 2^31 elements are addressed correctly. z, hpre, gpre, part, dpre, cnt, dpart are
-row-major scratch/outputs in the accumulation type ACC (float32; float64 for float64 x), which
+"addressing" below), so tensors of >= 2^31 elements are addressed correctly. z, hpre, gpre,
+part, dpre, cnt, dpart are row-major scratch/outputs in the accumulation type ACC (float32; float64 for float64 x), which
 every kernel takes from z's element type. Python float literals are float32 in Triton, so the
 maths below divides by small exact integers instead of multiplying by fractions.
 
@@ -104,10 +104,13 @@ def _gate_backward(v, g, GATE: tl.constexpr):
 # ---- addressing -----------------------------------------------------------------------------
 # 64-bit safety: an activation tensor can hold >= 2^31 elements per sample (N = 1, C = 64,
 # 5800 x 5800) and N * C can reach 2^31, while Triton's index arithmetic is int32 (the
-# shapes are passed as i32). So every tile's base is an int64 element offset (a scalar,
-# computed once per tile by _act_offset / _row_offset and added to the pointer), and only
-# the offsets *inside* a tile are int32: arange(BC) * SC + arange(BHW) * SH, bounded by
-# BC * HW (NCHW) or BHW * C (NHWC), which config.make_plan keeps below 2^31.
+# shapes are passed as i32). So every tile's base is an int64 element offset t (a scalar:
+# _act_offset once per sample x channel block, then t += BHW * SH per pixel tile;
+# _row_offset for scratch rows), and only the offsets *inside* a tile are int32:
+# arange(BC) * SC + arange(BHW) * SH, bounded by BC * HW (NCHW) or BHW * C (NHWC), which
+# config.make_plan keeps below 2^31. The tile's offsets are formed as t + (int32 offsets)
+# once per tile and shared by every tensor of that layout: forming ptr + t + offsets per
+# tensor instead cost the NCHW fp32 backward ~1.5 KB of register spills (sm_90).
 
 
 @triton.jit
@@ -157,27 +160,25 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         SC = HW
         SH = 1
     g_count = tl.minimum(N - n0, G)
-    cl = tl.arange(0, BC)
-    hl = tl.arange(0, BHW)
-    off = cl[:, None] * SC + hl[None, :] * SH               # int32, inside the tile
     zs = z_ptr + _row_offset(n0, C)                         # the group's rows of z
     for g in range(0, g_count):
         for c0 in range(c_lo, c_hi, BC):
-            cs = c0 + cl
+            cs = c0 + tl.arange(0, BC)
             cm = cs < c_hi
-            xs = x_ptr + _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)
+            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
             if SQUEEZE == 1:
                 acc = tl.full([BC, BHW], float("-inf"), ACC)
             else:
                 acc = tl.zeros([BC, BHW], ACC)
             for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                m = cm[:, None] & (hw0 + hl < HW)[None, :]
+                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                 if SQUEEZE == 1:  # max that propagates NaN, as torch.amax does
-                    v = tl.load(xs + off, mask=m, other=float("-inf")).to(ACC)
+                    v = tl.load(x_ptr + off, mask=m, other=float("-inf")).to(ACC)
                     acc = tl.where((acc > v) | (acc != acc), acc, v)
                 else:
-                    acc += tl.load(xs + off, mask=m, other=0.0).to(ACC)
-                xs += BHW * SH
+                    acc += tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
+                t += BHW * SH
             if SQUEEZE == 1:
                 nans = tl.sum((acc != acc).to(tl.int32), axis=1)
                 z = tl.where(nans > 0, float("nan"), tl.max(acc, axis=1))
@@ -231,9 +232,6 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
                 h += tl.load(b1_ptr + js, mask=jm, other=0.0).to(ACC)[None, :]
             tl.store(hpre_ptr + _row_offset(n0, CR) + gs[:, None] * CR + js[None, :], h,
                      mask=gm[:, None] & jm[None, :])
-    cl = tl.arange(0, BC)
-    hl = tl.arange(0, BHW)
-    off = cl[:, None] * SC + hl[None, :] * SH               # int32, inside the tile
     for c0 in range(c_lo, c_hi, BC):
         cs = c0 + tl.arange(0, BC)
         cm = cs < c_hi
@@ -258,12 +256,13 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
             s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]
             t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
             for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                m = cm[:, None] & (hw0 + hl < HW)[None, :]
-                v = tl.load(x_ptr + t + off, mask=m, other=0.0).to(ACC) * s_g
+                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
+                v = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC) * s_g
                 if HAS_RES:  # relu(y + residual), NaN passing
-                    v += tl.load(res_ptr + t + off, mask=m, other=0.0).to(ACC)
+                    v += tl.load(res_ptr + off, mask=m, other=0.0).to(ACC)
                     v = tl.where(v < 0.0, 0.0, v)
-                tl.store(y_ptr + t + off, v.to(y_ptr.dtype.element_ty), mask=m)
+                tl.store(y_ptr + off, v.to(y_ptr.dtype.element_ty), mask=m)
                 t += BHW * SH
 
 
@@ -286,13 +285,10 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         SC = HW
         SH = 1
     g_count = tl.minimum(N - n0, G)
-    cl = tl.arange(0, BC)
-    hl = tl.arange(0, BHW)
-    off = cl[:, None] * SC + hl[None, :] * SH               # int32, inside the tile
     row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
     for g in range(0, g_count):
         for c0 in range(c_lo, c_hi, BC):
-            cs = c0 + cl
+            cs = c0 + tl.arange(0, BC)
             cm = cs < c_hi
             acc = tl.zeros([BC, BHW], ACC)
             ties = tl.zeros([BC, BHW], ACC)
@@ -300,11 +296,12 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
                 zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
             t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
             for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                m = cm[:, None] & (hw0 + hl < HW)[None, :]
-                xv = tl.load(x_ptr + t + off, mask=m, other=0.0).to(ACC)
-                gv = tl.load(dy_ptr + t + off, mask=m, other=0.0).to(ACC)
+                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
+                xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
+                gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
                 if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing)
-                    yv = tl.load(y_ptr + t + off, mask=m, other=0.0).to(ACC)
+                    yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
                     gv = tl.where(yv <= 0.0, 0.0, gv)
                 acc += gv * xv
                 if SQUEEZE == 1:
@@ -352,15 +349,12 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
     g_count = tl.minimum(N - n0, G)
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
-    cl = tl.arange(0, BC)
-    hl = tl.arange(0, BHW)
-    off = cl[:, None] * SC + hl[None, :] * SH               # int32, inside the tile
     row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
     for c0 in range(c_lo, c_hi, BC):
-        cs = c0 + cl
+        cs = c0 + tl.arange(0, BC)
         cm = cs < c_hi
         gc = gm[:, None] & cm[None, :]
-        rows = row0 + gs[:, None] * C + cs[None, :]
+        rows = gs[:, None] * C + cs[None, :]                # int32; + row0 (int64) below
         acc = tl.zeros([G_PAD, BC], ACC)
         for j0 in range(0, CR, BJ):
             js = j0 + tl.arange(0, BJ)
@@ -372,10 +366,10 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
                          mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ, BC]
             acc += tl.sum(dh[:, :, None] * wt[None, :, :], axis=1)
         if SQUEEZE == 1:  # shared evenly by the tied maxima, as amax's gradient is
-            coef = acc / tl.load(cnt_ptr + rows, mask=gc, other=1.0)
+            coef = acc / tl.load(cnt_ptr + row0 + rows, mask=gc, other=1.0)
         else:
             coef = acc / HW
-        s = _gate_fwd(tl.load(gpre_ptr + rows, mask=gc, other=0.0), GATE)
+        s = _gate_fwd(tl.load(gpre_ptr + row0 + rows, mask=gc, other=0.0), GATE)
         for g in range(0, g_count):
             s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]      # row g
             coef_g = tl.sum(tl.where(gs[:, None] == g, coef, 0.0), axis=0)[:, None]
@@ -383,19 +377,20 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
                 zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
             t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
             for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                m = cm[:, None] & (hw0 + hl < HW)[None, :]
-                gv = tl.load(dy_ptr + t + off, mask=m, other=0.0).to(ACC)
+                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
+                gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
                 if HAS_RES:
-                    yv = tl.load(y_ptr + t + off, mask=m, other=0.0).to(ACC)
+                    yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
                     gv = tl.where(yv <= 0.0, 0.0, gv)
                 if SQUEEZE == 1:  # mask * coef as arithmetic: 0 * inf is NaN, as in the reference
-                    xv = tl.load(x_ptr + t + off, mask=m, other=0.0).to(ACC)
+                    xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
                     d = gv * s_g + tl.where(xv == zc, 1.0, 0.0) * coef_g
                 else:
                     d = gv * s_g + coef_g
-                tl.store(dx_ptr + t + off, d.to(dx_ptr.dtype.element_ty), mask=m)
+                tl.store(dx_ptr + off, d.to(dx_ptr.dtype.element_ty), mask=m)
                 if HAS_RES:
-                    tl.store(dres_ptr + t + off, gv.to(dres_ptr.dtype.element_ty), mask=m)
+                    tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=m)
                 t += BHW * SH
 
 
@@ -428,9 +423,10 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
             nm = ns < N
             nc = nm[:, None] & cm[None, :]
             nj = nm[:, None] & jm[None, :]
-            rc = _row_offset(nb, C) + bl[:, None] * C + cs[None, :]
-            dp = tl.load(dpre_ptr + rc, mask=nc, other=0.0)
-            zt = tl.load(z_ptr + rc, mask=nc, other=0.0)
+            rb = _row_offset(nb, C)                             # int64 block base
+            rc = bl[:, None] * C + cs[None, :]                  # int32, inside the block
+            dp = tl.load(dpre_ptr + rb + rc, mask=nc, other=0.0)
+            zt = tl.load(z_ptr + rb + rc, mask=nc, other=0.0)
             hp = tl.load(hpre_ptr + _row_offset(nb, CR) + bl[:, None] * CR + js[None, :],
                          mask=nj, other=0.0)
             dh = _sum_parts(dpart_ptr, nb, bl, nm, js, jm, P, CR)
