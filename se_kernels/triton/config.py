@@ -26,6 +26,12 @@ nested jit call), so fewer, larger programs are faster. The tests force the othe
 configurations (config.forced) to cover the GPU's paths. Nothing here depends on timing, so
 the interpreter runs exactly the configurations the heuristic gives.
 
+4. 64-bit safety: the activation tile is shrunk, for tensors of ~2^31 elements per sample,
+   so that the kernels' int32 in-tile offsets cannot wrap (_int32_tiles); tile bases are
+   int64 in the kernels.
+
+Plans are cached by their shape key (make_plan's arguments; not while a test forces fields).
+
 The numbers (TILE, FC_TILE, the weight rule, the 1/4 cap, one wave) are first guesses, to be
 measured on an H100 (docs/perf-notes.md, "Triton backend").
 """
