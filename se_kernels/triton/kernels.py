@@ -9,9 +9,10 @@ which and why):
               _excite_phase     hpre = sum_p part + b1; gpre = W2[chunk] act(hpre) + b2;
                                 y = gate(gpre) x [relu(y + residual)]
     backward  _reduce_phase     ds = sum_hw g x (tie counts for max); dpre = ds gate'(gpre);
-                                dpart[n, p, :] = dpre[n, chunk] W2[chunk]
+                                dpart[n, p, :] = dpre[n, chunk] W2[chunk]; dres = g
               _write_phase      dhpre = act'(hpre) sum_p dpart; dz = dhpre W1[:, chunk] / HW
-                                (or / ties); dx = g s + dz [on the maxima]; dres = g
+                                (or / ties); dx = g s + dz [on the maxima], g read back
+                                from dres when the residual was fused
               _wgrad_phase      dW2, db2, dW1, db1 for a block of channels, summed over the
                                 whole batch in a fixed order (deterministic, no atomics)
 
@@ -271,12 +272,14 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
 
 @triton.jit
 def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_ptr, dpart_ptr,
-                  n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                  dres_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
                   G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
                   BJ: tl.constexpr, BK: tl.constexpr, SQUEEZE: tl.constexpr,
                   GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """dpre = (sum_hw g x) gate'(gpre) and the tie counts (max) for the chunk, then the chunk's
-    share of the FC2 backward: dpart[n, p, :] = sum_{c in chunk} dpre[n, c] W2[c, :]."""
+    share of the FC2 backward: dpart[n, p, :] = sum_{c in chunk} dpre[n, c] W2[c, :]. With
+    the residual fused, g (dy masked by y > 0) is also dres, stored here so that the dx
+    phase reads dres instead of dy and y (6|x| of traffic instead of 7|x|)."""
     ACC = z_ptr.dtype.element_ty
     if CHANNELS_LAST:
         SC = 1
@@ -303,6 +306,7 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
                 if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing)
                     yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
                     gv = tl.where(yv <= 0.0, 0.0, gv)
+                    tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=m)
                 acc += gv * xv
                 if SQUEEZE == 1:
                     ties += tl.where(m & (xv == zc), 1.0, 0.0)
@@ -337,8 +341,8 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
                  G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
                  BJ: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
                  GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
-    """dz for the chunk from the full dpart, then dx (and dres) for the chunk's channels of the
-    group's samples."""
+    """dz for the chunk from the full dpart, then dx for the chunk's channels of the group's
+    samples (g from dres, which the reduce phase stored, when the residual was fused)."""
     ACC = z_ptr.dtype.element_ty
     if CHANNELS_LAST:
         SC = 1
@@ -379,18 +383,20 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
             for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
                 m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
                 off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
-                gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
-                if HAS_RES:
-                    yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
-                    gv = tl.where(yv <= 0.0, 0.0, gv)
+                if HAS_RES and dres_ptr.dtype == dy_ptr.dtype:
+                    # dres = dy masked by y > 0, stored by the reduce phase (exact: same dtype)
+                    gv = tl.load(dres_ptr + off, mask=m, other=0.0).to(ACC)
+                else:
+                    gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
+                    if HAS_RES:
+                        yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
+                        gv = tl.where(yv <= 0.0, 0.0, gv)
                 if SQUEEZE == 1:  # mask * coef as arithmetic: 0 * inf is NaN, as in the reference
                     xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
                     d = gv * s_g + tl.where(xv == zc, 1.0, 0.0) * coef_g
                 else:
                     d = gv * s_g + coef_g
                 tl.store(dx_ptr + off, d.to(dx_ptr.dtype.element_ty), mask=m)
-                if HAS_RES:
-                    tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=m)
                 t += BHW * SH
 
 
@@ -517,7 +523,7 @@ def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, 
     c_hi = tl.minimum(c_lo + CHUNK, C)
     P = tl.num_programs(1)
     _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_ptr, dpart_ptr,
-                  n0, p, c_lo, c_hi, N, C, HW, CR, P, G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
+                  dres_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P, G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
                   GATE, HAS_RES, CHANNELS_LAST)
     if WRITE_DX:
         tl.debug_barrier()  # dpart and cnt are read back by other threads
