@@ -18,6 +18,9 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    and the weight-gradient products [BN, BCW, BJW] are capped at FC_TILE = 4096 elements,
    so that they stay in registers. Weight-gradient programs own BCW >= 16 channels each,
    ~2 programs per SM. num_warps: 8 for full activation tiles, 4 for small ones.
+4. 64-bit safety: the activation tile is shrunk, for tensors of ~2^31 elements per sample,
+   so that the kernels' int32 in-tile offsets cannot wrap (_int32_tiles); tile bases are
+   int64 in the kernels.
 
 On CUDA the device's SM count is read from its properties; under TRITON_INTERPRET=1 (CPU
 tensors) the plan is made for a virtual one-SM device with large tiles and G = 16: the
@@ -25,10 +28,6 @@ interpreter runs programs one after another and its cost is per Triton operation
 nested jit call), so fewer, larger programs are faster. The tests force the other
 configurations (config.forced) to cover the GPU's paths. Nothing here depends on timing, so
 the interpreter runs exactly the configurations the heuristic gives.
-
-4. 64-bit safety: the activation tile is shrunk, for tensors of ~2^31 elements per sample,
-   so that the kernels' int32 in-tile offsets cannot wrap (_int32_tiles); tile bases are
-   int64 in the kernels.
 
 Plans are cached by their shape key (make_plan's arguments; not while a test forces fields).
 

@@ -116,7 +116,8 @@ def _launch_config(fn):
 
 @_launch_config
 def _forward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_b1, has_b2, has_res):
-    """(P, fused launch or None, pool launch, excite launch): each launch a (grid, kwargs)."""
+    """(plan, fused launch or None, pool launch or None, excite launch or None): each launch
+    a (grid, constexpr kwargs)."""
     plan = make_plan(n, c, hw, cr, elem, cl, dev)
     groups = plan.groups(n)
     common = dict(G=plan.G, G_PAD=plan.G_PAD, BC=plan.BC, BHW=plan.BHW,
