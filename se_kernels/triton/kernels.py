@@ -27,8 +27,9 @@ contiguous (NCHW, CHANNELS_LAST=False) or channels_last (NHWC, CHANNELS_LAST=Tru
 place; every tile's base offset is int64 and only the offsets inside a tile are int32 (see
 "addressing" below), so tensors of >= 2^31 elements are addressed correctly. z, hpre, gpre,
 part, dpre, cnt, dpart are row-major scratch/outputs in the accumulation type ACC (float32;
-float64 for float64 x), which every kernel takes from z's element type. Python float literals are float32 in Triton, so the
-maths below divides by small exact integers instead of multiplying by fractions.
+float64 for float64 x), which every kernel takes from z's element type. Python float
+literals are float32 in Triton, so the maths below divides by small exact integers instead
+of multiplying by fractions.
 
 Option codes (constexpr): SQUEEZE 0 avg, 1 max; ACT 0 relu, 1 silu; GATE 0 sigmoid,
 1 hardsigmoid, 2 tanh, 3 relu -- as in csrc/include/se_kernels/options.h, whose NaN
