@@ -37,10 +37,10 @@ LAYOUTS = ("contiguous", "channels_last", "strided")
 # group, channel chunks, weight-gradient sample blocks) runs more than once.
 PATHS = {
     "auto": {},
-    "split": dict(split=True, G=4, chunk=32, BC=32, BHW=128, BJ=4, BK=16, BJ2=4, BCW=32,
-                  BN=4, BJW=4),
-    "fused-g2": dict(split=False, G=2, BC=32, BHW=64, BJ=4, BK=32, BJ2=4, BCW=64, BN=4,
-                     BJW=8),
+    "split": dict(split=True, G=4, chunk=32, BC=32, BHW=128, BJ=4, BK=16, BJH=2, BJ2=4,
+                  BC2=8, BCW=32, BN=4, BJW=4),
+    "fused-g2": dict(split=False, G=2, BC=32, BHW=64, BJ=4, BK=32, BJH=4, BJ2=2, BC2=16,
+                     BCW=64, BN=4, BJW=8),
 }
 
 
@@ -192,11 +192,14 @@ def test_plan_is_consistent(n, c, hw, cr, channels_last):
     p = config.make_plan(n, c, hw, cr, 2, channels_last, H100)
     assert 1 <= p.G <= 16 and p.P * p.chunk >= c > (p.P - 1) * p.chunk
     assert p.split == (p.P > 1)
-    for v in (p.BC, p.BHW, p.BJ, p.BK, p.BJ2, p.BCW, p.BN, p.BJW):
+    for v in (p.BC, p.BHW, p.BJ, p.BK, p.BJH, p.BJ2, p.BC2, p.BCW, p.BN, p.BJW):
         assert v >= 1 and v & (v - 1) == 0, p
     assert p.BC * p.BHW <= H100.tile
-    assert p.G_PAD * p.BJ * p.BK <= H100.fc_tile and p.G_PAD * p.BJ2 * p.BC <= H100.fc_tile
-    assert p.BN * p.BCW * p.BJW <= H100.fc_tile
+    assert p.G_PAD * p.BJ * p.BK <= H100.fc_tile and p.G_PAD * p.BJ2 * p.BC2 <= H100.fc_tile
+    assert p.G_PAD * p.P_PAD * p.BJH <= H100.fc_tile
+    assert p.BN * p.BCW * p.BJW <= H100.fc_tile and p.BN * p.P_PAD * p.BJW <= H100.fc_tile
+    # FC2 rows of W2 are read in whole 32-byte sectors (issue 13, item 3)
+    assert p.BJ2 >= min(16, cr)
     # weights never cost more than the activations, unless capped by G <= 16 or by N
     assert 2 * c * cr <= p.G * c * hw or p.G == 16 or p.G >= n
 

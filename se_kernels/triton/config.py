@@ -14,8 +14,10 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    capped where those re-reads reach ~1/4 of the activation bytes: P^2 * Cr * 4 <= slab / 4.
 3. Tiles. The activation tile [BC channels, BHW pixels] has ~TILE = 4096 elements (16 per
    thread at 8 warps), its long side along the contiguous dimension (pixels in NCHW, up to
-   1024; channels in NHWC, up to 128). The FC broadcast products [G, BJ, BK], [G, BJ2, BC]
-   and the weight-gradient products [BN, BCW, BJW] are capped at FC_TILE = 4096 elements,
+   1024; channels in NHWC, up to 128). The FC broadcast products [G, BJ, BK], [G, BJ2, BC2]
+   (BJ2 >= 16, sized apart from the activation tile), the partial-sum reductions
+   [G, P_PAD, BJH] and the weight-gradient products [BN, BCW, BJW] are capped at
+   FC_TILE = 4096 elements,
    so that they stay in registers. Weight-gradient programs own BCW >= 16 channels each,
    ~2 programs per SM. num_warps: 8 for full activation tiles, 4 for small ones.
 4. 64-bit safety: the activation tile is shrunk, for tensors of ~2^31 elements per sample,
@@ -40,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -92,7 +95,9 @@ class Plan:
     BHW: int           # activation tile: pixels
     BJ: int            # FC1 / FC2-backward tile: hidden units  ([G, BJ, BK])
     BK: int            # FC1 / FC2-backward tile: channels
-    BJ2: int           # FC2 / FC1-backward tile: hidden units  ([G, BJ2, BC])
+    BJH: int           # hidden units per step of the partial-sum reduction ([G, P_PAD, BJH])
+    BJ2: int           # FC2 / FC1-backward tile: hidden units  ([G, BJ2, BC2]), >= 16 or Cr
+    BC2: int           # FC2 / FC1-backward tile: channels
     BCW: int           # weight-gradient programs: channels per program
     BN: int            # weight-gradient tile: samples ([BN, BCW, BJW])
     BJW: int           # weight-gradient tile: hidden units
@@ -101,6 +106,10 @@ class Plan:
     @property
     def G_PAD(self) -> int:
         return _pow2(self.G)
+
+    @property
+    def P_PAD(self) -> int:
+        return _pow2(self.P)
 
     def groups(self, n: int) -> int:
         return _cdiv(n, self.G)
@@ -193,18 +202,28 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
     cr_pow2 = _pow2(cr)
     bj = min(cr_pow2, 32 if not dev.interpret else 256)
     bk = max(1, min(chunk_pow2, dev.fc_tile // (g_pad * bj)))
-    bj2 = max(1, min(cr_pow2, dev.fc_tile // (g_pad * bc)))
+    # The partial sums (P shares of FC1 / the FC2 backward per sample) are reduced once per
+    # program in [G, P_PAD, BJH] tiles; the FC2 (and FC1-backward) products [G, BJ2, BC2]
+    # are sized apart from the activation tile: a square-ish split of the FC budget with
+    # BJ2 >= 16, so that each W2 row segment is >= 32 bytes (a whole sector in bf16).
+    p_pad = _pow2(p)
+    bjh = max(1, min(cr_pow2, dev.fc_tile // (g_pad * p_pad)))
+    side = _pow2_floor(max(1, math.isqrt(dev.fc_tile // g_pad)))
+    bj2 = min(cr_pow2, max(16, side))
+    bc2 = max(1, min(chunk_pow2, dev.fc_tile // (g_pad * bj2)))
     # weight gradients: ~2 programs per SM over C, each at least 16 channels
     bcw = min(c_pow2, max(16, _pow2(_cdiv(c, 2 * dev.sms))))
     bjw = min(cr_pow2, 32 if not dev.interpret else 256)
-    bn = max(1, min(_pow2(max(n, 1)), dev.fc_tile // (bcw * bjw)))
+    bn = max(1, min(_pow2(max(n, 1)), dev.fc_tile // (bcw * bjw),
+                    dev.fc_tile // (p_pad * bjw)))
     warps = 8 if bc * bhw >= 4096 else 4
 
-    plan = Plan(split=split, G=g, chunk=chunk, P=p, BC=bc, BHW=bhw, BJ=bj, BK=bk, BJ2=bj2,
-                BCW=bcw, BN=bn, BJW=bjw, num_warps=warps)
+    plan = Plan(split=split, G=g, chunk=chunk, P=p, BC=bc, BHW=bhw, BJ=bj, BK=bk, BJH=bjh,
+                BJ2=bj2, BC2=bc2, BCW=bcw, BN=bn, BJW=bjw, num_warps=warps)
     if _FORCED:
-        tiles = {k: v for k, v in _FORCED.items() if k in ("BC", "BHW", "BJ", "BK", "BJ2",
-                                                           "BCW", "BN", "BJW", "num_warps")}
+        tiles = {k: v for k, v in _FORCED.items() if k in ("BC", "BHW", "BJ", "BK", "BJH", "BJ2",
+                                                           "BC2", "BCW", "BN", "BJW",
+                                                           "num_warps")}
         plan = dataclasses.replace(plan, **tiles)
         if "num_warps" not in tiles:  # the same rule for forced tiles as for the heuristic's
             plan = dataclasses.replace(plan, num_warps=8 if plan.BC * plan.BHW >= 4096 else 4)

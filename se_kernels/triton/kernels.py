@@ -133,15 +133,15 @@ def _row_offset(n, R):
 
 
 @triton.jit
-def _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR):
-    """sum_p part[n0 + gs, p, js] -> [G_PAD, BJ]; part: (N, P, CR), summed in p order."""
-    m = gm[:, None] & jm[None, :]
-    base = part_ptr + _row_offset(n0, P * CR)
-    rows = gs[:, None] * P
-    acc = tl.load(base + rows * CR + js[None, :], mask=m, other=0.0)
-    for q in range(1, P):
-        acc += tl.load(base + (rows + q) * CR + js[None, :], mask=m, other=0.0)
-    return acc
+def _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR, P_PAD: tl.constexpr):
+    """sum_p part[n0 + gs, p, js] -> [G_PAD, BJ]; part: (N, P, CR). One [G_PAD, P_PAD, BJ]
+    tile load and a tl.sum over p (a fixed reduction order, so deterministic), not P
+    dependent loads."""
+    ps = tl.arange(0, P_PAD)
+    m = gm[:, None, None] & (ps < P)[None, :, None] & jm[None, None, :]
+    off = (gs[:, None, None] * P + ps[None, :, None]) * CR + js[None, None, :]
+    return tl.sum(tl.load(part_ptr + _row_offset(n0, P * CR) + off, mask=m, other=0.0),
+                  axis=1)
 
 
 # ---- forward phases -------------------------------------------------------------------------
@@ -208,13 +208,16 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
 
 @triton.jit
 def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
-                  n0, p, c_lo, c_hi, N, C, HW, CR, P,
-                  G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
-                  BJ: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
-                  HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_RES: tl.constexpr,
-                  CHANNELS_LAST: tl.constexpr):
+                  hs_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                  G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
+                  BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
+                  ACT: tl.constexpr, GATE: tl.constexpr, HAS_B1: tl.constexpr,
+                  HAS_B2: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """hpre (stored by the chunk-0 program), gpre for the chunk, and y for the chunk's
-    channels of the group's samples."""
+    channels of the group's samples. Three steps, each once per program: (a) act(hpre) for
+    the group from [G_PAD, P_PAD, BJH] tiles of part, into this program's rows of hs
+    (N, P, CR); (b) gpre for the chunk in [G_PAD, BJ2, BC2] FC2 sub-tiles (BJ2 >= 16: whole
+    sectors of W2 rows), stored; (c) the rescale, its gate read back from gpre."""
     ACC = hpre_ptr.dtype.element_ty
     if CHANNELS_LAST:
         SC = 1
@@ -225,34 +228,42 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
     g_count = tl.minimum(N - n0, G)
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
-    if p == 0:
-        for j0 in range(0, CR, BJ):
-            js = j0 + tl.arange(0, BJ)
-            jm = js < CR
-            h = _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR)
-            if HAS_B1:
-                h += tl.load(b1_ptr + js, mask=jm, other=0.0).to(ACC)[None, :]
+    hrow = _row_offset(n0, P * CR) + (gs[:, None] * P + p) * CR     # this program's hs rows
+    for j0 in range(0, CR, BJH):
+        js = j0 + tl.arange(0, BJH)
+        jm = js < CR
+        gj = gm[:, None] & jm[None, :]
+        h = _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR, P_PAD)
+        if HAS_B1:
+            h += tl.load(b1_ptr + js, mask=jm, other=0.0).to(ACC)[None, :]
+        if p == 0:
             tl.store(hpre_ptr + _row_offset(n0, CR) + gs[:, None] * CR + js[None, :], h,
-                     mask=gm[:, None] & jm[None, :])
-    for c0 in range(c_lo, c_hi, BC):
-        cs = c0 + tl.arange(0, BC)
+                     mask=gj)
+        tl.store(hs_ptr + hrow + js[None, :], _act_fwd(h, ACT), mask=gj)
+    tl.debug_barrier()  # hs is read back below by other threads of this program
+    row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
+    for c0 in range(c_lo, c_hi, BC2):
+        cs = c0 + tl.arange(0, BC2)
         cm = cs < c_hi
-        acc = tl.zeros([G_PAD, BC], ACC)
-        for j0 in range(0, CR, BJ):
-            js = j0 + tl.arange(0, BJ)
+        acc = tl.zeros([G_PAD, BC2], ACC)
+        for j0 in range(0, CR, BJ2):
+            js = j0 + tl.arange(0, BJ2)
             jm = js < CR
-            h = _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR)
-            if HAS_B1:
-                h += tl.load(b1_ptr + js, mask=jm, other=0.0).to(ACC)[None, :]
-            h = _act_fwd(h, ACT)                                                   # [G, BJ]
+            h = tl.load(hs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
+                        other=0.0)                                                 # [G, BJ2]
             wt = tl.load(w2_ptr + cs[None, :] * CR + js[:, None],
-                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ, BC]
+                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ2, BC2]
             acc += tl.sum(h[:, :, None] * wt[None, :, :], axis=1)
         if HAS_B2:
             acc += tl.load(b2_ptr + cs, mask=cm, other=0.0).to(ACC)[None, :]
-        tl.store(gpre_ptr + _row_offset(n0, C) + gs[:, None] * C + cs[None, :], acc,
+        tl.store(gpre_ptr + row0 + gs[:, None] * C + cs[None, :], acc,
                  mask=gm[:, None] & cm[None, :])
-        s = _gate_fwd(acc, GATE)                                                   # [G, BC]
+    tl.debug_barrier()  # gpre is read back below by other threads of this program
+    for c0 in range(c_lo, c_hi, BC):
+        cs = c0 + tl.arange(0, BC)
+        cm = cs < c_hi
+        s = _gate_fwd(tl.load(gpre_ptr + row0 + gs[:, None] * C + cs[None, :],
+                              mask=gm[:, None] & cm[None, :], other=0.0), GATE)   # [G, BC]
         for g in range(0, g_count):
             # row g of s (a select, so that other rows' NaNs stay out)
             s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]
@@ -338,12 +349,17 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
 
 @triton.jit
 def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr, dpart_ptr,
-                 dx_ptr, dres_ptr, n0, c_lo, c_hi, N, C, HW, CR, P,
-                 G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
-                 BJ: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
-                 GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+                 dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                 G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
+                 BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
+                 SQUEEZE: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
+                 HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """dz for the chunk from the full dpart, then dx for the chunk's channels of the group's
-    samples (g from dres, which the reduce phase stored, when the residual was fused)."""
+    samples (g from dres, which the reduce phase stored, when the residual was fused). As
+    in the excite phase, each step once per program: (a) dhpre for the group from
+    [G_PAD, P_PAD, BJH] tiles of dpart into this program's rows of dhs (N, P, CR); (b) the
+    chunk's dz coefficient (dz / HW, or / ties) in [G_PAD, BJ2, BC2] sub-tiles into dzs
+    (N, C); (c) dx, reading the coefficient and the gate back."""
     ACC = z_ptr.dtype.element_ty
     if CHANNELS_LAST:
         SC = 1
@@ -355,25 +371,42 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
     row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
-    for c0 in range(c_lo, c_hi, BC):
-        cs = c0 + tl.arange(0, BC)
+    hrow = _row_offset(n0, P * CR) + (gs[:, None] * P + p) * CR     # this program's dhs rows
+    for j0 in range(0, CR, BJH):
+        js = j0 + tl.arange(0, BJH)
+        jm = js < CR
+        gj = gm[:, None] & jm[None, :]
+        hp = tl.load(hpre_ptr + _row_offset(n0, CR) + gs[:, None] * CR + js[None, :],
+                     mask=gj, other=0.0)
+        dh = _act_backward(hp, _sum_parts(dpart_ptr, n0, gs, gm, js, jm, P, CR, P_PAD), ACT)
+        tl.store(dhs_ptr + hrow + js[None, :], dh, mask=gj)
+    tl.debug_barrier()  # dhs is read back below by other threads of this program
+    for c0 in range(c_lo, c_hi, BC2):
+        cs = c0 + tl.arange(0, BC2)
         cm = cs < c_hi
         gc = gm[:, None] & cm[None, :]
         rows = gs[:, None] * C + cs[None, :]                # int32; + row0 (int64) below
-        acc = tl.zeros([G_PAD, BC], ACC)
-        for j0 in range(0, CR, BJ):
-            js = j0 + tl.arange(0, BJ)
+        acc = tl.zeros([G_PAD, BC2], ACC)
+        for j0 in range(0, CR, BJ2):
+            js = j0 + tl.arange(0, BJ2)
             jm = js < CR
-            hp = tl.load(hpre_ptr + _row_offset(n0, CR) + gs[:, None] * CR + js[None, :],
-                         mask=gm[:, None] & jm[None, :], other=0.0)
-            dh = _act_backward(hp, _sum_parts(dpart_ptr, n0, gs, gm, js, jm, P, CR), ACT)
+            dh = tl.load(dhs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
+                         other=0.0)                                                # [G, BJ2]
             wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
-                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ, BC]
+                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ2, BC2]
             acc += tl.sum(dh[:, :, None] * wt[None, :, :], axis=1)
         if SQUEEZE == 1:  # shared evenly by the tied maxima, as amax's gradient is
             coef = acc / tl.load(cnt_ptr + row0 + rows, mask=gc, other=1.0)
         else:
             coef = acc / HW
+        tl.store(dzs_ptr + row0 + rows, coef, mask=gc)
+    tl.debug_barrier()  # dzs is read back below by other threads of this program
+    for c0 in range(c_lo, c_hi, BC):
+        cs = c0 + tl.arange(0, BC)
+        cm = cs < c_hi
+        gc = gm[:, None] & cm[None, :]
+        rows = gs[:, None] * C + cs[None, :]
+        coef = tl.load(dzs_ptr + row0 + rows, mask=gc, other=0.0)
         s = _gate_fwd(tl.load(gpre_ptr + row0 + rows, mask=gc, other=0.0), GATE)
         for g in range(0, g_count):
             s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]      # row g
@@ -404,7 +437,8 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
 @triton.jit
 def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
                  wpid, N, C, CR, P,
-                 BCW: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, ACT: tl.constexpr):
+                 BCW: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, P_PAD: tl.constexpr,
+                 ACT: tl.constexpr):
     """For channels cs = block wpid: dW2[cs, :] = sum_n dpre[n, cs]^T act(hpre[n, :]),
     db2[cs] = sum_n dpre[n, cs], dW1[:, cs] = sum_n dhpre[n, :]^T z[n, cs]; block 0 also
     writes db1 = sum_n dhpre[n, :]. One program owns each output element and sums n in
@@ -436,7 +470,7 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
             zt = tl.load(z_ptr + rb + rc, mask=nc, other=0.0)
             hp = tl.load(hpre_ptr + _row_offset(nb, CR) + bl[:, None] * CR + js[None, :],
                          mask=nj, other=0.0)
-            dh = _sum_parts(dpart_ptr, nb, bl, nm, js, jm, P, CR)
+            dh = _sum_parts(dpart_ptr, nb, bl, nm, js, jm, P, CR, P_PAD)
             dh = _act_backward(hp, dh, ACT)                                           # [BN, BJ]
             acc2 += tl.sum(dp[:, :, None] * _act_fwd(hp, ACT)[:, None, :], axis=0)
             acc1 += tl.sum(dh[:, :, None] * zt[:, None, :], axis=0)
@@ -458,10 +492,11 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
 
 @triton.jit
 def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z_ptr, hpre_ptr,
-                        gpre_ptr, part_ptr, N, C, HW, CR,
+                        gpre_ptr, part_ptr, hs_ptr, N, C, HW, CR,
                         G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
                         BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-                        BJ2: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
+                        BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
+                        SQUEEZE: tl.constexpr, ACT: tl.constexpr,
                         GATE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
                         HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """The whole forward for samples [pid*G, pid*G + G), all channels: grid (cdiv(N, G),)."""
@@ -470,8 +505,8 @@ def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z
                 G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST)
     tl.debug_barrier()  # part is read back by other threads
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
-                  n0, 0, 0, C, N, C, HW, CR, 1, G, G_PAD, BC, BHW, BJ2, ACT, GATE,
-                  HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
+                  hs_ptr, n0, 0, 0, C, N, C, HW, CR, 1, G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2,
+                  ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
 
 
 @triton.jit
@@ -491,9 +526,10 @@ def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, part_ptr, N, C, HW, CR, CHUNK,
 
 @triton.jit
 def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr,
-                         part_ptr, N, C, HW, CR, CHUNK,
-                         G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
-                         BHW: tl.constexpr, BJ2: tl.constexpr, ACT: tl.constexpr,
+                         part_ptr, hs_ptr, N, C, HW, CR, CHUNK,
+                         G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
+                         BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
+                         BJ2: tl.constexpr, BC2: tl.constexpr, ACT: tl.constexpr,
                          GATE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
                          HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """Split forward, launch 2: same grid; program (i, p) finishes FC1 from all P shares,
@@ -502,16 +538,19 @@ def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr
     p = tl.program_id(1)
     c_lo = p * CHUNK
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
-                  n0, p, c_lo, tl.minimum(c_lo + CHUNK, C), N, C, HW, CR, tl.num_programs(1),
-                  G, G_PAD, BC, BHW, BJ2, ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
+                  hs_ptr, n0, p, c_lo, tl.minimum(c_lo + CHUNK, C), N, C, HW, CR,
+                  tl.num_programs(1), G, G_PAD, P_PAD, BC, BHW, BJH, BJ2, BC2, ACT, GATE,
+                  HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
 
 
 @triton.jit
 def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, gpre_ptr,
-                         dpre_ptr, cnt_ptr, dpart_ptr, dx_ptr, dres_ptr, N, C, HW, CR, CHUNK,
+                         dpre_ptr, cnt_ptr, dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr,
+                         N, C, HW, CR, CHUNK,
                          G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
                          BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-                         BJ2: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
+                         BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
+                         SQUEEZE: tl.constexpr, ACT: tl.constexpr,
                          GATE: tl.constexpr, HAS_RES: tl.constexpr,
                          CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr):
     """Backward, launch 1: grid (cdiv(N, G), P). Program (i, p) reduces channels
@@ -529,16 +568,18 @@ def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, 
     if WRITE_DX:
         tl.debug_barrier()  # dpart and cnt are read back by other threads
         _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
-                     dpart_ptr, dx_ptr, dres_ptr, n0, c_lo, c_hi, N, C, HW, CR, P,
-                     G, G_PAD, BC, BHW, BJ2, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST)
+                     dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, n0, 0, c_lo, c_hi, N, C,
+                     HW, CR, 1, G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2, SQUEEZE, ACT, GATE,
+                     HAS_RES, CHANNELS_LAST)
 
 
 @triton.jit
 def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
-                         dpre_ptr, dpart_ptr, dx_ptr, dres_ptr, dw1_ptr, dw2_ptr, db1_ptr,
-                         db2_ptr, N, C, HW, CR, CHUNK, P, NW,
-                         G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
-                         BHW: tl.constexpr, BJ2: tl.constexpr, BCW: tl.constexpr,
+                         dpre_ptr, dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, dw1_ptr,
+                         dw2_ptr, db1_ptr, db2_ptr, N, C, HW, CR, CHUNK, P, NW,
+                         G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
+                         BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
+                         BJ2: tl.constexpr, BC2: tl.constexpr, BCW: tl.constexpr,
                          BN: tl.constexpr, BJW: tl.constexpr, SQUEEZE: tl.constexpr,
                          ACT: tl.constexpr, GATE: tl.constexpr, HAS_RES: tl.constexpr,
                          CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr):
@@ -549,12 +590,12 @@ def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr
     pid = tl.program_id(0)
     if pid < NW:
         _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
-                     pid, N, C, CR, P, BCW, BN, BJW, ACT)
+                     pid, N, C, CR, P, BCW, BN, BJW, P_PAD, ACT)
     elif WRITE_DX:
         i = (pid - NW) // P
         p = (pid - NW) % P
         c_lo = p * CHUNK
         _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
-                     dpart_ptr, dx_ptr, dres_ptr, i * G, c_lo, tl.minimum(c_lo + CHUNK, C),
-                     N, C, HW, CR, P, G, G_PAD, BC, BHW, BJ2, SQUEEZE, ACT, GATE, HAS_RES,
-                     CHANNELS_LAST)
+                     dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, i * G, p, c_lo,
+                     tl.minimum(c_lo + CHUNK, C), N, C, HW, CR, P, G, G_PAD, P_PAD, BC, BHW,
+                     BJH, BJ2, BC2, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST)

@@ -124,11 +124,13 @@ def _forward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_b1, has
                   CHANNELS_LAST=cl, num_warps=plan.num_warps)
     opts = dict(ACT=act, GATE=gate, HAS_B1=has_b1, HAS_B2=has_b2, HAS_RES=has_res)
     if not plan.split:
-        return plan, ((groups,), dict(BJ=plan.BJ, BK=plan.BK, BJ2=plan.BJ2, SQUEEZE=squeeze,
-                                      **opts, **common)), None, None
+        return plan, ((groups,), dict(BJ=plan.BJ, BK=plan.BK, BJH=plan.BJH, BJ2=plan.BJ2,
+                                      BC2=plan.BC2, SQUEEZE=squeeze, **opts, **common)), \
+            None, None
     return (plan, None,
             ((groups, plan.P), dict(BJ=plan.BJ, BK=plan.BK, SQUEEZE=squeeze, **common)),
-            ((groups, plan.P), dict(BJ2=plan.BJ2, **opts, **common)))
+            ((groups, plan.P), dict(P_PAD=plan.P_PAD, BJH=plan.BJH, BJ2=plan.BJ2,
+                                    BC2=plan.BC2, **opts, **common)))
 
 
 @_launch_config
@@ -140,11 +142,12 @@ def _backward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_res):
     common = dict(G=plan.G, G_PAD=plan.G_PAD, BC=plan.BC, BHW=plan.BHW, SQUEEZE=squeeze,
                   ACT=act, GATE=gate, HAS_RES=has_res, CHANNELS_LAST=cl,
                   num_warps=plan.num_warps)
-    reduce = ((groups, plan.P), dict(BJ=plan.BJ, BK=plan.BK, BJ2=plan.BJ2,
-                                     WRITE_DX=not plan.split, **common))
+    fc = dict(BJH=plan.BJH, BJ2=plan.BJ2, BC2=plan.BC2)
+    reduce = ((groups, plan.P), dict(BJ=plan.BJ, BK=plan.BK, WRITE_DX=not plan.split,
+                                     **fc, **common))
     finish = ((nw + (groups * plan.P if plan.split else 0),),
-              dict(BJ2=plan.BJ2, BCW=plan.BCW, BN=plan.BN, BJW=plan.BJW,
-                   WRITE_DX=plan.split, **common))
+              dict(P_PAD=plan.P_PAD, BCW=plan.BCW, BN=plan.BN, BJW=plan.BJW,
+                   WRITE_DX=plan.split, **fc, **common))
     return plan, reduce, finish, nw
 
 
@@ -177,17 +180,19 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
         n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate,
         b1 is not None, b2 is not None, residual is not None)
     part = x.new_empty((n, plan.P, cr), dtype=acc)      # FC1 shares, one per channel chunk
+    hs = x.new_empty((n, plan.P, cr), dtype=acc)        # act(hpre), one copy per program
     if not _launches(x):
         return y, z, hpre, gpre
     with _device_guard(x):
         if fused is not None:
             wrap_triton(se_fwd_fused_kernel)[fused[0]](
-                x, w1, w2, b1_, b2_, res, y, z, hpre, gpre, part, n, c, hw, cr, **fused[1])
+                x, w1, w2, b1_, b2_, res, y, z, hpre, gpre, part, hs, n, c, hw, cr,
+                **fused[1])
         else:
             wrap_triton(se_fwd_pool_kernel)[pool[0]](
                 x, w1, z, part, n, c, hw, cr, plan.chunk, **pool[1])
             wrap_triton(se_fwd_excite_kernel)[excite[0]](
-                x, w2, b1_, b2_, res, y, hpre, gpre, part, n, c, hw, cr, plan.chunk,
+                x, w2, b1_, b2_, res, y, hpre, gpre, part, hs, n, c, hw, cr, plan.chunk,
                 **excite[1])
     return y, z, hpre, gpre
 
@@ -227,15 +232,17 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     cnt = x.new_empty((n, c) if squeeze == 1 else (1,), dtype=acc)   # tie counts (max)
     dpart = x.new_empty((n, plan.P, cr), dtype=acc)     # FC2-backward shares per chunk
     dres_ = dres if has_res else x.new_empty((1,))      # dummy pointer, never written
+    dhs = x.new_empty((n, plan.P, cr), dtype=acc)       # dL/dhpre, one copy per program
+    dzs = x.new_empty((n, c), dtype=acc)                # dL/dz (/ HW or / ties)
     if not _launches(x):
         return dx, dw1, dw2, db1, db2, dres
     with _device_guard(x):
         wrap_triton(se_bwd_reduce_kernel)[reduce[0]](
-            dy, x, y_, w1, w2, z, hpre, gpre, dpre, cnt, dpart, dx, dres_, n, c, hw, cr,
-            plan.chunk, **reduce[1])
+            dy, x, y_, w1, w2, z, hpre, gpre, dpre, cnt, dpart, dx, dres_, dhs, dzs, n, c, hw,
+            cr, plan.chunk, **reduce[1])
         wrap_triton(se_bwd_finish_kernel)[finish[0]](
-            dy, x, y_, w1, z, hpre, gpre, cnt, dpre, dpart, dx, dres_, dw1, dw2, db1, db2,
-            n, c, hw, cr, plan.chunk, plan.P, nw, **finish[1])
+            dy, x, y_, w1, z, hpre, gpre, cnt, dpre, dpart, dx, dres_, dhs, dzs, dw1, dw2, db1,
+            db2, n, c, hw, cr, plan.chunk, plan.P, nw, **finish[1])
     return dx, dw1, dw2, db1, db2, dres
 
 
