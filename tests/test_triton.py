@@ -38,7 +38,7 @@ LAYOUTS = ("contiguous", "channels_last", "strided")
 PATHS = {
     "auto": {},
     "split": dict(split=True, G=4, chunk=32, BC=32, BHW=128, BJ=4, BK=16, BJH=2, BJ2=4,
-                  BC2=8, BCW=32, BN=4, BJW=4),
+                  BC2=8, BCW=32, BN=2, BJW=4, WS=3),
     "fused-g2": dict(split=False, G=2, BC=32, BHW=64, BJ=4, BK=32, BJH=4, BJ2=2, BC2=16,
                      BCW=64, BN=4, BJW=8),
 }
@@ -200,6 +200,8 @@ def test_plan_is_consistent(n, c, hw, cr, channels_last):
     assert p.BN * p.BCW * p.BJW <= H100.fc_tile and p.BN * p.P_PAD * p.BJW <= H100.fc_tile
     # FC2 rows of W2 are read in whole 32-byte sectors (issue 13, item 3)
     assert p.BJ2 >= min(16, cr)
+    ws, wsn = p.wslices(n)
+    assert 1 <= ws <= max(1, p.WS) and (ws - 1) * wsn < n <= ws * wsn
     # weights never cost more than the activations, unless capped by G <= 16 or by N
     assert 2 * c * cr <= p.G * c * hw or p.G == 16 or p.G >= n
 

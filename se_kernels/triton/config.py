@@ -101,6 +101,7 @@ class Plan:
     BCW: int           # weight-gradient programs: channels per program
     BN: int            # weight-gradient tile: samples ([BN, BCW, BJW])
     BJW: int           # weight-gradient tile: hidden units
+    WS: int            # weight-gradient sample slices (partial sums, then a fixed-order sum)
     num_warps: int
 
     @property
@@ -113,6 +114,11 @@ class Plan:
 
     def groups(self, n: int) -> int:
         return _cdiv(n, self.G)
+
+    def wslices(self, n: int) -> tuple[int, int]:
+        """(slices, samples per slice) of the weight gradients: WS capped by N."""
+        wsn = _cdiv(max(n, 1), max(1, min(self.WS, n)))
+        return _cdiv(max(n, 1), wsn), wsn
 
 
 class _ForcedState:
@@ -216,14 +222,23 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
     bjw = min(cr_pow2, 32 if not dev.interpret else 256)
     bn = max(1, min(_pow2(max(n, 1)), dev.fc_tile // (bcw * bjw),
                     dev.fc_tile // (p_pad * bjw)))
+    # Weight gradients over WS sample slices (issue 13, item 5), a program per (channel
+    # block, hidden block, slice): ~4 programs per SM, each
+    # slice >= BN samples, and the partial sums' traffic (written and read once, fp32,
+    # 8 * WS * |W| elements' bytes) at most 1/4 of the activation bytes.
+    nw = _cdiv(c, bcw) * _cdiv(cr, bjw)       # (channel block, hidden block) programs
+    wlen = 2 * c * cr + cr + c
+    ws = min(_cdiv(4 * dev.sms, nw), _cdiv(max(n, 1), bn),
+             max(1, (max(n, 1) * slab) // (32 * wlen)))
+    ws = max(1, ws)
     warps = 8 if bc * bhw >= 4096 else 4
 
     plan = Plan(split=split, G=g, chunk=chunk, P=p, BC=bc, BHW=bhw, BJ=bj, BK=bk, BJH=bjh,
-                BJ2=bj2, BC2=bc2, BCW=bcw, BN=bn, BJW=bjw, num_warps=warps)
+                BJ2=bj2, BC2=bc2, BCW=bcw, BN=bn, BJW=bjw, WS=ws, num_warps=warps)
     if _FORCED:
         tiles = {k: v for k, v in _FORCED.items() if k in ("BC", "BHW", "BJ", "BK", "BJH", "BJ2",
                                                            "BC2", "BCW", "BN", "BJW",
-                                                           "num_warps")}
+                                                           "WS", "num_warps")}
         plan = dataclasses.replace(plan, **tiles)
         if "num_warps" not in tiles:  # the same rule for forced tiles as for the heuristic's
             plan = dataclasses.replace(plan, num_warps=8 if plan.BC * plan.BHW >= 4096 else 4)

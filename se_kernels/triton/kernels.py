@@ -13,8 +13,10 @@ which and why):
               _write_phase      dhpre = act'(hpre) sum_p dpart; dz = dhpre W1[:, chunk] / HW
                                 (or / ties); dx = g s + dz [on the maxima], g read back
                                 from dres when the residual was fused
-              _wgrad_phase      dW2, db2, dW1, db1 for a block of channels, summed over the
-                                whole batch in a fixed order (deterministic, no atomics)
+              _wgrad_phase      dW2, db2, dW1, db1 for a block of channels, summed over a
+                                slice of the batch in a fixed order; the slices' partial
+                                sums added in slice order by se_bwd_wsum_kernel
+                                (deterministic, no atomics)
 
 g is dy, masked by y > 0 when the residual tail was fused. Each weight tile a phase touches
 is loaded once per sample group: the FCs run as [G, J, K] broadcast products, so a program
@@ -436,51 +438,68 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
 
 @triton.jit
 def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
-                 wpid, N, C, CR, P,
+                 pw_ptr, wpid, jb, ws, n_lo, n_hi, C, CR, P,
                  BCW: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, P_PAD: tl.constexpr,
-                 ACT: tl.constexpr):
-    """For channels cs = block wpid: dW2[cs, :] = sum_n dpre[n, cs]^T act(hpre[n, :]),
-    db2[cs] = sum_n dpre[n, cs], dW1[:, cs] = sum_n dhpre[n, :]^T z[n, cs]; block 0 also
-    writes db1 = sum_n dhpre[n, :]. One program owns each output element and sums n in
-    order: deterministic without atomics, and no zero-initialised outputs needed."""
+                 ACT: tl.constexpr, PARTIAL: tl.constexpr):
+    """For channels cs = block wpid, hidden units js = block jb and samples [n_lo, n_hi)
+    (slice ws): dW2[cs, js] = sum_n dpre[n, cs]^T act(hpre[n, js]),
+    dW1[js, cs] = sum_n dhpre[n, js]^T z[n, cs]; hidden block 0 also writes
+    db2[cs] = sum_n dpre[n, cs], channel block 0 db1[js] = sum_n dhpre[n, js].
+    One program owns each output element of its slice and sums n in order. Without PARTIAL
+    (one slice) it writes the outputs; with PARTIAL it writes row ws of pw (S, L), laid out
+    [dW2 (C*CR) | dW1 (CR*C) | db1 (CR) | db2 (C)], which se_bwd_wsum_kernel sums over the
+    slices in order: deterministic without atomics, and no zero-initialised outputs."""
     ACC = z_ptr.dtype.element_ty
+    if PARTIAL:
+        L = 2 * C * CR + CR + C
+        row = pw_ptr + tl.cast(ws, tl.int64) * L
+        o_dw2 = row
+        o_dw1 = row + C * CR
+        o_db1 = row + 2 * C * CR
+        o_db2 = row + 2 * C * CR + CR
+    else:
+        o_dw2 = dw2_ptr
+        o_dw1 = dw1_ptr
+        o_db1 = db1_ptr
+        o_db2 = db2_ptr
     cs = wpid * BCW + tl.arange(0, BCW)
     cm = cs < C
     bl = tl.arange(0, BN)
-    db2 = tl.zeros([BCW], ACC)
-    for nb in range(0, N, BN):
-        ns = nb + bl
-        db2 += tl.sum(tl.load(dpre_ptr + _row_offset(nb, C) + bl[:, None] * C + cs[None, :],
-                              mask=(ns < N)[:, None] & cm[None, :], other=0.0), axis=0)
-    tl.store(db2_ptr + cs, db2.to(db2_ptr.dtype.element_ty), mask=cm)
-    for j0 in range(0, CR, BJ):
-        js = j0 + tl.arange(0, BJ)
-        jm = js < CR
-        acc2 = tl.zeros([BCW, BJ], ACC)   # dW2[cs, js]
-        acc1 = tl.zeros([BJ, BCW], ACC)   # dW1[js, cs]
-        db1 = tl.zeros([BJ], ACC)
-        for nb in range(0, N, BN):
+    if jb == 0:
+        db2 = tl.zeros([BCW], ACC)
+        for nb in range(n_lo, n_hi, BN):
             ns = nb + bl
-            nm = ns < N
-            nc = nm[:, None] & cm[None, :]
-            nj = nm[:, None] & jm[None, :]
-            rb = _row_offset(nb, C)                             # int64 block base
-            rc = bl[:, None] * C + cs[None, :]                  # int32, inside the block
-            dp = tl.load(dpre_ptr + rb + rc, mask=nc, other=0.0)
-            zt = tl.load(z_ptr + rb + rc, mask=nc, other=0.0)
-            hp = tl.load(hpre_ptr + _row_offset(nb, CR) + bl[:, None] * CR + js[None, :],
-                         mask=nj, other=0.0)
-            dh = _sum_parts(dpart_ptr, nb, bl, nm, js, jm, P, CR, P_PAD)
-            dh = _act_backward(hp, dh, ACT)                                           # [BN, BJ]
-            acc2 += tl.sum(dp[:, :, None] * _act_fwd(hp, ACT)[:, None, :], axis=0)
-            acc1 += tl.sum(dh[:, :, None] * zt[:, None, :], axis=0)
-            db1 += tl.sum(dh, axis=0)
-        tl.store(dw2_ptr + cs[:, None] * CR + js[None, :], acc2.to(dw2_ptr.dtype.element_ty),
-                 mask=cm[:, None] & jm[None, :])
-        tl.store(dw1_ptr + js[:, None] * C + cs[None, :], acc1.to(dw1_ptr.dtype.element_ty),
-                 mask=jm[:, None] & cm[None, :])
-        if wpid == 0:
-            tl.store(db1_ptr + js, db1.to(db1_ptr.dtype.element_ty), mask=jm)
+            db2 += tl.sum(tl.load(dpre_ptr + _row_offset(nb, C) + bl[:, None] * C + cs[None, :],
+                                  mask=(ns < n_hi)[:, None] & cm[None, :], other=0.0), axis=0)
+        tl.store(o_db2 + cs, db2.to(o_db2.dtype.element_ty), mask=cm)
+    # one hidden block per program (the blocks were a loop of one program before)
+    js = jb * BJ + tl.arange(0, BJ)
+    jm = js < CR
+    acc2 = tl.zeros([BCW, BJ], ACC)   # dW2[cs, js]
+    acc1 = tl.zeros([BJ, BCW], ACC)   # dW1[js, cs]
+    db1 = tl.zeros([BJ], ACC)
+    for nb in range(n_lo, n_hi, BN):
+        ns = nb + bl
+        nm = ns < n_hi
+        nc = nm[:, None] & cm[None, :]
+        nj = nm[:, None] & jm[None, :]
+        rb = _row_offset(nb, C)                             # int64 block base
+        rc = bl[:, None] * C + cs[None, :]                  # int32, inside the block
+        dp = tl.load(dpre_ptr + rb + rc, mask=nc, other=0.0)
+        zt = tl.load(z_ptr + rb + rc, mask=nc, other=0.0)
+        hp = tl.load(hpre_ptr + _row_offset(nb, CR) + bl[:, None] * CR + js[None, :],
+                     mask=nj, other=0.0)
+        dh = _sum_parts(dpart_ptr, nb, bl, nm, js, jm, P, CR, P_PAD)
+        dh = _act_backward(hp, dh, ACT)                                           # [BN, BJ]
+        acc2 += tl.sum(dp[:, :, None] * _act_fwd(hp, ACT)[:, None, :], axis=0)
+        acc1 += tl.sum(dh[:, :, None] * zt[:, None, :], axis=0)
+        db1 += tl.sum(dh, axis=0)
+    tl.store(o_dw2 + cs[:, None] * CR + js[None, :], acc2.to(o_dw2.dtype.element_ty),
+             mask=cm[:, None] & jm[None, :])
+    tl.store(o_dw1 + js[:, None] * C + cs[None, :], acc1.to(o_dw1.dtype.element_ty),
+             mask=jm[:, None] & cm[None, :])
+    if wpid == 0:
+        tl.store(o_db1 + js, db1.to(o_db1.dtype.element_ty), mask=jm)
 
 
 # ---- kernels --------------------------------------------------------------------------------
@@ -576,26 +595,63 @@ def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, 
 @triton.jit
 def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
                          dpre_ptr, dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, dw1_ptr,
-                         dw2_ptr, db1_ptr, db2_ptr, N, C, HW, CR, CHUNK, P, NW,
+                         dw2_ptr, db1_ptr, db2_ptr, pw_ptr, N, C, HW, CR, CHUNK, P, NW, WS,
+                         WSN,
                          G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
                          BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
                          BJ2: tl.constexpr, BC2: tl.constexpr, BCW: tl.constexpr,
                          BN: tl.constexpr, BJW: tl.constexpr, SQUEEZE: tl.constexpr,
                          ACT: tl.constexpr, GATE: tl.constexpr, HAS_RES: tl.constexpr,
-                         CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr):
-    """Backward, launch 2: 1-D grid. Programs [0, NW) compute the weight and bias gradients,
-    one block of BCW channels each (first, so that these longer programs start early);
-    with WRITE_DX the next cdiv(N, G) * P programs write dx for (group, chunk) =
-    divmod(pid - NW, P)."""
+                         CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr,
+                         PARTIAL: tl.constexpr):
+    """Backward, launch 2: 1-D grid. Programs [0, NW * WS) compute the weight and bias
+    gradients, one (BCW channels, BJW hidden units) block over one slice of WSN samples
+    each: NW = cdiv(C, BCW) * cdiv(CR, BJW) blocks per slice, (slice, channel block, hidden
+    block) from pid in that order (first, so that these longer programs start early); with
+    PARTIAL (WS > 1) into per-slice partial sums pw that se_bwd_wsum_kernel adds up. With
+    WRITE_DX the next cdiv(N, G) * P programs write dx for (group, chunk) =
+    divmod(pid - NW * WS, P)."""
     pid = tl.program_id(0)
-    if pid < NW:
+    if pid < NW * WS:
+        ws = pid // NW
+        nj = tl.cdiv(CR, BJW)
+        n_lo = ws * WSN
         _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
-                     pid, N, C, CR, P, BCW, BN, BJW, P_PAD, ACT)
+                     pw_ptr, (pid % NW) // nj, (pid % NW) % nj, ws, n_lo,
+                     tl.minimum(n_lo + WSN, N), C, CR, P, BCW, BN, BJW, P_PAD, ACT, PARTIAL)
     elif WRITE_DX:
-        i = (pid - NW) // P
-        p = (pid - NW) % P
+        i = (pid - NW * WS) // P
+        p = (pid - NW * WS) % P
         c_lo = p * CHUNK
         _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
                      dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, i * G, p, c_lo,
                      tl.minimum(c_lo + CHUNK, C), N, C, HW, CR, P, G, G_PAD, P_PAD, BC, BHW,
                      BJH, BJ2, BC2, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST)
+
+
+@triton.jit
+def se_bwd_wsum_kernel(pw_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr, C, CR, WS,
+                       BLK: tl.constexpr):
+    """Backward, launch 3 (only when the weight gradients were split into WS > 1 sample
+    slices): out = sum_s pw[s, :] in slice order (deterministic), pw (WS, L) laid out
+    [dW2 (C*CR) | dW1 (CR*C) | db1 (CR) | db2 (C)]; grid (cdiv(L, BLK),)."""
+    ACC = pw_ptr.dtype.element_ty
+    L = 2 * C * CR + CR + C
+    offs = tl.program_id(0) * BLK + tl.arange(0, BLK)
+    m = offs < L
+    acc = tl.zeros([BLK], ACC)
+    row = pw_ptr
+    for s in range(0, WS):  # slice order: deterministic
+        acc += tl.load(row + offs, mask=m, other=0.0)
+        row += L
+    W = C * CR
+    in2 = m & (offs < W)
+    in1 = m & (offs >= W) & (offs < 2 * W)
+    inb1 = m & (offs >= 2 * W) & (offs < 2 * W + CR)
+    inb2 = m & (offs >= 2 * W + CR)
+    tl.store(dw2_ptr + tl.where(in2, offs, 0), acc.to(dw2_ptr.dtype.element_ty), mask=in2)
+    tl.store(dw1_ptr + tl.where(in1, offs - W, 0), acc.to(dw1_ptr.dtype.element_ty), mask=in1)
+    tl.store(db1_ptr + tl.where(inb1, offs - 2 * W, 0), acc.to(db1_ptr.dtype.element_ty),
+             mask=inb1)
+    tl.store(db2_ptr + tl.where(inb2, offs - 2 * W - CR, 0), acc.to(db2_ptr.dtype.element_ty),
+             mask=inb2)

@@ -45,8 +45,8 @@ from torch.library import triton_op
 from se_kernels._options import acc_dtype
 from se_kernels.triton.config import _FORCED_STATE, Device, device_of, make_plan
 from se_kernels.triton.kernels import (se_bwd_finish_kernel, se_bwd_reduce_kernel,
-                                       se_fwd_excite_kernel, se_fwd_fused_kernel,
-                                       se_fwd_pool_kernel)
+                                       se_bwd_wsum_kernel, se_fwd_excite_kernel,
+                                       se_fwd_fused_kernel, se_fwd_pool_kernel)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -135,20 +135,25 @@ def _forward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_b1, has
 
 @_launch_config
 def _backward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_res):
-    """(plan, reduce launch, finish launch, NW): each launch a (grid, kwargs)."""
+    """(plan, reduce launch, finish launch, NW, (WS, WSN), wsum launch or None): each
+    launch a (grid, kwargs)."""
     plan = make_plan(n, c, hw, cr, elem, cl, dev)
     groups = plan.groups(n)
-    nw = -(-c // plan.BCW)
+    nw = -(-c // plan.BCW) * -(-cr // plan.BJW)         # weight-gradient blocks per slice
     common = dict(G=plan.G, G_PAD=plan.G_PAD, BC=plan.BC, BHW=plan.BHW, SQUEEZE=squeeze,
                   ACT=act, GATE=gate, HAS_RES=has_res, CHANNELS_LAST=cl,
                   num_warps=plan.num_warps)
     fc = dict(BJH=plan.BJH, BJ2=plan.BJ2, BC2=plan.BC2)
     reduce = ((groups, plan.P), dict(BJ=plan.BJ, BK=plan.BK, WRITE_DX=not plan.split,
                                      **fc, **common))
-    finish = ((nw + (groups * plan.P if plan.split else 0),),
+    ws, wsn = plan.wslices(n)
+    finish = ((nw * ws + (groups * plan.P if plan.split else 0),),
               dict(P_PAD=plan.P_PAD, BCW=plan.BCW, BN=plan.BN, BJW=plan.BJW,
-                   WRITE_DX=plan.split, **fc, **common))
-    return plan, reduce, finish, nw
+                   WRITE_DX=plan.split, PARTIAL=ws > 1, **fc, **common))
+    wsum = None
+    if ws > 1:
+        wsum = ((-(-(2 * c * cr + cr + c) // 1024),), dict(BLK=1024, num_warps=4))
+    return plan, reduce, finish, nw, (ws, wsn), wsum
 
 
 @triton_op("se_kernels::triton_se_forward", mutates_args=())
@@ -226,7 +231,7 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     w1, w2 = w1.contiguous(), w2.contiguous()
     z, hpre, gpre = z.contiguous(), hpre.contiguous(), gpre.contiguous()
     hw = h * w
-    plan, reduce, finish, nw = _backward_config(n, c, hw, cr, x.element_size(), cl,
+    plan, reduce, finish, nw, (ws, wsn), wsum = _backward_config(n, c, hw, cr, x.element_size(), cl,
                                                 device_of(x), squeeze, act, gate, has_res)
     dpre = x.new_empty((n, c), dtype=acc)               # dL/dgpre
     cnt = x.new_empty((n, c) if squeeze == 1 else (1,), dtype=acc)   # tie counts (max)
@@ -234,6 +239,8 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     dres_ = dres if has_res else x.new_empty((1,))      # dummy pointer, never written
     dhs = x.new_empty((n, plan.P, cr), dtype=acc)       # dL/dhpre, one copy per program
     dzs = x.new_empty((n, c), dtype=acc)                # dL/dz (/ HW or / ties)
+    # per-slice weight-gradient partial sums (WS > 1), [dW2 | dW1 | db1 | db2] per row
+    pw = x.new_empty((ws, 2 * c * cr + cr + c) if ws > 1 else (1,), dtype=acc)
     if not _launches(x):
         return dx, dw1, dw2, db1, db2, dres
     with _device_guard(x):
@@ -242,7 +249,10 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
             cr, plan.chunk, **reduce[1])
         wrap_triton(se_bwd_finish_kernel)[finish[0]](
             dy, x, y_, w1, z, hpre, gpre, cnt, dpre, dpart, dx, dres_, dhs, dzs, dw1, dw2, db1,
-            db2, n, c, hw, cr, plan.chunk, plan.P, nw, **finish[1])
+            db2, pw, n, c, hw, cr, plan.chunk, plan.P, nw, ws, wsn, **finish[1])
+        if wsum is not None:
+            wrap_triton(se_bwd_wsum_kernel)[wsum[0]](pw, dw1, dw2, db1, db2, c, cr, ws,
+                                                     **wsum[1])
     return dx, dw1, dw2, db1, db2, dres
 
 
