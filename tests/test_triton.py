@@ -212,7 +212,20 @@ def test_plan_conv5_amortises_weights():
     p = config.make_plan(256, 2048, 49, 128, 2, True, H100)
     assert p.G == 8 and p.split and p.P > 1
     p = config.make_plan(256, 256, 3136, 16, 2, True, H100)
-    assert p.G == 1 and not p.split
+    assert p.G == 1
+
+
+@pytest.mark.parametrize("n,c,hw,cr,channels_last,programs", [
+    (256, 256, 3136, 16, True, 512),    # conv2_x, N = 256: split, no longer 256 programs
+    (256, 256, 3136, 16, False, 512),
+    (64, 2048, 1, 128, True, 16),       # HW = 1: |W| / G counted in the P cap (was 4)
+    (1, 256, 3136, 16, False, 64),      # NCHW chunks of < 8 channels where rows are >= 4 KB
+    (1, 8, 4096 * 4096, 1, False, 8),   # chunks of 1 channel (was 1 program)
+])
+def test_plan_fills_the_device(n, c, hw, cr, channels_last, programs):
+    """Issue 13, item 4: ~4 programs per SM where the shape allows it."""
+    p = config.make_plan(n, c, hw, cr, 2, channels_last, H100)
+    assert p.groups(n) * p.P >= programs, p
 
 
 # ---- torch.library: opcheck and torch.compile -----------------------------------------------

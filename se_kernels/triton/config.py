@@ -7,19 +7,25 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    sample's slab C*H*W*elem (weights never cost more than the activations they rescale: the
    conv5_x trap of DESIGN.md section 3), capped at 16 and at N.
 2. Fused or split. With cdiv(N, G) sample groups, one program per group (the fused path, one
-   forward launch) is used when the groups fill the device (>= one program per SM). Below
-   that, each group's channels are split into P chunks (the split path, two forward
-   launches), P chosen to give ~2 programs per SM. The split path's launch 2 sums the P
-   partial FC1 results per sample (P*Cr values, read by each of the P programs), so P is
-   capped where those re-reads reach ~1/4 of the activation bytes: P^2 * Cr * 4 <= slab / 4.
+   forward launch) is used when the groups fill the device (>= 4 programs per SM on a GPU:
+   at large N the resident slabs exceed L2 anyway, so fusing saves no bytes and more
+   programs keep more loads in flight). Below that, each group's channels are split into P
+   chunks (the split path, two forward launches), P chosen to give ~4 programs per SM. The
+   split path's launch 2 sums the P partial FC1 results per sample (P*Cr values, read by
+   each of the P programs), so P is capped where those re-reads reach ~1/4 of the bytes a
+   sample costs, its slab plus its share of the weights: P^2 * Cr * 4 <= (slab + |W|/G) / 4.
+   NCHW chunks go down to 1 channel where one channel's row is >= 4 KB (NHWC: 16 channels,
+   32-byte rows). The pixels of one sample are not split across programs (issue 13 item 4's
+   HW split is not done: N = 1 with few huge channels still runs as few programs).
 3. Tiles. The activation tile [BC channels, BHW pixels] has ~TILE = 4096 elements (16 per
    thread at 8 warps), its long side along the contiguous dimension (pixels in NCHW, up to
    1024; channels in NHWC, up to 128). The FC broadcast products [G, BJ, BK], [G, BJ2, BC2]
    (BJ2 >= 16, sized apart from the activation tile), the partial-sum reductions
    [G, P_PAD, BJH] and the weight-gradient products [BN, BCW, BJW] are capped at
    FC_TILE = 4096 elements,
-   so that they stay in registers. Weight-gradient programs own BCW >= 16 channels each,
-   ~2 programs per SM. num_warps: 8 for full activation tiles, 4 for small ones.
+   so that they stay in registers. Weight-gradient programs own a block of BCW >= 16
+   channels x BJW hidden units of one of WS sample slices; WS gives ~4 programs per SM,
+   slices of >= BN samples, and partial sums moving at most 1/4 of the activation bytes. num_warps: 8 for full activation tiles, 4 for small ones.
 4. 64-bit safety: the activation tile is shrunk, for tensors of ~2^31 elements per sample,
    so that the kernels' int32 in-tile offsets cannot wrap (_int32_tiles); tile bases are
    int64 in the kernels.
@@ -173,13 +179,17 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
     g = max(1, min(g, _pow2(n)))
     groups = _cdiv(max(n, 1), g)
 
-    min_chunk = 16 if channels_last else 8      # NHWC rows of >= 32 bytes; NCHW rows are HW
+    # NHWC rows of >= 32 bytes; NCHW rows are HW pixels: chunks of 1-2 channels when a
+    # channel's row is >= 4 KB, of up to 8 for short rows
+    min_chunk = 16 if channels_last else min(8, _pow2(_cdiv(4096, max(1, hw * elem))))
+    wave = dev.sms if dev.interpret else 4 * dev.sms   # programs wanted (interpreter: 1 SM)
     c_pow2 = _pow2(c)
-    split = groups < dev.sms
+    split = groups < wave
     chunk = c
     if split:
-        p_target = _cdiv(2 * dev.sms, groups)
-        p_cap = max(1, int((slab / (16 * cr)) ** 0.5))       # P^2 * Cr * 4 <= slab / 4
+        p_target = _cdiv(wave, groups)
+        # P^2 * Cr * 4 <= (slab + |W| / G) / 4
+        p_cap = max(1, int(((slab + wbytes / g) / (16 * cr)) ** 0.5))
         p_want = max(1, min(p_target, p_cap))
         chunk = min(c_pow2, max(min_chunk, _pow2(_cdiv(c, p_want))))
         if chunk >= c:

@@ -24,10 +24,12 @@ Launches per call (the plan comes from config.make_plan; kernels in kernels.py):
         backward and writes dx per sample group; launch 2 = se_bwd_finish_kernel computes
         dW1, dW2, db1, db2. Split: launch 1 reduces per (group, chunk) and writes FC2-backward
         shares; launch 2 writes dx (per (group, chunk)) and the weight gradients (separate
-        programs of the same grid).
+        programs of the same grid). When the plan splits the weight gradients into WS > 1
+        sample slices, launch 3 (se_bwd_wsum_kernel) adds the slices' partial sums.
 
 Weight and bias gradients are summed over the batch by programs that each own a block of
-output elements and loop over the samples in order: no atomics, so every backward is
+output elements (channels x hidden units) of one sample slice and loop over its samples in
+order; the slices' partial sums are added in slice order: no atomics, so every backward is
 deterministic (bitwise reproducible), and the same path serves
 torch.are_deterministic_algorithms_enabled().
 """
