@@ -20,10 +20,11 @@ channel chunks P, the activation tile, the pipeline depth kernels._STAGES):
   bytes in flight per SM = tile bytes x streams x tiles ahead x programs per SM, and the
   achieved bandwidth is min(4.3 TB/s, busy SMs x in flight per SM / 1.0 us) -- 1.0 us being
   the HBM latency under load (0.7 us idle).
-* serial costs this branch did not remove: the FC2 phase sums the P partial FC1 results
-  inside its channel-block x hidden-block loops (~0.5 us of dependent L2 round trips per
-  (channel block, hidden block) pair and program), and the weight gradients walk N in
-  blocks of BN per program (~0.5 us per (sample block, hidden block) step).
+* serial FC costs per program, ~0.5 us of dependent L2 round trip per step: the partial
+  sums reduced once per program (cdiv(Cr, BJH) steps of [G, P_PAD, BJH] tiles; item 3),
+  then FC2 (backward: FC1) over cdiv(chunk, BC2) x cdiv(Cr, BJ2) steps; the weight
+  gradients walk their slice of cdiv(N, WS) samples in blocks of BN, one hidden block per
+  program (item 5), plus, when WS > 1, a third launch summing the WS partial rows.
 * 2 us per launch (launch gap and ramp).
 
 These are first-order numbers to be checked on a GPU (tools/gpu_check.sh); the JSON rows
@@ -91,17 +92,23 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
     t += (w if direction == "fwd" else 2 * w) / BW
     # serial FC costs per program (the longest program)
     chunk_blocks = _cdiv(p.chunk, p.BC)
-    fc2 = chunk_blocks * _cdiv(cr, p.BJ2) * L2_ROUND_US * 1e-6
+    del chunk_blocks
+    fc2 = (_cdiv(cr, p.BJH) + _cdiv(p.chunk, p.BC2) * _cdiv(cr, p.BJ2)) * L2_ROUND_US * 1e-6
     t += fc2
     note = [f"plan: {'split' if p.split else 'fused'} G={p.G} P={p.P} BC={p.BC} BHW={p.BHW} "
-            f"BJ2={p.BJ2}, {programs} programs"]
+            f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, {programs} programs"]
     if direction == "bwd":
-        wgrad = _cdiv(n, p.BN) * _cdiv(cr, p.BJW) * L2_ROUND_US * 1e-6
+        ws, wsn = p.wslices(n)
+        wgrad = _cdiv(wsn, p.BN) * L2_ROUND_US * 1e-6
+        wprog = _cdiv(c, p.BCW) * _cdiv(cr, p.BJW) * ws
+        if ws > 1:   # the partial rows: written, read by the summing launch
+            wlen = 2 * c * cr + cr + c
+            wgrad += 2 * ws * wlen * 4 / BW + LAUNCH_US * 1e-6
         t += wgrad
-        note.append(f"weight gradients ~{wgrad * 1e6:.0f} us serial over N "
-                    f"({_cdiv(c, p.BCW)} programs)")
+        note.append(f"weight gradients ~{wgrad * 1e6:.0f} us: {ws} sample slice(s) of {wsn}, "
+                    f"{wprog} programs")
     t += launches * LAUNCH_US * 1e-6
-    note.append(f"FC2 partial-sum loop ~{fc2 * 1e6:.0f} us")
+    note.append(f"partial sums + FC2 ~{fc2 * 1e6:.0f} us per program")
     floor = nbytes / BW
     return dict(backend="triton", path="split" if p.split else "fused", stage=stage, N=n,
                 layout="nhwc" if channels_last else "nchw", direction=direction,
