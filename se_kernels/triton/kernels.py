@@ -2,21 +2,22 @@
 
 Every kernel works on a *sample group* (G consecutive samples, rows n0 .. n0+G-1) and a
 *channel chunk* (channels c_lo .. c_hi-1). The building blocks are four phases, each a
-``@triton.jit`` helper, and five kernels that compose them (see ops.py for which path uses
+``@triton.jit`` helper, and six kernels that compose them (see ops.py for which path uses
 which and why):
 
     forward   _pool_phase       z = squeeze(x); part[n, p, :] = W1[:, chunk] z[n, chunk]
-              _excite_phase     hpre = sum_p part + b1; gpre = W2[chunk] act(hpre) + b2;
+              _excite_phase     hpre = sum_p part + b1 (once per program, act(hpre) kept in
+                                scratch hs); gpre = W2[chunk] act(hpre) + b2;
                                 y = gate(gpre) x [relu(y + residual)]
     backward  _reduce_phase     ds = sum_hw g x (tie counts for max); dpre = ds gate'(gpre);
                                 dpart[n, p, :] = dpre[n, chunk] W2[chunk]; dres = g
               _write_phase      dhpre = act'(hpre) sum_p dpart; dz = dhpre W1[:, chunk] / HW
                                 (or / ties); dx = g s + dz [on the maxima], g read back
                                 from dres when the residual was fused
-              _wgrad_phase      dW2, db2, dW1, db1 for a block of channels, summed over a
-                                slice of the batch in a fixed order; the slices' partial
-                                sums added in slice order by se_bwd_wsum_kernel
-                                (deterministic, no atomics)
+              _wgrad_phase      dW2, db2, dW1, db1 for a block of channels x hidden units,
+                                summed over a slice of the batch in a fixed order; the
+                                slices' partial sums added in slice order by
+                                se_bwd_wsum_kernel (deterministic, no atomics)
 
 g is dy, masked by y > 0 when the residual tail was fused. Each weight tile a phase touches
 is loaded once per sample group: the FCs run as [G, J, K] broadcast products, so a program
@@ -504,9 +505,9 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
 
 # ---- kernels --------------------------------------------------------------------------------
 # Pointer arguments, shapes: x, res, y, dy, dx, dres (N, C, H, W) NCHW or NHWC; w1, dw1 (CR, C);
-# w2, dw2 (C, CR); b1, db1 (CR,); b2, db2 (C,); z, gpre, dpre, cnt (N, C) ACC; hpre (N, CR)
-# ACC; part, dpart (N, P, CR) ACC. Absent optional tensors are passed as a dummy pointer with
-# their HAS_* flag False.
+# w2, dw2 (C, CR); b1, db1 (CR,); b2, db2 (C,); z, gpre, dpre, cnt, dzs (N, C) ACC; hpre
+# (N, CR) ACC; part, dpart, hs, dhs (N, P, CR) ACC; pw (WS, 2*C*CR + CR + C) ACC (a dummy when
+# WS == 1). Absent optional tensors are passed as a dummy pointer with their HAS_* flag False.
 
 
 @triton.jit
