@@ -249,7 +249,7 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
         cs = c0 + tl.arange(0, BC2)
         cm = cs < c_hi
         acc = tl.zeros([G_PAD, BC2], ACC)
-        for j0 in range(0, CR, BJ2):
+        for j0 in tl.range(0, CR, BJ2, num_stages=2):  # next W tile in flight
             js = j0 + tl.arange(0, BJ2)
             jm = js < CR
             h = tl.load(hs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
@@ -390,7 +390,7 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
         gc = gm[:, None] & cm[None, :]
         rows = gs[:, None] * C + cs[None, :]                # int32; + row0 (int64) below
         acc = tl.zeros([G_PAD, BC2], ACC)
-        for j0 in range(0, CR, BJ2):
+        for j0 in tl.range(0, CR, BJ2, num_stages=2):  # next W tile in flight
             js = j0 + tl.arange(0, BJ2)
             jm = js < CR
             dh = tl.load(dhs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
