@@ -19,7 +19,7 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    HW split is not done: N = 1 with few huge channels still runs as few programs).
 3. Tiles. The activation tile [BC channels, BHW pixels] has ~TILE = 4096 elements (16 per
    thread at 8 warps), its long side along the contiguous dimension (pixels in NCHW, up to
-   1024; channels in NHWC, up to 128). The FC broadcast products [G, BJ, BK], [G, BJ2, BC2]
+   1024, the power of two >= 128 that pads HW least; channels in NHWC, up to 128). The FC broadcast products [G, BJ, BK], [G, BJ2, BC2]
    (BJ2 >= 16, sized apart from the activation tile), the partial-sum reductions
    [G, P_PAD, BJH] and the weight-gradient products [BN, BCW, BJW] are capped at
    FC_TILE = 4096 elements,
@@ -212,6 +212,15 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
         bhw = max(1, min(hw_pow2, dev.tile // bc))
     else:
         bhw = min(hw_pow2, 1024 if not dev.interpret else dev.tile)
+        if not dev.interpret:
+            # the pixel tile that pads HW least (ties: the longer), rows >= 128 pixels and
+            # long enough that the chunk's channels still fill the tile: HW = 3136 -> 128
+            # (2 % idle lanes, was 23 % at 1024), 784 -> 128 (7 tiles, so the pixel loop
+            # has tiles to pipeline; was one tile of 1024), where the chunk has >= 32
+            # channels
+            shortest = max(128, dev.tile // chunk_pow2)
+            cands = [b for b in (1024, 512, 256, 128) if shortest <= b <= bhw] or [bhw]
+            bhw = min(cands, key=lambda b: (_cdiv(hw, b) * b, -b))
         bc = max(1, min(chunk_pow2, dev.tile // bhw))
     g_pad = _pow2(g)
     bc = max(1, min(bc, dev.fc_tile // g_pad))  # the [G, BC] gate tile of the FC2 phase
