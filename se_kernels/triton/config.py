@@ -19,13 +19,14 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    HW split is not done: N = 1 with few huge channels still runs as few programs).
 3. Tiles. The activation tile [BC channels, BHW pixels] has ~TILE = 4096 elements (16 per
    thread at 8 warps), its long side along the contiguous dimension (pixels in NCHW, up to
-   1024, the power of two >= 128 that pads HW least; channels in NHWC, up to 128). The FC broadcast products [G, BJ, BK], [G, BJ2, BC2]
-   (BJ2 >= 16, sized apart from the activation tile), the partial-sum reductions
-   [G, P_PAD, BJH] and the weight-gradient products [BN, BCW, BJW] are capped at
-   FC_TILE = 4096 elements,
-   so that they stay in registers. Weight-gradient programs own a block of BCW >= 16
-   channels x BJW hidden units of one of WS sample slices; WS gives ~4 programs per SM,
-   slices of >= BN samples, and partial sums moving at most 1/4 of the activation bytes. num_warps: 8 for full activation tiles, 4 for small ones.
+   1024, the power of two >= 128 that pads HW least; channels in NHWC, up to 128). The FC
+   broadcast products [G, BJ, BK], [G, BJ2, BC2] (BJ2 >= 16, sized apart from the
+   activation tile), the partial-sum reductions [G, P_PAD, BJH] and the weight-gradient
+   products [BN, BCW, BJW] are capped at FC_TILE = 4096 elements, so that they stay in
+   registers. Weight-gradient programs own a block of BCW >= 16 channels x BJW hidden units
+   of one of WS sample slices; WS gives ~4 programs per SM, slices of >= BN samples, and
+   partial sums moving at most 1/4 of the activation bytes. num_warps: 8 for full
+   activation tiles, 4 for small ones.
 4. 64-bit safety: the activation tile is shrunk, for tensors of ~2^31 elements per sample,
    so that the kernels' int32 in-tile offsets cannot wrap (_int32_tiles); tile bases are
    int64 in the kernels.

@@ -233,8 +233,8 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     w1, w2 = w1.contiguous(), w2.contiguous()
     z, hpre, gpre = z.contiguous(), hpre.contiguous(), gpre.contiguous()
     hw = h * w
-    plan, reduce, finish, nw, (ws, wsn), wsum = _backward_config(n, c, hw, cr, x.element_size(), cl,
-                                                device_of(x), squeeze, act, gate, has_res)
+    plan, reduce, finish, nw, (ws, wsn), wsum = _backward_config(
+        n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate, has_res)
     dpre = x.new_empty((n, c), dtype=acc)               # dL/dgpre
     cnt = x.new_empty((n, c) if squeeze == 1 else (1,), dtype=acc)   # tie counts (max)
     dpart = x.new_empty((n, plan.P, cr), dtype=acc)     # FC2-backward shares per chunk
