@@ -40,7 +40,7 @@ the interpreter runs exactly the configurations the heuristic gives.
 
 Plans are cached by their shape key (make_plan's arguments; not while a test forces fields).
 
-The numbers (TILE, FC_TILE, the weight rule, the 1/4 cap, one wave) are first guesses, to be
+The numbers (TILE, FC_TILE, the weight rule, the 1/4 cap, 4 per SM) are first guesses, to be
 measured on an H100 (docs/perf-notes.md, "Triton backend").
 """
 
