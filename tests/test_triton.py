@@ -38,10 +38,10 @@ LAYOUTS = ("contiguous", "channels_last", "strided")
 # group, channel chunks, weight-gradient sample blocks) runs more than once.
 PATHS = {
     "auto": {},
-    "split": dict(split=True, G=4, chunk=32, BC=32, BHW=128, BJ=4, BK=16, BJ2=4, BCW=32,
-                  BN=4, BJW=4),
-    "fused-g2": dict(split=False, G=2, BC=32, BHW=64, BJ=4, BK=32, BJ2=4, BCW=64, BN=4,
-                     BJW=8),
+    "split": dict(split=True, G=4, chunk=32, BC=32, BHW=128, BJ=4, BK=16, BJH=2, BJ2=4,
+                  BC2=8, BCW=32, BN=2, BJW=4, WS=3),
+    "fused-g2": dict(split=False, G=2, BC=32, BHW=64, BJ=4, BK=32, BJH=4, BJ2=2, BC2=16,
+                     BCW=64, BN=4, BJW=8),
 }
 
 
@@ -193,11 +193,16 @@ def test_plan_is_consistent(n, c, hw, cr, channels_last):
     p = config.make_plan(n, c, hw, cr, 2, channels_last, H100)
     assert 1 <= p.G <= 16 and p.P * p.chunk >= c > (p.P - 1) * p.chunk
     assert p.split == (p.P > 1)
-    for v in (p.BC, p.BHW, p.BJ, p.BK, p.BJ2, p.BCW, p.BN, p.BJW):
+    for v in (p.BC, p.BHW, p.BJ, p.BK, p.BJH, p.BJ2, p.BC2, p.BCW, p.BN, p.BJW):
         assert v >= 1 and v & (v - 1) == 0, p
     assert p.BC * p.BHW <= H100.tile
-    assert p.G_PAD * p.BJ * p.BK <= H100.fc_tile and p.G_PAD * p.BJ2 * p.BC <= H100.fc_tile
-    assert p.BN * p.BCW * p.BJW <= H100.fc_tile
+    assert p.G_PAD * p.BJ * p.BK <= H100.fc_tile and p.G_PAD * p.BJ2 * p.BC2 <= H100.fc_tile
+    assert p.G_PAD * p.P_PAD * p.BJH <= H100.fc_tile
+    assert p.BN * p.BCW * p.BJW <= H100.fc_tile and p.BN * p.P_PAD * p.BJW <= H100.fc_tile
+    # FC2 rows of W2 are read in whole 32-byte sectors (issue 13, item 3)
+    assert p.BJ2 >= min(16, cr)
+    ws, wsn = p.wslices(n)
+    assert 1 <= ws <= max(1, p.WS) and (ws - 1) * wsn < n <= ws * wsn
     # weights never cost more than the activations, unless capped by G <= 16 or by N
     assert 2 * c * cr <= p.G * c * hw or p.G == 16 or p.G >= n
 
@@ -208,7 +213,20 @@ def test_plan_conv5_amortises_weights():
     p = config.make_plan(256, 2048, 49, 128, 2, True, H100)
     assert p.G == 8 and p.split and p.P > 1
     p = config.make_plan(256, 256, 3136, 16, 2, True, H100)
-    assert p.G == 1 and not p.split
+    assert p.G == 1
+
+
+@pytest.mark.parametrize("n,c,hw,cr,channels_last,programs", [
+    (256, 256, 3136, 16, True, 512),    # conv2_x, N = 256: split, no longer 256 programs
+    (256, 256, 3136, 16, False, 512),
+    (64, 2048, 1, 128, True, 16),       # HW = 1: |W| / G counted in the P cap (was 4)
+    (1, 256, 3136, 16, False, 64),      # NCHW chunks of < 8 channels where rows are >= 4 KB
+    (1, 8, 4096 * 4096, 1, False, 8),   # chunks of 1 channel (was 1 program)
+])
+def test_plan_fills_the_device(n, c, hw, cr, channels_last, programs):
+    """Issue 13, item 4: ~4 programs per SM where the shape allows it."""
+    p = config.make_plan(n, c, hw, cr, 2, channels_last, H100)
+    assert p.groups(n) * p.P >= programs, p
 
 
 # ---- torch.library: opcheck and torch.compile -----------------------------------------------

@@ -128,6 +128,35 @@ def _variant(kernel, grid, args, kwargs):
 
 # ---- compiling ----------------------------------------------------------------------------
 
+_LD = re.compile(r"^\s*(?:@%p\d+\s+)?ld\.global\S*?(?:\.v(\d))?\.[bsuf](\d+)\s")
+_ST = re.compile(r"^\s*(?:@%p\d+\s+)?st\.global\S*?(?:\.v(\d))?\.[bsuf](\d+)\s")
+_CP = re.compile(r"^\s*(?:@%p\d+\s+)?cp\.async\.c[ag]\.shared\.global[^;]*?,\s*(0x[0-9a-fA-F]+|\d+)\s*(?:,|;)")
+
+
+def ptx_stats(ptx: str) -> dict:
+    """Static memory-instruction counts of a kernel's PTX: cp.async copies (the software
+    pipeline's global -> shared loads) by bytes, and ld.global / st.global by access width in
+    bytes (vector count x element bits / 8; 16 = a 128-bit vector access). Static counts,
+    not executed ones: a loop body counts once."""
+    cp, ld, st = {}, {}, {}
+    for line in ptx.splitlines():
+        m = _CP.match(line)
+        if m:
+            size = int(m.group(1), 0)
+            cp[size] = cp.get(size, 0) + 1
+            continue
+        for pat, d in ((_LD, ld), (_ST, st)):
+            m = pat.match(line)
+            if m:
+                width = int(m.group(1) or 1) * int(m.group(2)) // 8
+                d[width] = d.get(width, 0) + 1
+    return dict(cp_async=sum(cp.values()), cp_async_bytes=cp, ld_global=ld, st_global=st)
+
+
+def _widths(d: dict) -> str:
+    """{16: 3, 2: 5} -> '16B:3 2B:5' (widest first)."""
+    return " ".join(f"{w}B:{n}" for w, n in sorted(d.items(), reverse=True)) or "-"
+
 def _ptxas():
     p = os.environ.get("TRITON_PTXAS_PATH")
     if p:
@@ -155,6 +184,7 @@ def _compile(job):
         return out
     out["secs"] = round(time.time() - t0, 2)
     out["shared"] = cc.metadata.shared
+    out.update(ptx_stats(cc.asm["ptx"]))
     with tempfile.TemporaryDirectory() as d:
         ptx = Path(d) / "k.ptx"
         ptx.write_text(cc.asm["ptx"])
@@ -284,7 +314,8 @@ def main():
     bad = spills = big_spills = 0
     hdr = (f"{'arch':>5} {'kernel':<22} {'dt':<5} {'L':<1} {'G':>2} {'BC':>4} {'BHW':>5} "
            f"{'BJ':>3} {'BK':>4} {'BJ2':>4} {'BCW':>4} {'BN':>3} {'BJW':>3} {'w':>2} "
-           f"{'opts':<11} {'regs':>4} {'spill':>9} {'smem':>6} {'s':>5}")
+           f"{'opts':<11} {'regs':>4} {'spill':>9} {'smem':>6} {'cp.async':>8} "
+           f"{'ld.global by width':<22} {'s':>5}")
     print(hdr)
     for r in sorted(results, key=lambda r: (r["arch"], r["kernel"], -(r.get("regs") or 999))):
         k = r["constexprs"]
@@ -305,7 +336,8 @@ def main():
               f"{k.get('BJ', '-'):>3} {k.get('BK', '-'):>4} {k.get('BJ2', '-'):>4} "
               f"{k.get('BCW', '-'):>4} {k.get('BN', '-'):>3} {k.get('BJW', '-'):>3} "
               f"{r['num_warps']:>2} {opts:<11} {r['regs']:>4} {spill:>9} {r['shared']:>6} "
-              f"{r['secs']:>5}{'  SMEM>MAX' if over else ''}")
+              f"{_widths(r['cp_async_bytes']) if r['cp_async'] else '0':>8} "
+              f"{_widths(r['ld_global']):<22} {r['secs']:>5}{'  SMEM>MAX' if over else ''}")
     tot = sum(r.get("secs", 0) for r in results)
     print(f"{len(results)} variants: {bad} failed to compile or need too much shared memory; "
           f"{spills} spill registers, {big_spills} more than {a.max_spill} bytes; compile time "

@@ -7,17 +7,29 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    sample's slab C*H*W*elem (weights never cost more than the activations they rescale: the
    conv5_x trap of DESIGN.md section 3), capped at 16 and at N.
 2. Fused or split. With cdiv(N, G) sample groups, one program per group (the fused path, one
-   forward launch) is used when the groups fill the device (>= one program per SM). Below
-   that, each group's channels are split into P chunks (the split path, two forward
-   launches), P chosen to give ~2 programs per SM. The split path's launch 2 sums the P
-   partial FC1 results per sample (P*Cr values, read by each of the P programs), so P is
-   capped where those re-reads reach ~1/4 of the activation bytes: P^2 * Cr * 4 <= slab / 4.
+   forward launch) is used when the groups fill the device (>= 4 programs per SM on a GPU:
+   at large N the resident slabs exceed L2 anyway, so fusing saves no bytes and more
+   programs keep more loads in flight). Below that, each group's channels are split into P
+   chunks (the split path, two forward launches), P chosen to give ~4 programs per SM. The
+   split path's launch 2 sums the P partial FC1 results per sample (P*Cr values, read by
+   each of the P programs), so P is capped where those re-reads reach ~1/4 of the bytes a
+   sample costs, its slab plus its share of the weights: P^2 * Cr * 4 <= (slab + |W|/G) / 4.
+   NCHW chunks go down to 1 channel where one channel's row is >= 4 KB (NHWC: 16 channels,
+   32-byte rows). The pixels of one sample are not split across programs (issue 13 item 4's
+   HW split is not done: N = 1 with few huge channels still runs as few programs).
 3. Tiles. The activation tile [BC channels, BHW pixels] has ~TILE = 4096 elements (16 per
    thread at 8 warps), its long side along the contiguous dimension (pixels in NCHW, up to
-   1024; channels in NHWC, up to 128). The FC broadcast products [G, BJ, BK], [G, BJ2, BC]
-   and the weight-gradient products [BN, BCW, BJW] are capped at FC_TILE = 4096 elements,
-   so that they stay in registers. Weight-gradient programs own BCW >= 16 channels each,
-   ~2 programs per SM. num_warps: 8 for full activation tiles, 4 for small ones.
+   1024, the power of two >= 128 that pads HW least; channels in NHWC, up to 128). The FC
+   broadcast products [G, BJ, BK], [G, BJ2, BC2] (BJ2 >= 16, sized apart from the
+   activation tile), the partial-sum reductions [G, P_PAD, BJH] and the weight-gradient
+   products [BN, BCW, BJW] are capped at FC_TILE = 4096 elements, so that they stay in
+   registers. Weight-gradient programs own a block of BCW >= 16 channels x BJW hidden units
+   of one of WS sample slices; WS gives ~4 programs per SM, slices of >= BN samples, and
+   partial sums moving at most 1/4 of the activation bytes. num_warps: 8 for full
+   activation tiles, 4 for small ones.
+4. 64-bit safety: the activation tile is shrunk, for tensors of ~2^31 elements per sample,
+   so that the kernels' int32 in-tile offsets cannot wrap (_int32_tiles); tile bases are
+   int64 in the kernels.
 
 On CUDA the device's SM count is read from its properties; under TRITON_INTERPRET=1 (CPU
 tensors) the plan is made for a virtual one-SM device with large tiles and G = 16: the
@@ -26,7 +38,9 @@ nested jit call), so fewer, larger programs are faster. The tests force the othe
 configurations (config.forced) to cover the GPU's paths. Nothing here depends on timing, so
 the interpreter runs exactly the configurations the heuristic gives.
 
-The numbers (TILE, FC_TILE, the weight rule, the 1/4 cap, one wave) are first guesses, to be
+Plans are cached by their shape key (make_plan's arguments; not while a test forces fields).
+
+The numbers (TILE, FC_TILE, the weight rule, the 1/4 cap, 4 per SM) are first guesses, to be
 measured on an H100 (docs/perf-notes.md, "Triton backend").
 """
 
@@ -35,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -87,38 +102,76 @@ class Plan:
     BHW: int           # activation tile: pixels
     BJ: int            # FC1 / FC2-backward tile: hidden units  ([G, BJ, BK])
     BK: int            # FC1 / FC2-backward tile: channels
-    BJ2: int           # FC2 / FC1-backward tile: hidden units  ([G, BJ2, BC])
+    BJH: int           # hidden units per step of the partial-sum reduction ([G, P_PAD, BJH])
+    BJ2: int           # FC2 / FC1-backward tile: hidden units  ([G, BJ2, BC2]), >= 16 or Cr
+    BC2: int           # FC2 / FC1-backward tile: channels
     BCW: int           # weight-gradient programs: channels per program
     BN: int            # weight-gradient tile: samples ([BN, BCW, BJW])
     BJW: int           # weight-gradient tile: hidden units
+    WS: int            # weight-gradient sample slices (partial sums, then a fixed-order sum)
     num_warps: int
 
     @property
     def G_PAD(self) -> int:
         return _pow2(self.G)
 
+    @property
+    def P_PAD(self) -> int:
+        return _pow2(self.P)
+
     def groups(self, n: int) -> int:
         return _cdiv(n, self.G)
 
+    def wslices(self, n: int) -> tuple[int, int]:
+        """(slices, samples per slice) of the weight gradients: WS capped by N."""
+        wsn = _cdiv(max(n, 1), max(1, min(self.WS, n)))
+        return _cdiv(max(n, 1), wsn), wsn
 
-_FORCED: dict | None = None
+
+class _ForcedState:
+    fields: dict | None = None
+
+
+_FORCED_STATE = _ForcedState()   # read by ops.py's launch-configuration cache
 
 
 @contextlib.contextmanager
 def forced(**fields):
     """Test hook: override fields of every Plan made inside the block, e.g.
     ``forced(split=True, chunk=16, BHW=32)`` (P follows from chunk; any block sizes work,
-    the kernels mask every edge). Not thread-safe."""
-    global _FORCED
-    prev, _FORCED = _FORCED, fields
+    the kernels mask every edge). Plans made inside the block are not cached. Not
+    thread-safe."""
+    prev, _FORCED_STATE.fields = _FORCED_STATE.fields, fields
     try:
         yield
     finally:
-        _FORCED = prev
+        _FORCED_STATE.fields = prev
+
+
+INT32_MAX = 2**31 - 1
+
+
+def _pow2_floor(v: int) -> int:
+    """The largest power of two <= v (1 for v <= 1)."""
+    return 1 if v <= 1 else 1 << (int(v).bit_length() - 1)
 
 
 def make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
               dev: Device) -> Plan:
+    """The plan for one call; cached by its shape key (the arguments), except while a test
+    forces fields (``forced``), so that the host cost per call is a dict lookup."""
+    if _FORCED_STATE.fields or not all(type(v) is int for v in (n, c, hw, cr, elem)):
+        return _make_plan(n, c, hw, cr, elem, channels_last, dev)   # forced, or SymInts
+    return _cached_plan(n, c, hw, cr, elem, channels_last, dev)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_plan(n, c, hw, cr, elem, channels_last, dev):
+    return _make_plan(n, c, hw, cr, elem, channels_last, dev)
+
+
+def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
+               dev: Device) -> Plan:
     slab = max(1, c * hw * elem)
     wbytes = 2 * c * cr * elem
     g = dev.min_group
@@ -127,18 +180,23 @@ def make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
     g = max(1, min(g, _pow2(n)))
     groups = _cdiv(max(n, 1), g)
 
-    min_chunk = 16 if channels_last else 8      # NHWC rows of >= 32 bytes; NCHW rows are HW
+    # NHWC rows of >= 32 bytes; NCHW rows are HW pixels: chunks of 1-2 channels when a
+    # channel's row is >= 4 KB, of up to 8 for short rows
+    min_chunk = 16 if channels_last else min(8, _pow2(_cdiv(4096, max(1, hw * elem))))
+    wave = dev.sms if dev.interpret else 4 * dev.sms   # programs wanted (interpreter: 1 SM)
     c_pow2 = _pow2(c)
-    split = groups < dev.sms
+    split = groups < wave
     chunk = c
     if split:
-        p_target = _cdiv(2 * dev.sms, groups)
-        p_cap = max(1, int((slab / (16 * cr)) ** 0.5))       # P^2 * Cr * 4 <= slab / 4
+        p_target = _cdiv(wave, groups)
+        # P^2 * Cr * 4 <= (slab + |W| / G) / 4
+        p_cap = max(1, int(((slab + wbytes / g) / (16 * cr)) ** 0.5))
         p_want = max(1, min(p_target, p_cap))
         chunk = min(c_pow2, max(min_chunk, _pow2(_cdiv(c, p_want))))
         if chunk >= c:
             split, chunk = False, c
 
+    _FORCED = _FORCED_STATE.fields
     if _FORCED:
         split = _FORCED.get("split", split)
         g = _FORCED.get("G", g)
@@ -155,25 +213,70 @@ def make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
         bhw = max(1, min(hw_pow2, dev.tile // bc))
     else:
         bhw = min(hw_pow2, 1024 if not dev.interpret else dev.tile)
+        if not dev.interpret:
+            # the pixel tile that pads HW least (ties: the longer), rows >= 128 pixels and
+            # long enough that the chunk's channels still fill the tile: HW = 3136 -> 128
+            # (2 % idle lanes, was 23 % at 1024), 784 -> 128 (7 tiles, so the pixel loop
+            # has tiles to pipeline; was one tile of 1024), where the chunk has >= 32
+            # channels
+            shortest = max(128, dev.tile // chunk_pow2)
+            cands = [b for b in (1024, 512, 256, 128) if shortest <= b <= bhw] or [bhw]
+            bhw = min(cands, key=lambda b: (_cdiv(hw, b) * b, -b))
         bc = max(1, min(chunk_pow2, dev.tile // bhw))
     g_pad = _pow2(g)
     bc = max(1, min(bc, dev.fc_tile // g_pad))  # the [G, BC] gate tile of the FC2 phase
     cr_pow2 = _pow2(cr)
     bj = min(cr_pow2, 32 if not dev.interpret else 256)
     bk = max(1, min(chunk_pow2, dev.fc_tile // (g_pad * bj)))
-    bj2 = max(1, min(cr_pow2, dev.fc_tile // (g_pad * bc)))
+    # The partial sums (P shares of FC1 / the FC2 backward per sample) are reduced once per
+    # program in [G, P_PAD, BJH] tiles; the FC2 (and FC1-backward) products [G, BJ2, BC2]
+    # are sized apart from the activation tile: a square-ish split of the FC budget with
+    # BJ2 >= 16, so that each W2 row segment is >= 32 bytes (a whole sector in bf16).
+    p_pad = _pow2(p)
+    bjh = max(1, min(cr_pow2, dev.fc_tile // (g_pad * p_pad)))
+    side = _pow2_floor(max(1, math.isqrt(dev.fc_tile // g_pad)))
+    bj2 = min(cr_pow2, max(16, side))
+    bc2 = max(1, min(chunk_pow2, dev.fc_tile // (g_pad * bj2)))
     # weight gradients: ~2 programs per SM over C, each at least 16 channels
     bcw = min(c_pow2, max(16, _pow2(_cdiv(c, 2 * dev.sms))))
     bjw = min(cr_pow2, 32 if not dev.interpret else 256)
-    bn = max(1, min(_pow2(max(n, 1)), dev.fc_tile // (bcw * bjw)))
+    bn = max(1, min(_pow2(max(n, 1)), dev.fc_tile // (bcw * bjw),
+                    dev.fc_tile // (p_pad * bjw)))
+    # Weight gradients over WS sample slices (issue 13, item 5), a program per (channel
+    # block, hidden block, slice): ~4 programs per SM, each
+    # slice >= BN samples, and the partial sums' traffic (written and read once, fp32,
+    # 8 * WS * |W| elements' bytes) at most 1/4 of the activation bytes.
+    nw = _cdiv(c, bcw) * _cdiv(cr, bjw)       # (channel block, hidden block) programs
+    wlen = 2 * c * cr + cr + c
+    ws = min(_cdiv(4 * dev.sms, nw), _cdiv(max(n, 1), bn),
+             max(1, (max(n, 1) * slab) // (32 * wlen)))
+    ws = max(1, ws)
     warps = 8 if bc * bhw >= 4096 else 4
 
-    plan = Plan(split=split, G=g, chunk=chunk, P=p, BC=bc, BHW=bhw, BJ=bj, BK=bk, BJ2=bj2,
-                BCW=bcw, BN=bn, BJW=bjw, num_warps=warps)
+    plan = Plan(split=split, G=g, chunk=chunk, P=p, BC=bc, BHW=bhw, BJ=bj, BK=bk, BJH=bjh,
+                BJ2=bj2, BC2=bc2, BCW=bcw, BN=bn, BJW=bjw, WS=ws, num_warps=warps)
     if _FORCED:
-        tiles = {k: v for k, v in _FORCED.items() if k in ("BC", "BHW", "BJ", "BK", "BJ2",
-                                                           "BCW", "BN", "BJW", "num_warps")}
+        tiles = {k: v for k, v in _FORCED.items() if k in ("BC", "BHW", "BJ", "BK", "BJH", "BJ2",
+                                                           "BC2", "BCW", "BN", "BJW",
+                                                           "WS", "num_warps")}
         plan = dataclasses.replace(plan, **tiles)
         if "num_warps" not in tiles:  # the same rule for forced tiles as for the heuristic's
             plan = dataclasses.replace(plan, num_warps=8 if plan.BC * plan.BHW >= 4096 else 4)
+    return _int32_tiles(plan, c, hw, channels_last)
+
+
+def _int32_tiles(plan: Plan, c: int, hw: int, channels_last: bool) -> Plan:
+    """Shrinks the activation tile so that the int32 offsets inside it (kernels.py,
+    "addressing") and the per-tile pointer step BHW * SH stay below 2^31: NHWC offsets reach
+    (BC - 1) + (BHW - 1) * C and the step is BHW * C; NCHW offsets reach (BC - 1) * HW +
+    BHW - 1 with BHW < 2 HW, below (BC + 1) * HW. Only tensors of ~2^31 elements per
+    sample reach these caps; the tile bases are int64 either way."""
+    if channels_last:
+        bhw = min(plan.BHW, _pow2_floor(INT32_MAX // max(c, 1) - 1))
+        bc = plan.BC
+    else:
+        bhw = plan.BHW
+        bc = min(plan.BC, _pow2_floor(INT32_MAX // max(hw, 1) - 1))
+    if (bc, bhw) != (plan.BC, plan.BHW):
+        plan = dataclasses.replace(plan, BC=max(1, bc), BHW=max(1, bhw))
     return plan

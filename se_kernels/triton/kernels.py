@@ -2,18 +2,22 @@
 
 Every kernel works on a *sample group* (G consecutive samples, rows n0 .. n0+G-1) and a
 *channel chunk* (channels c_lo .. c_hi-1). The building blocks are four phases, each a
-``@triton.jit`` helper, and five kernels that compose them (see ops.py for which path uses
+``@triton.jit`` helper, and six kernels that compose them (see ops.py for which path uses
 which and why):
 
     forward   _pool_phase       z = squeeze(x); part[n, p, :] = W1[:, chunk] z[n, chunk]
-              _excite_phase     hpre = sum_p part + b1; gpre = W2[chunk] act(hpre) + b2;
+              _excite_phase     hpre = sum_p part + b1 (once per program, act(hpre) kept in
+                                scratch hs); gpre = W2[chunk] act(hpre) + b2;
                                 y = gate(gpre) x [relu(y + residual)]
     backward  _reduce_phase     ds = sum_hw g x (tie counts for max); dpre = ds gate'(gpre);
-                                dpart[n, p, :] = dpre[n, chunk] W2[chunk]
+                                dpart[n, p, :] = dpre[n, chunk] W2[chunk]; dres = g
               _write_phase      dhpre = act'(hpre) sum_p dpart; dz = dhpre W1[:, chunk] / HW
-                                (or / ties); dx = g s + dz [on the maxima]; dres = g
-              _wgrad_phase      dW2, db2, dW1, db1 for a block of channels, summed over the
-                                whole batch in a fixed order (deterministic, no atomics)
+                                (or / ties); dx = g s + dz [on the maxima], g read back
+                                from dres when the residual was fused
+              _wgrad_phase      dW2, db2, dW1, db1 for a block of channels x hidden units,
+                                summed over a slice of the batch in a fixed order; the
+                                slices' partial sums added in slice order by
+                                se_bwd_wsum_kernel (deterministic, no atomics)
 
 g is dy, masked by y > 0 when the residual tail was fused. Each weight tile a phase touches
 is loaded once per sample group: the FCs run as [G, J, K] broadcast products, so a program
@@ -23,10 +27,12 @@ fp32 must stay fp32 (no tf32), and float64 works the same way.
 
 Tensors are addressed from their shapes: x, residual, y, dy, dx, dres are (N, C, H, W),
 contiguous (NCHW, CHANNELS_LAST=False) or channels_last (NHWC, CHANNELS_LAST=True), read in
-place; the per-sample base offset is int64. z, hpre, gpre, part, dpre, cnt, dpart are
-row-major scratch/outputs in the accumulation type ACC (float32; float64 for float64 x), which
-every kernel takes from z's element type. Python float literals are float32 in Triton, so the
-maths below divides by small exact integers instead of multiplying by fractions.
+place; every tile's base offset is int64 and only the offsets inside a tile are int32 (see
+"addressing" below), so tensors of >= 2^31 elements are addressed correctly. z, hpre, gpre,
+part, dpre, cnt, dpart are row-major scratch/outputs in the accumulation type ACC (float32;
+float64 for float64 x), which every kernel takes from z's element type. Python float
+literals are float32 in Triton, so the maths below divides by small exact integers instead
+of multiplying by fractions.
 
 Option codes (constexpr): SQUEEZE 0 avg, 1 max; ACT 0 relu, 1 silu, 2 hardswish, 3 relu6,
 4 gelu (exact, erf), 5 gelu_tanh; GATE 0 sigmoid,
@@ -36,6 +42,12 @@ conventions and cancellation-free derivatives these follow.
 
 import triton
 import triton.language as tl
+
+# Software pipelining depth of the pixel loops: Triton (3.6+) pipelines a loop without
+# tl.dot only when the loop sets num_stages; the loads of the next two tiles are then in
+# flight (cp.async into shared memory on sm_80+) while the current one is reduced or
+# rescaled. tools/compile_triton_kernels.py reports the cp.async count per variant.
+_STAGES = tl.constexpr(3)
 
 # ---- scalar maths (elementwise on tensors of ACC) --------------------------------------------
 # Leaf functions (no nested @triton.jit calls) and none inside the per-tile loops: the
@@ -128,17 +140,44 @@ def _gate_backward(v, g, GATE: tl.constexpr):
 
 
 # ---- addressing -----------------------------------------------------------------------------
+# 64-bit safety: an activation tensor can hold >= 2^31 elements per sample (N = 1, C = 64,
+# 5800 x 5800) and N * C can reach 2^31, while Triton's index arithmetic is int32 (the
+# shapes are passed as i32). So every tile's base is an int64 element offset t (a scalar:
+# _act_offset once per sample x channel block, then t += BHW * SH per pixel tile;
+# _row_offset for scratch rows), and only the offsets *inside* a tile are int32:
+# arange(BC) * SC + arange(BHW) * SH, bounded by BC * HW (NCHW) or BHW * C (NHWC), which
+# config.make_plan keeps below 2^31. The tile's offsets are formed as t + (int32 offsets)
+# once per tile and shared by every tensor of that layout: forming ptr + t + offsets per
+# tensor instead cost the NCHW fp32 backward ~1.5 KB of register spills (sm_90).
 
 
 @triton.jit
-def _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR):
-    """sum_p part[n0 + gs, p, js] -> [G_PAD, BJ]; part: (N, P, CR), summed in p order."""
-    m = gm[:, None] & jm[None, :]
-    rows = (n0 + gs)[:, None] * P
-    acc = tl.load(part_ptr + rows * CR + js[None, :], mask=m, other=0.0)
-    for q in range(1, P):
-        acc += tl.load(part_ptr + (rows + q) * CR + js[None, :], mask=m, other=0.0)
-    return acc
+def _act_offset(n, c0, C, HW, CHANNELS_LAST: tl.constexpr):
+    """int64 element offset of x[n, c0, 0, 0], x NCHW- or NHWC-contiguous. The pixel loops
+    then step the tile pointer by BHW * SH (< 2^31, config.make_plan) per tile."""
+    n64 = tl.cast(n, tl.int64)
+    if CHANNELS_LAST:
+        return n64 * HW * C + c0
+    else:
+        return (n64 * C + c0) * HW
+
+
+@triton.jit
+def _row_offset(n, R):
+    """int64 element offset of row n of a row-major (N, R) scratch/output tensor."""
+    return tl.cast(n, tl.int64) * R
+
+
+@triton.jit
+def _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR, P_PAD: tl.constexpr):
+    """sum_p part[n0 + gs, p, js] -> [G_PAD, BJ]; part: (N, P, CR). One [G_PAD, P_PAD, BJ]
+    tile load and a tl.sum over p (a fixed reduction order, so deterministic), not P
+    dependent loads."""
+    ps = tl.arange(0, P_PAD)
+    m = gm[:, None, None] & (ps < P)[None, :, None] & jm[None, None, :]
+    off = (gs[:, None, None] * P + ps[None, :, None]) * CR + js[None, None, :]
+    return tl.sum(tl.load(part_ptr + _row_offset(n0, P * CR) + off, mask=m, other=0.0),
+                  axis=1)
 
 
 # ---- forward phases -------------------------------------------------------------------------
@@ -159,31 +198,31 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         SC = HW
         SH = 1
     g_count = tl.minimum(N - n0, G)
+    zs = z_ptr + _row_offset(n0, C)                         # the group's rows of z
     for g in range(0, g_count):
-        n = n0 + g
-        xs = x_ptr + n.to(tl.int64) * C * HW
         for c0 in range(c_lo, c_hi, BC):
             cs = c0 + tl.arange(0, BC)
             cm = cs < c_hi
+            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
             if SQUEEZE == 1:
                 acc = tl.full([BC, BHW], float("-inf"), ACC)
             else:
                 acc = tl.zeros([BC, BHW], ACC)
-            for hw0 in range(0, HW, BHW):
-                hws = hw0 + tl.arange(0, BHW)
-                m = cm[:, None] & (hws < HW)[None, :]
-                off = cs[:, None] * SC + hws[None, :] * SH
+            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                 if SQUEEZE == 1:  # max that propagates NaN, as torch.amax does
-                    v = tl.load(xs + off, mask=m, other=float("-inf")).to(ACC)
+                    v = tl.load(x_ptr + off, mask=m, other=float("-inf")).to(ACC)
                     acc = tl.where((acc > v) | (acc != acc), acc, v)
                 else:
-                    acc += tl.load(xs + off, mask=m, other=0.0).to(ACC)
+                    acc += tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
+                t += BHW * SH
             if SQUEEZE == 1:
                 nans = tl.sum((acc != acc).to(tl.int32), axis=1)
                 z = tl.where(nans > 0, float("nan"), tl.max(acc, axis=1))
             else:
                 z = tl.sum(acc, axis=1) / HW
-            tl.store(z_ptr + n * C + cs, z, mask=cm)
+            tl.store(zs + g * C + cs, z, mask=cm)
     tl.debug_barrier()  # z is read back below by other threads of this program
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
@@ -194,24 +233,27 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         for k0 in range(c_lo, c_hi, BK):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
-            zt = tl.load(z_ptr + (n0 + gs)[:, None] * C + ks[None, :],
+            zt = tl.load(zs + gs[:, None] * C + ks[None, :],
                          mask=gm[:, None] & km[None, :], other=0.0)                # [G, BK]
             wt = tl.load(w1_ptr + js[:, None] * C + ks[None, :],
                          mask=jm[:, None] & km[None, :], other=0.0).to(ACC)        # [BJ, BK]
             acc1 += tl.sum(zt[:, None, :] * wt[None, :, :], axis=2)
-        tl.store(part_ptr + ((n0 + gs)[:, None] * P + p) * CR + js[None, :], acc1,
-                 mask=gm[:, None] & jm[None, :])
+        tl.store(part_ptr + _row_offset(n0, P * CR) + (gs[:, None] * P + p) * CR + js[None, :],
+                 acc1, mask=gm[:, None] & jm[None, :])
 
 
 @triton.jit
 def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
-                  n0, p, c_lo, c_hi, N, C, HW, CR, P,
-                  G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
-                  BJ: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
-                  HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_RES: tl.constexpr,
-                  CHANNELS_LAST: tl.constexpr):
+                  hs_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                  G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
+                  BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
+                  ACT: tl.constexpr, GATE: tl.constexpr, HAS_B1: tl.constexpr,
+                  HAS_B2: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """hpre (stored by the chunk-0 program), gpre for the chunk, and y for the chunk's
-    channels of the group's samples."""
+    channels of the group's samples. Three steps, each once per program: (a) act(hpre) for
+    the group from [G_PAD, P_PAD, BJH] tiles of part, into this program's rows of hs
+    (N, P, CR); (b) gpre for the chunk in [G_PAD, BJ2, BC2] FC2 sub-tiles (BJ2 >= 16: whole
+    sectors of W2 rows), stored; (c) the rescale, its gate read back from gpre."""
     ACC = hpre_ptr.dtype.element_ty
     if CHANNELS_LAST:
         SC = 1
@@ -222,47 +264,55 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
     g_count = tl.minimum(N - n0, G)
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
-    if p == 0:
-        for j0 in range(0, CR, BJ):
-            js = j0 + tl.arange(0, BJ)
-            jm = js < CR
-            h = _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR)
-            if HAS_B1:
-                h += tl.load(b1_ptr + js, mask=jm, other=0.0).to(ACC)[None, :]
-            tl.store(hpre_ptr + (n0 + gs)[:, None] * CR + js[None, :], h,
-                     mask=gm[:, None] & jm[None, :])
-    for c0 in range(c_lo, c_hi, BC):
-        cs = c0 + tl.arange(0, BC)
+    hrow = _row_offset(n0, P * CR) + (gs[:, None] * P + p) * CR     # this program's hs rows
+    for j0 in range(0, CR, BJH):
+        js = j0 + tl.arange(0, BJH)
+        jm = js < CR
+        gj = gm[:, None] & jm[None, :]
+        h = _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR, P_PAD)
+        if HAS_B1:
+            h += tl.load(b1_ptr + js, mask=jm, other=0.0).to(ACC)[None, :]
+        if p == 0:
+            tl.store(hpre_ptr + _row_offset(n0, CR) + gs[:, None] * CR + js[None, :], h,
+                     mask=gj)
+        tl.store(hs_ptr + hrow + js[None, :], _act_fwd(h, ACT), mask=gj)
+    tl.debug_barrier()  # hs is read back below by other threads of this program
+    row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
+    for c0 in range(c_lo, c_hi, BC2):
+        cs = c0 + tl.arange(0, BC2)
         cm = cs < c_hi
-        acc = tl.zeros([G_PAD, BC], ACC)
-        for j0 in range(0, CR, BJ):
-            js = j0 + tl.arange(0, BJ)
+        acc = tl.zeros([G_PAD, BC2], ACC)
+        for j0 in tl.range(0, CR, BJ2, num_stages=2):  # next W tile in flight
+            js = j0 + tl.arange(0, BJ2)
             jm = js < CR
-            h = _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR)
-            if HAS_B1:
-                h += tl.load(b1_ptr + js, mask=jm, other=0.0).to(ACC)[None, :]
-            h = _act_fwd(h, ACT)                                                   # [G, BJ]
+            h = tl.load(hs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
+                        other=0.0)                                                 # [G, BJ2]
             wt = tl.load(w2_ptr + cs[None, :] * CR + js[:, None],
-                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ, BC]
+                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ2, BC2]
             acc += tl.sum(h[:, :, None] * wt[None, :, :], axis=1)
         if HAS_B2:
             acc += tl.load(b2_ptr + cs, mask=cm, other=0.0).to(ACC)[None, :]
-        tl.store(gpre_ptr + (n0 + gs)[:, None] * C + cs[None, :], acc,
+        tl.store(gpre_ptr + row0 + gs[:, None] * C + cs[None, :], acc,
                  mask=gm[:, None] & cm[None, :])
-        s = _gate_fwd(acc, GATE)                                                   # [G, BC]
+    tl.debug_barrier()  # gpre is read back below by other threads of this program
+    for c0 in range(c_lo, c_hi, BC):
+        cs = c0 + tl.arange(0, BC)
+        cm = cs < c_hi
+        s = _gate_fwd(tl.load(gpre_ptr + row0 + gs[:, None] * C + cs[None, :],
+                              mask=gm[:, None] & cm[None, :], other=0.0), GATE)   # [G, BC]
         for g in range(0, g_count):
             # row g of s (a select, so that other rows' NaNs stay out)
             s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]
-            base = (n0 + g).to(tl.int64) * C * HW
-            for hw0 in range(0, HW, BHW):
-                hws = hw0 + tl.arange(0, BHW)
-                m = cm[:, None] & (hws < HW)[None, :]
-                off = base + cs[:, None] * SC + hws[None, :] * SH
+            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
+            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                 v = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC) * s_g
                 if HAS_RES:  # relu(y + residual), NaN passing
                     v += tl.load(res_ptr + off, mask=m, other=0.0).to(ACC)
                     v = tl.where(v < 0.0, 0.0, v)
                 tl.store(y_ptr + off, v.to(y_ptr.dtype.element_ty), mask=m)
+                t += BHW * SH
 
 
 # ---- backward phases ------------------------------------------------------------------------
@@ -270,12 +320,14 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
 
 @triton.jit
 def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_ptr, dpart_ptr,
-                  n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                  dres_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
                   G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
                   BJ: tl.constexpr, BK: tl.constexpr, SQUEEZE: tl.constexpr,
                   GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """dpre = (sum_hw g x) gate'(gpre) and the tie counts (max) for the chunk, then the chunk's
-    share of the FC2 backward: dpart[n, p, :] = sum_{c in chunk} dpre[n, c] W2[c, :]."""
+    share of the FC2 backward: dpart[n, p, :] = sum_{c in chunk} dpre[n, c] W2[c, :]. With
+    the residual fused, g (dy masked by y > 0) is also dres, stored here so that the dx
+    phase reads dres instead of dy and y (6|x| of traffic instead of 7|x|)."""
     ACC = z_ptr.dtype.element_ty
     if CHANNELS_LAST:
         SC = 1
@@ -284,32 +336,34 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         SC = HW
         SH = 1
     g_count = tl.minimum(N - n0, G)
+    row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
     for g in range(0, g_count):
-        n = n0 + g
-        base = n.to(tl.int64) * C * HW
         for c0 in range(c_lo, c_hi, BC):
             cs = c0 + tl.arange(0, BC)
             cm = cs < c_hi
             acc = tl.zeros([BC, BHW], ACC)
             ties = tl.zeros([BC, BHW], ACC)
             if SQUEEZE == 1:
-                zc = tl.load(z_ptr + n * C + cs, mask=cm, other=0.0)[:, None]
-            for hw0 in range(0, HW, BHW):
-                hws = hw0 + tl.arange(0, BHW)
-                m = cm[:, None] & (hws < HW)[None, :]
-                off = base + cs[:, None] * SC + hws[None, :] * SH
+                zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
+            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
+            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                 xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
                 gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
                 if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing)
                     yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
                     gv = tl.where(yv <= 0.0, 0.0, gv)
+                    tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=m)
                 acc += gv * xv
                 if SQUEEZE == 1:
                     ties += tl.where(m & (xv == zc), 1.0, 0.0)
-            gp = tl.load(gpre_ptr + n * C + cs, mask=cm, other=0.0)
-            tl.store(dpre_ptr + n * C + cs, _gate_backward(gp, tl.sum(acc, axis=1), GATE), mask=cm)
+                t += BHW * SH
+            gp = tl.load(gpre_ptr + row0 + g * C + cs, mask=cm, other=0.0)
+            tl.store(dpre_ptr + row0 + g * C + cs,
+                     _gate_backward(gp, tl.sum(acc, axis=1), GATE), mask=cm)
             if SQUEEZE == 1:
-                tl.store(cnt_ptr + n * C + cs, tl.sum(ties, axis=1), mask=cm)
+                tl.store(cnt_ptr + row0 + g * C + cs, tl.sum(ties, axis=1), mask=cm)
     tl.debug_barrier()  # dpre is read back below by other threads of this program
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
@@ -320,23 +374,28 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         for k0 in range(c_lo, c_hi, BK):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
-            dp = tl.load(dpre_ptr + (n0 + gs)[:, None] * C + ks[None, :],
+            dp = tl.load(dpre_ptr + row0 + gs[:, None] * C + ks[None, :],
                          mask=gm[:, None] & km[None, :], other=0.0)                # [G, BK]
             wt = tl.load(w2_ptr + ks[None, :] * CR + js[:, None],
                          mask=jm[:, None] & km[None, :], other=0.0).to(ACC)        # [BJ, BK]
             acc1 += tl.sum(dp[:, None, :] * wt[None, :, :], axis=2)
-        tl.store(dpart_ptr + ((n0 + gs)[:, None] * P + p) * CR + js[None, :], acc1,
-                 mask=gm[:, None] & jm[None, :])
+        tl.store(dpart_ptr + _row_offset(n0, P * CR) + (gs[:, None] * P + p) * CR + js[None, :],
+                 acc1, mask=gm[:, None] & jm[None, :])
 
 
 @triton.jit
 def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr, dpart_ptr,
-                 dx_ptr, dres_ptr, n0, c_lo, c_hi, N, C, HW, CR, P,
-                 G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
-                 BJ: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
-                 GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
-    """dz for the chunk from the full dpart, then dx (and dres) for the chunk's channels of the
-    group's samples."""
+                 dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                 G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
+                 BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
+                 SQUEEZE: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
+                 HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """dz for the chunk from the full dpart, then dx for the chunk's channels of the group's
+    samples (g from dres, which the reduce phase stored, when the residual was fused). As
+    in the excite phase, each step once per program: (a) dhpre for the group from
+    [G_PAD, P_PAD, BJH] tiles of dpart into this program's rows of dhs (N, P, CR); (b) the
+    chunk's dz coefficient (dz / HW, or / ties) in [G_PAD, BJ2, BC2] sub-tiles into dzs
+    (N, C); (c) dx, reading the coefficient and the gate back."""
     ACC = z_ptr.dtype.element_ty
     if CHANNELS_LAST:
         SC = 1
@@ -347,108 +406,150 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
     g_count = tl.minimum(N - n0, G)
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
+    row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
+    hrow = _row_offset(n0, P * CR) + (gs[:, None] * P + p) * CR     # this program's dhs rows
+    for j0 in range(0, CR, BJH):
+        js = j0 + tl.arange(0, BJH)
+        jm = js < CR
+        gj = gm[:, None] & jm[None, :]
+        hp = tl.load(hpre_ptr + _row_offset(n0, CR) + gs[:, None] * CR + js[None, :],
+                     mask=gj, other=0.0)
+        dh = _act_backward(hp, _sum_parts(dpart_ptr, n0, gs, gm, js, jm, P, CR, P_PAD), ACT)
+        tl.store(dhs_ptr + hrow + js[None, :], dh, mask=gj)
+    tl.debug_barrier()  # dhs is read back below by other threads of this program
+    for c0 in range(c_lo, c_hi, BC2):
+        cs = c0 + tl.arange(0, BC2)
+        cm = cs < c_hi
+        gc = gm[:, None] & cm[None, :]
+        rows = gs[:, None] * C + cs[None, :]                # int32; + row0 (int64) below
+        acc = tl.zeros([G_PAD, BC2], ACC)
+        for j0 in tl.range(0, CR, BJ2, num_stages=2):  # next W tile in flight
+            js = j0 + tl.arange(0, BJ2)
+            jm = js < CR
+            dh = tl.load(dhs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
+                         other=0.0)                                                # [G, BJ2]
+            wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
+                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ2, BC2]
+            acc += tl.sum(dh[:, :, None] * wt[None, :, :], axis=1)
+        if SQUEEZE == 1:  # shared evenly by the tied maxima, as amax's gradient is
+            coef = acc / tl.load(cnt_ptr + row0 + rows, mask=gc, other=1.0)
+        else:
+            coef = acc / HW
+        tl.store(dzs_ptr + row0 + rows, coef, mask=gc)
+    tl.debug_barrier()  # dzs is read back below by other threads of this program
     for c0 in range(c_lo, c_hi, BC):
         cs = c0 + tl.arange(0, BC)
         cm = cs < c_hi
         gc = gm[:, None] & cm[None, :]
-        rows = (n0 + gs)[:, None] * C + cs[None, :]
-        acc = tl.zeros([G_PAD, BC], ACC)
-        for j0 in range(0, CR, BJ):
-            js = j0 + tl.arange(0, BJ)
-            jm = js < CR
-            hp = tl.load(hpre_ptr + (n0 + gs)[:, None] * CR + js[None, :],
-                         mask=gm[:, None] & jm[None, :], other=0.0)
-            dh = _act_backward(hp, _sum_parts(dpart_ptr, n0, gs, gm, js, jm, P, CR), ACT)
-            wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
-                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ, BC]
-            acc += tl.sum(dh[:, :, None] * wt[None, :, :], axis=1)
-        if SQUEEZE == 1:  # shared evenly by the tied maxima, as amax's gradient is
-            coef = acc / tl.load(cnt_ptr + rows, mask=gc, other=1.0)
-        else:
-            coef = acc / HW
-        s = _gate_fwd(tl.load(gpre_ptr + rows, mask=gc, other=0.0), GATE)
+        rows = gs[:, None] * C + cs[None, :]
+        coef = tl.load(dzs_ptr + row0 + rows, mask=gc, other=0.0)
+        s = _gate_fwd(tl.load(gpre_ptr + row0 + rows, mask=gc, other=0.0), GATE)
         for g in range(0, g_count):
-            n = n0 + g
             s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]      # row g
             coef_g = tl.sum(tl.where(gs[:, None] == g, coef, 0.0), axis=0)[:, None]
             if SQUEEZE == 1:
-                zc = tl.load(z_ptr + n * C + cs, mask=cm, other=0.0)[:, None]
-            base = n.to(tl.int64) * C * HW
-            for hw0 in range(0, HW, BHW):
-                hws = hw0 + tl.arange(0, BHW)
-                m = cm[:, None] & (hws < HW)[None, :]
-                off = base + cs[:, None] * SC + hws[None, :] * SH
-                gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
-                if HAS_RES:
-                    yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
-                    gv = tl.where(yv <= 0.0, 0.0, gv)
+                zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
+            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
+            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
+                if HAS_RES and dres_ptr.dtype == dy_ptr.dtype:
+                    # dres = dy masked by y > 0, stored by the reduce phase (exact: same dtype)
+                    gv = tl.load(dres_ptr + off, mask=m, other=0.0).to(ACC)
+                else:
+                    gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
+                    if HAS_RES:
+                        yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
+                        gv = tl.where(yv <= 0.0, 0.0, gv)
                 if SQUEEZE == 1:  # mask * coef as arithmetic: 0 * inf is NaN, as in the reference
                     xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
                     d = gv * s_g + tl.where(xv == zc, 1.0, 0.0) * coef_g
                 else:
                     d = gv * s_g + coef_g
                 tl.store(dx_ptr + off, d.to(dx_ptr.dtype.element_ty), mask=m)
-                if HAS_RES:
-                    tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=m)
+                t += BHW * SH
 
 
 @triton.jit
 def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
-                 wpid, N, C, CR, P,
-                 BCW: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, ACT: tl.constexpr):
-    """For channels cs = block wpid: dW2[cs, :] = sum_n dpre[n, cs]^T act(hpre[n, :]),
-    db2[cs] = sum_n dpre[n, cs], dW1[:, cs] = sum_n dhpre[n, :]^T z[n, cs]; block 0 also
-    writes db1 = sum_n dhpre[n, :]. One program owns each output element and sums n in
-    order: deterministic without atomics, and no zero-initialised outputs needed."""
+                 pw_ptr, wpid, jb, ws, n_lo, n_hi, C, CR, P,
+                 BCW: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, P_PAD: tl.constexpr,
+                 ACT: tl.constexpr, PARTIAL: tl.constexpr):
+    """For channels cs = block wpid, hidden units js = block jb and samples [n_lo, n_hi)
+    (slice ws): dW2[cs, js] = sum_n dpre[n, cs]^T act(hpre[n, js]),
+    dW1[js, cs] = sum_n dhpre[n, js]^T z[n, cs]; hidden block 0 also writes
+    db2[cs] = sum_n dpre[n, cs], channel block 0 db1[js] = sum_n dhpre[n, js].
+    One program owns each output element of its slice and sums n in order. Without PARTIAL
+    (one slice) it writes the outputs; with PARTIAL it writes row ws of pw (S, L), laid out
+    [dW2 (C*CR) | dW1 (CR*C) | db1 (CR) | db2 (C)], which se_bwd_wsum_kernel sums over the
+    slices in order: deterministic without atomics, and no zero-initialised outputs."""
     ACC = z_ptr.dtype.element_ty
+    if PARTIAL:
+        L = 2 * C * CR + CR + C
+        row = pw_ptr + tl.cast(ws, tl.int64) * L
+        o_dw2 = row
+        o_dw1 = row + C * CR
+        o_db1 = row + 2 * C * CR
+        o_db2 = row + 2 * C * CR + CR
+    else:
+        o_dw2 = dw2_ptr
+        o_dw1 = dw1_ptr
+        o_db1 = db1_ptr
+        o_db2 = db2_ptr
     cs = wpid * BCW + tl.arange(0, BCW)
     cm = cs < C
-    db2 = tl.zeros([BCW], ACC)
-    for nb in range(0, N, BN):
-        ns = nb + tl.arange(0, BN)
-        db2 += tl.sum(tl.load(dpre_ptr + ns[:, None] * C + cs[None, :],
-                              mask=(ns < N)[:, None] & cm[None, :], other=0.0), axis=0)
-    tl.store(db2_ptr + cs, db2.to(db2_ptr.dtype.element_ty), mask=cm)
-    for j0 in range(0, CR, BJ):
-        js = j0 + tl.arange(0, BJ)
-        jm = js < CR
-        acc2 = tl.zeros([BCW, BJ], ACC)   # dW2[cs, js]
-        acc1 = tl.zeros([BJ, BCW], ACC)   # dW1[js, cs]
-        db1 = tl.zeros([BJ], ACC)
-        for nb in range(0, N, BN):
-            ns = nb + tl.arange(0, BN)
-            nm = ns < N
-            nc = nm[:, None] & cm[None, :]
-            nj = nm[:, None] & jm[None, :]
-            dp = tl.load(dpre_ptr + ns[:, None] * C + cs[None, :], mask=nc, other=0.0)
-            zt = tl.load(z_ptr + ns[:, None] * C + cs[None, :], mask=nc, other=0.0)
-            hp = tl.load(hpre_ptr + ns[:, None] * CR + js[None, :], mask=nj, other=0.0)
-            dh = _sum_parts(dpart_ptr, nb, tl.arange(0, BN), nm, js, jm, P, CR)
-            dh = _act_backward(hp, dh, ACT)                                           # [BN, BJ]
-            acc2 += tl.sum(dp[:, :, None] * _act_fwd(hp, ACT)[:, None, :], axis=0)
-            acc1 += tl.sum(dh[:, :, None] * zt[:, None, :], axis=0)
-            db1 += tl.sum(dh, axis=0)
-        tl.store(dw2_ptr + cs[:, None] * CR + js[None, :], acc2.to(dw2_ptr.dtype.element_ty),
-                 mask=cm[:, None] & jm[None, :])
-        tl.store(dw1_ptr + js[:, None] * C + cs[None, :], acc1.to(dw1_ptr.dtype.element_ty),
-                 mask=jm[:, None] & cm[None, :])
-        if wpid == 0:
-            tl.store(db1_ptr + js, db1.to(db1_ptr.dtype.element_ty), mask=jm)
+    bl = tl.arange(0, BN)
+    if jb == 0:
+        db2 = tl.zeros([BCW], ACC)
+        for nb in range(n_lo, n_hi, BN):
+            ns = nb + bl
+            db2 += tl.sum(tl.load(dpre_ptr + _row_offset(nb, C) + bl[:, None] * C + cs[None, :],
+                                  mask=(ns < n_hi)[:, None] & cm[None, :], other=0.0), axis=0)
+        tl.store(o_db2 + cs, db2.to(o_db2.dtype.element_ty), mask=cm)
+    # one hidden block per program (the blocks were a loop of one program before)
+    js = jb * BJ + tl.arange(0, BJ)
+    jm = js < CR
+    acc2 = tl.zeros([BCW, BJ], ACC)   # dW2[cs, js]
+    acc1 = tl.zeros([BJ, BCW], ACC)   # dW1[js, cs]
+    db1 = tl.zeros([BJ], ACC)
+    for nb in range(n_lo, n_hi, BN):
+        ns = nb + bl
+        nm = ns < n_hi
+        nc = nm[:, None] & cm[None, :]
+        nj = nm[:, None] & jm[None, :]
+        rb = _row_offset(nb, C)                             # int64 block base
+        rc = bl[:, None] * C + cs[None, :]                  # int32, inside the block
+        dp = tl.load(dpre_ptr + rb + rc, mask=nc, other=0.0)
+        zt = tl.load(z_ptr + rb + rc, mask=nc, other=0.0)
+        hp = tl.load(hpre_ptr + _row_offset(nb, CR) + bl[:, None] * CR + js[None, :],
+                     mask=nj, other=0.0)
+        dh = _sum_parts(dpart_ptr, nb, bl, nm, js, jm, P, CR, P_PAD)
+        dh = _act_backward(hp, dh, ACT)                                           # [BN, BJ]
+        acc2 += tl.sum(dp[:, :, None] * _act_fwd(hp, ACT)[:, None, :], axis=0)
+        acc1 += tl.sum(dh[:, :, None] * zt[:, None, :], axis=0)
+        db1 += tl.sum(dh, axis=0)
+    tl.store(o_dw2 + cs[:, None] * CR + js[None, :], acc2.to(o_dw2.dtype.element_ty),
+             mask=cm[:, None] & jm[None, :])
+    tl.store(o_dw1 + js[:, None] * C + cs[None, :], acc1.to(o_dw1.dtype.element_ty),
+             mask=jm[:, None] & cm[None, :])
+    if wpid == 0:
+        tl.store(o_db1 + js, db1.to(o_db1.dtype.element_ty), mask=jm)
 
 
 # ---- kernels --------------------------------------------------------------------------------
 # Pointer arguments, shapes: x, res, y, dy, dx, dres (N, C, H, W) NCHW or NHWC; w1, dw1 (CR, C);
-# w2, dw2 (C, CR); b1, db1 (CR,); b2, db2 (C,); z, gpre, dpre, cnt (N, C) ACC; hpre (N, CR)
-# ACC; part, dpart (N, P, CR) ACC. Absent optional tensors are passed as a dummy pointer with
-# their HAS_* flag False.
+# w2, dw2 (C, CR); b1, db1 (CR,); b2, db2 (C,); z, gpre, dpre, cnt, dzs (N, C) ACC; hpre
+# (N, CR) ACC; part, dpart, hs, dhs (N, P, CR) ACC; pw (WS, 2*C*CR + CR + C) ACC (a dummy when
+# WS == 1). Absent optional tensors are passed as a dummy pointer with their HAS_* flag False.
 
 
 @triton.jit
 def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z_ptr, hpre_ptr,
-                        gpre_ptr, part_ptr, N, C, HW, CR,
+                        gpre_ptr, part_ptr, hs_ptr, N, C, HW, CR,
                         G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
                         BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-                        BJ2: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
+                        BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
+                        SQUEEZE: tl.constexpr, ACT: tl.constexpr,
                         GATE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
                         HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """The whole forward for samples [pid*G, pid*G + G), all channels: grid (cdiv(N, G),)."""
@@ -457,8 +558,8 @@ def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z
                 G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST)
     tl.debug_barrier()  # part is read back by other threads
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
-                  n0, 0, 0, C, N, C, HW, CR, 1, G, G_PAD, BC, BHW, BJ2, ACT, GATE,
-                  HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
+                  hs_ptr, n0, 0, 0, C, N, C, HW, CR, 1, G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2,
+                  ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
 
 
 @triton.jit
@@ -478,9 +579,10 @@ def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, part_ptr, N, C, HW, CR, CHUNK,
 
 @triton.jit
 def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr,
-                         part_ptr, N, C, HW, CR, CHUNK,
-                         G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
-                         BHW: tl.constexpr, BJ2: tl.constexpr, ACT: tl.constexpr,
+                         part_ptr, hs_ptr, N, C, HW, CR, CHUNK,
+                         G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
+                         BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
+                         BJ2: tl.constexpr, BC2: tl.constexpr, ACT: tl.constexpr,
                          GATE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
                          HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """Split forward, launch 2: same grid; program (i, p) finishes FC1 from all P shares,
@@ -489,16 +591,19 @@ def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr
     p = tl.program_id(1)
     c_lo = p * CHUNK
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
-                  n0, p, c_lo, tl.minimum(c_lo + CHUNK, C), N, C, HW, CR, tl.num_programs(1),
-                  G, G_PAD, BC, BHW, BJ2, ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
+                  hs_ptr, n0, p, c_lo, tl.minimum(c_lo + CHUNK, C), N, C, HW, CR,
+                  tl.num_programs(1), G, G_PAD, P_PAD, BC, BHW, BJH, BJ2, BC2, ACT, GATE,
+                  HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
 
 
 @triton.jit
 def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, gpre_ptr,
-                         dpre_ptr, cnt_ptr, dpart_ptr, dx_ptr, dres_ptr, N, C, HW, CR, CHUNK,
+                         dpre_ptr, cnt_ptr, dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr,
+                         N, C, HW, CR, CHUNK,
                          G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
                          BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-                         BJ2: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
+                         BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
+                         SQUEEZE: tl.constexpr, ACT: tl.constexpr,
                          GATE: tl.constexpr, HAS_RES: tl.constexpr,
                          CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr):
     """Backward, launch 1: grid (cdiv(N, G), P). Program (i, p) reduces channels
@@ -511,37 +616,76 @@ def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, 
     c_hi = tl.minimum(c_lo + CHUNK, C)
     P = tl.num_programs(1)
     _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_ptr, dpart_ptr,
-                  n0, p, c_lo, c_hi, N, C, HW, CR, P, G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
+                  dres_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P, G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
                   GATE, HAS_RES, CHANNELS_LAST)
     if WRITE_DX:
         tl.debug_barrier()  # dpart and cnt are read back by other threads
         _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
-                     dpart_ptr, dx_ptr, dres_ptr, n0, c_lo, c_hi, N, C, HW, CR, P,
-                     G, G_PAD, BC, BHW, BJ2, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST)
+                     dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, n0, 0, c_lo, c_hi, N, C,
+                     HW, CR, 1, G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2, SQUEEZE, ACT, GATE,
+                     HAS_RES, CHANNELS_LAST)
 
 
 @triton.jit
 def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
-                         dpre_ptr, dpart_ptr, dx_ptr, dres_ptr, dw1_ptr, dw2_ptr, db1_ptr,
-                         db2_ptr, N, C, HW, CR, CHUNK, P, NW,
-                         G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
-                         BHW: tl.constexpr, BJ2: tl.constexpr, BCW: tl.constexpr,
+                         dpre_ptr, dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, dw1_ptr,
+                         dw2_ptr, db1_ptr, db2_ptr, pw_ptr, N, C, HW, CR, CHUNK, P, NW, WS,
+                         WSN,
+                         G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
+                         BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
+                         BJ2: tl.constexpr, BC2: tl.constexpr, BCW: tl.constexpr,
                          BN: tl.constexpr, BJW: tl.constexpr, SQUEEZE: tl.constexpr,
                          ACT: tl.constexpr, GATE: tl.constexpr, HAS_RES: tl.constexpr,
-                         CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr):
-    """Backward, launch 2: 1-D grid. Programs [0, NW) compute the weight and bias gradients,
-    one block of BCW channels each (first, so that these longer programs start early);
-    with WRITE_DX the next cdiv(N, G) * P programs write dx for (group, chunk) =
-    divmod(pid - NW, P)."""
+                         CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr,
+                         PARTIAL: tl.constexpr):
+    """Backward, launch 2: 1-D grid. Programs [0, NW * WS) compute the weight and bias
+    gradients, one (BCW channels, BJW hidden units) block over one slice of WSN samples
+    each: NW = cdiv(C, BCW) * cdiv(CR, BJW) blocks per slice, (slice, channel block, hidden
+    block) from pid in that order (first, so that these longer programs start early); with
+    PARTIAL (WS > 1) into per-slice partial sums pw that se_bwd_wsum_kernel adds up. With
+    WRITE_DX the next cdiv(N, G) * P programs write dx for (group, chunk) =
+    divmod(pid - NW * WS, P)."""
     pid = tl.program_id(0)
-    if pid < NW:
+    if pid < NW * WS:
+        ws = pid // NW
+        nj = tl.cdiv(CR, BJW)
+        n_lo = ws * WSN
         _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
-                     pid, N, C, CR, P, BCW, BN, BJW, ACT)
+                     pw_ptr, (pid % NW) // nj, (pid % NW) % nj, ws, n_lo,
+                     tl.minimum(n_lo + WSN, N), C, CR, P, BCW, BN, BJW, P_PAD, ACT, PARTIAL)
     elif WRITE_DX:
-        i = (pid - NW) // P
-        p = (pid - NW) % P
+        i = (pid - NW * WS) // P
+        p = (pid - NW * WS) % P
         c_lo = p * CHUNK
         _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
-                     dpart_ptr, dx_ptr, dres_ptr, i * G, c_lo, tl.minimum(c_lo + CHUNK, C),
-                     N, C, HW, CR, P, G, G_PAD, BC, BHW, BJ2, SQUEEZE, ACT, GATE, HAS_RES,
-                     CHANNELS_LAST)
+                     dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, i * G, p, c_lo,
+                     tl.minimum(c_lo + CHUNK, C), N, C, HW, CR, P, G, G_PAD, P_PAD, BC, BHW,
+                     BJH, BJ2, BC2, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST)
+
+
+@triton.jit
+def se_bwd_wsum_kernel(pw_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr, C, CR, WS,
+                       BLK: tl.constexpr):
+    """Backward, launch 3 (only when the weight gradients were split into WS > 1 sample
+    slices): out = sum_s pw[s, :] in slice order (deterministic), pw (WS, L) laid out
+    [dW2 (C*CR) | dW1 (CR*C) | db1 (CR) | db2 (C)]; grid (cdiv(L, BLK),)."""
+    ACC = pw_ptr.dtype.element_ty
+    L = 2 * C * CR + CR + C
+    offs = tl.program_id(0) * BLK + tl.arange(0, BLK)
+    m = offs < L
+    acc = tl.zeros([BLK], ACC)
+    row = pw_ptr
+    for s in range(0, WS):  # slice order: deterministic
+        acc += tl.load(row + offs, mask=m, other=0.0)
+        row += L
+    W = C * CR
+    in2 = m & (offs < W)
+    in1 = m & (offs >= W) & (offs < 2 * W)
+    inb1 = m & (offs >= 2 * W) & (offs < 2 * W + CR)
+    inb2 = m & (offs >= 2 * W + CR)
+    tl.store(dw2_ptr + tl.where(in2, offs, 0), acc.to(dw2_ptr.dtype.element_ty), mask=in2)
+    tl.store(dw1_ptr + tl.where(in1, offs - W, 0), acc.to(dw1_ptr.dtype.element_ty), mask=in1)
+    tl.store(db1_ptr + tl.where(inb1, offs - 2 * W, 0), acc.to(db1_ptr.dtype.element_ty),
+             mask=inb1)
+    tl.store(db2_ptr + tl.where(inb2, offs - 2 * W - CR, 0), acc.to(db2_ptr.dtype.element_ty),
+             mask=inb2)
