@@ -58,3 +58,19 @@ def test_kernels_compile_for_sm90(tmp_path):
         what = f"{r['kernel']} {r['constexprs']}: cp.async {r['cp_async_bytes']}"
         assert r["cp_async"] > 0, "hot loop not pipelined: " + what
         assert max(int(k) for k in r["cp_async_bytes"]) == 16, "not vectorised: " + what
+
+
+@pytest.mark.skipif(_why_not() is not None, reason=f"cannot compile for a GPU: {_why_not()}")
+def test_wide_plans_fit_sm80_shared_memory(tmp_path):
+    """The fp64/fp32 plans with the heaviest options (the residual backward streams x, dy and
+    y through the pipeline) fit an A100's shared memory: 16 KB tiles (config rule 5), where
+    4096-element fp64 tiles needed 192 KB (above sm_80's 163 KB)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "wide.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "compile_triton_kernels.py"),
+                           "--set", "wide", "--arch", "80", "--jobs", "2", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    results = json.loads(out.read_text())
+    assert len(results) >= 8 and all(r["ok"] for r in results)
+    assert max(r["shared"] for r in results) <= 166912, [(r["kernel"], r["shared"]) for r in results]

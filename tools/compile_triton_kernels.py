@@ -15,7 +15,9 @@ unsupported ops, layout/broadcast errors of the real compiler -- and ptxas -v re
 registers and spills; the launch metadata gives the dynamic shared memory. Needs Triton with
 its CUDA backend and its bundled ptxas (or TRITON_PTXAS_PATH); no driver, no GPU.
 
-Sets: "smoke" = a quick subset (tests/test_triton_compile.py runs it); "plans" = the
+Sets: "smoke" = a quick subset (tests/test_triton_compile.py runs it); "wide" = the fp64/fp32
+plans nearest the shared-memory limit (tests/test_triton_compile.py compiles them for sm_80);
+"plans" = the
 heuristic's own plans for the SE-ResNet-50 stages at N in {1, 8, 64, 256}, both layouts, fp32/bf16/fp16/fp64, every option combination on one shape per path
 (and the heaviest options on every plan); "tests" = the plans tests/test_triton.py makes on
 a CUDA device (forced paths included); "all" = both. Exit status 1 if any variant fails to
@@ -231,6 +233,15 @@ def smoke_cases():
         yield (8, 100, 7, 7, 7, "fp32", False, HEAVY, path)
 
 
+def wide_cases():
+    """The plans with the widest elements (fp64, fp32) at the heaviest options: the ones whose
+    pipeline buffers come nearest an A100's 163 KB of shared memory (compile for --arch 80)."""
+    yield (1, 1024, 14, 14, 64, "fp64", False, HEAVY, {})
+    yield (2, 256, 56, 56, 16, "fp64", True, HEAVY, {})
+    yield (256, 256, 56, 56, 16, "fp32", False, HEAVY, {})
+    yield (256, 2048, 7, 7, 128, "fp32", True, HEAVY, {})
+
+
 def test_cases():
     """The Triton-kernel launches of tests/test_triton.py on a CUDA device."""
     import test_triton as T
@@ -267,7 +278,7 @@ def test_cases():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
-    ap.add_argument("--set", choices=("smoke", "plans", "tests", "all", "first"),
+    ap.add_argument("--set", choices=("smoke", "plans", "tests", "all", "first", "wide"),
                     default="plans", help="first: the launches of the first GPU call's smoke and "
                     "stress selections and probe (tests/test_gpu_smoke.py)")
     ap.add_argument("--quick", action="store_true", help="bf16/fp32 and N in {1, 256} only")
@@ -281,6 +292,7 @@ def main():
     jobs, seen, cases_by_variant = [], {}, {}
     for arch in a.arch:
         cases = list(smoke_cases()) if a.set == "smoke" else []
+        cases += list(wide_cases()) if a.set == "wide" else []
         if a.set == "first":
             import test_gpu_smoke
             cases = list(test_gpu_smoke.triton_compile_cases())

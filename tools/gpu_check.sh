@@ -78,7 +78,7 @@ SMOKE_SEL=(-m smoke tests/test_gpu_smoke.py)
 STRESS_SEL=(-m stress tests/test_stress.py)
 REST_MARK="not smoke and not stress and not huge"
 REST_SEL=(-m "$REST_MARK" tests)
-HUGE_SEL=(-m huge tests/test_cuda.py tests/test_sizes.py)
+HUGE_SEL=(-m huge tests/test_cuda.py tests/test_sizes.py tests/test_triton_int64.py)
 PYTEST=("$PY" -m pytest -q -ra -p no:cacheprovider)
 # The most nodes a selection may grow to and still fit its limit (smoke: ~3 s of a worker per
 # node at N = 256 with the float64 oracle, 8 workers, ~75 s after the Triton warm-up; stress:

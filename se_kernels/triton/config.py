@@ -29,7 +29,13 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    activation tiles, 4 for small ones.
 4. 64-bit safety: the activation tile is shrunk, for tensors of ~2^31 elements per sample,
    so that the kernels' int32 in-tile offsets cannot wrap (_int32_tiles); tile bases are
-   int64 in the kernels.
+   int64 in the kernels. The compiled loops count pixels and channels in int32 (i64 only
+   once H*W or C reaches 2^31), and the pipeliner adds up to 2 tiles to the counter, so the
+   tile is also shrunk where H*W or C comes within two tiles of 2^31.
+5. Shared memory (GPU plans, forced ones included): the pipelined pixel loops keep
+   num_stages - 1 = 2 tiles of each streamed tensor in shared memory (x, dy, y in the
+   backward's reduce: 3 tensors), so a tile is capped at 16 KB (4096 bf16/fp32 elements,
+   2048 fp64): 3 x 2 x 16 KB = 96 KB, inside an A100's 163 KB as well as an H100's 227 KB.
 
 On CUDA the device's SM count is read from its properties; under TRITON_INTERPRET=1 (CPU
 tensors) the plan is made for a virtual one-SM device with large tiles and G = 16: the
@@ -142,10 +148,22 @@ def forced(**fields):
     the kernels mask every edge). Plans made inside the block are not cached. Not
     thread-safe."""
     prev, _FORCED_STATE.fields = _FORCED_STATE.fields, fields
+    _clear_caches()
     try:
         yield
     finally:
         _FORCED_STATE.fields = prev
+        # A call that checked the (unforced) state just before another thread entered the
+        # block may have cached a forced plan under its shape key: drop every cached plan.
+        _clear_caches()
+
+
+_CACHES: list = []   # cache_clear functions of the plan and launch-configuration caches
+
+
+def _clear_caches() -> None:
+    for clear in _CACHES:
+        clear()
 
 
 INT32_MAX = 2**31 - 1
@@ -168,6 +186,9 @@ def make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
 @functools.lru_cache(maxsize=4096)
 def _cached_plan(n, c, hw, cr, elem, channels_last, dev):
     return _make_plan(n, c, hw, cr, elem, channels_last, dev)
+
+
+_CACHES.append(_cached_plan.cache_clear)
 
 
 def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
@@ -262,7 +283,27 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
         plan = dataclasses.replace(plan, **tiles)
         if "num_warps" not in tiles:  # the same rule for forced tiles as for the heuristic's
             plan = dataclasses.replace(plan, num_warps=8 if plan.BC * plan.BHW >= 4096 else 4)
+    if not dev.interpret:
+        plan = _smem_tiles(plan, elem)
     return _int32_tiles(plan, c, hw, channels_last)
+
+
+TILE_BYTES = 16384   # the most bytes of one streamed tensor's tile (rule 5 above)
+
+
+def _smem_tiles(plan: Plan, elem: int) -> Plan:
+    """Halves the activation tile (pixels first, down to 1, then channels) until it holds at
+    most TILE_BYTES: fp64 tiles of 4096 elements needed 192 KB of pipeline buffers in the
+    backward's reduce (above an A100's 163 KB)."""
+    bc, bhw = plan.BC, plan.BHW
+    while bc * bhw * elem > TILE_BYTES:
+        if bhw > 1:
+            bhw //= 2
+        else:
+            bc //= 2
+    if (bc, bhw) == (plan.BC, plan.BHW):
+        return plan
+    return dataclasses.replace(plan, BC=bc, BHW=bhw, num_warps=8 if bc * bhw >= 4096 else 4)
 
 
 def _int32_tiles(plan: Plan, c: int, hw: int, channels_last: bool) -> Plan:
@@ -277,6 +318,11 @@ def _int32_tiles(plan: Plan, c: int, hw: int, channels_last: bool) -> Plan:
     else:
         bhw = plan.BHW
         bc = min(plan.BC, _pow2_floor(INT32_MAX // max(hw, 1) - 1))
+    # the int32 loop counters: hw0 + 2 BHW (and c0 + 2 BC) must not pass 2^31 - 1
+    if hw < 2**31:
+        bhw = min(bhw, max(1, _pow2_floor((INT32_MAX - hw) // 2)))
+    if c < 2**31:
+        bc = min(bc, max(1, _pow2_floor((INT32_MAX - c) // 2)))
     if (bc, bhw) != (plan.BC, plan.BHW):
         plan = dataclasses.replace(plan, BC=max(1, bc), BHW=max(1, bhw))
     return plan

@@ -45,7 +45,7 @@ import torch
 from torch.library import triton_op
 
 from se_kernels._options import acc_dtype
-from se_kernels.triton.config import _FORCED_STATE, Device, device_of, make_plan
+from se_kernels.triton.config import _CACHES, _FORCED_STATE, Device, device_of, make_plan
 from se_kernels.triton.kernels import (se_bwd_finish_kernel, se_bwd_reduce_kernel,
                                        se_bwd_wsum_kernel, se_fwd_excite_kernel,
                                        se_fwd_fused_kernel, se_fwd_pool_kernel)
@@ -107,6 +107,7 @@ def _launch_config(fn):
     forces plan fields (config.forced): the host cost of a call is then a dict lookup, not
     the plan heuristic and the launch-argument dicts (issue 13, item 7)."""
     cached = functools.lru_cache(maxsize=4096)(fn)
+    _CACHES.append(cached.cache_clear)
 
     @functools.wraps(fn)
     def get(*key):
