@@ -207,10 +207,12 @@ PersistentBuffers allocate(PersistentConfig& c, const at::Tensor& x, cudaStream_
 
 // ---- the cluster plan ----------------------------------------------------------------------
 
-// The largest cluster each device has not refused at launch (cudaErrorClusterOutOfResources:
-// MPS SM limits, green contexts), kMaxCluster until a refusal. A refused K > 8 lowers it to
-// 8 (the portable sizes); a refused K <= 8 to 0, which turns the cluster path off for the
-// device for the rest of the process: the persistent path then runs every call.
+// The largest cluster each device has not refused at launch (cudaErrorInvalidClusterSize or
+// cudaErrorLaunchOutOfResources: MPS SM limits, green contexts), kMaxCluster until a
+// refusal. A refused K > 8 lowers it to 8 (the portable sizes); a refused K <= 8 to K / 2
+// (under an MPS SM limit 4 or 2 may fit where 8 does not), and a refused K = 2 or 3 to 0,
+// which turns the cluster path off for the device for the rest of the process: the
+// persistent path then runs every call.
 std::mutex g_cluster_cap_mu;
 std::map<int, int> g_cluster_cap;
 
@@ -224,7 +226,7 @@ void note_cluster_refused(int device, int K) {
   const std::lock_guard<std::mutex> lock(g_cluster_cap_mu);
   auto it = g_cluster_cap.find(device);
   const int cur = it == g_cluster_cap.end() ? plan::kMaxCluster : it->second;
-  const int cap = K > 8 ? 8 : 0;
+  const int cap = K > 8 ? 8 : (K / 2 >= 2 ? K / 2 : 0);
   g_cluster_cap[device] = cap < cur ? cap : cur;
 }
 
@@ -347,9 +349,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(
   if (path != Path::kPersistent) {
     std::string why;
     ClusterConfig cc{};
-    // At most two tries: a refused launch lowers the device's cluster cap (16 -> 8, or 8 ->
-    // off) and plans again; a refusal leaves nothing enqueued and no error set.
-    for (int attempt = 0; attempt < 2; ++attempt) {
+    // At most five tries: a refused launch lowers the device's cluster cap (16 -> 8 -> 4 ->
+    // 2 -> off) and plans again; a refusal leaves nothing enqueued and no error set.
+    for (int attempt = 0; attempt < 5; ++attempt) {
       if (!plan_cluster_launch(a, p, prop, device, ptrs, stream, cc, why)) break;
       if (launch_forward_cluster(a, cc, stream)) return {y, z, hpre, gpre};
       note_cluster_refused(device, cc.K);
