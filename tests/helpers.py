@@ -266,3 +266,14 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 m.running_mean = torch.randn(n, generator=g) * 0.1
                 m.running_var = torch.rand(n, generator=g) + 0.5
     return model
+
+
+def gpu_skip_reason(backend: str) -> str | None:
+    """Why ``backend`` cannot run on a CUDA device here (None when it can): no device, the
+    backend not built or not importable."""
+    if not torch.cuda.is_available():
+        return "needs a CUDA device (none visible)"
+    if backend not in se_kernels.available_backends():
+        return f"the {backend} backend is not available here"
+    why = se_kernels.ops._unavailable_reason(backend, "cuda")
+    return None if why is None else f"the {backend} backend cannot run: {why}"

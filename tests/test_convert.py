@@ -13,7 +13,7 @@ from torch import nn
 import se_kernels
 from se_kernels.convert import ConvertedSE
 
-from helpers import rel_err
+from helpers import randomize_bn as randomize, rel_err
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
@@ -23,22 +23,6 @@ FUSED = "cpu" if HAS_CPU else "reference"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and affine parameters (fresh ones, some zero-initialised, leave
-    outputs near 0 and hide whole branches), so the comparison sees every layer."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            if m.affine:
-                m.weight.data = torch.rand(n, generator=g) + 0.5
-                m.bias.data = torch.randn(n, generator=g) * 0.1
-            if m.track_running_stats:
-                m.running_mean = torch.randn(n, generator=g) * 0.1
-                m.running_var = torch.rand(n, generator=g) + 0.5
-    return model
 
 
 def _build(lib: str, name: str) -> nn.Module:

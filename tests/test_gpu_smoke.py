@@ -32,8 +32,8 @@ import pytest
 import torch
 
 import se_kernels
-from helpers import (TOLERANCES, Bottleneck, assert_compile_matches_eager, op_args,
-                     opcheck_backward)
+from helpers import (TOLERANCES, Bottleneck, assert_compile_matches_eager, gpu_skip_reason,
+                     op_args, opcheck_backward)
 
 pytestmark = pytest.mark.smoke  # the checker's own CPU tests below included
 
@@ -44,15 +44,6 @@ LAYOUTS = ("nchw", "nhwc")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 PATHS = [("cuda", "persistent"), ("cuda", "cluster"), ("triton", "fused"), ("triton", "split"),
          ("cuda", "auto"), ("triton", "auto")]
-
-
-def _skip_reason(backend: str) -> str | None:
-    if not torch.cuda.is_available():
-        return "needs a CUDA device (none visible)"
-    if backend not in se_kernels.available_backends():
-        return f"the {backend} backend is not available here"
-    why = se_kernels.ops._unavailable_reason(backend, "cuda")
-    return None if why is None else f"the {backend} backend cannot run: {why}"
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +112,7 @@ OPS = {"cuda": ("se_forward", "se_backward"), "triton": ("triton_se_forward", "t
 
 @pytest.mark.parametrize("backend", list(OPS))
 def test_smoke_opcheck(backend):
-    why = _skip_reason(backend)
+    why = gpu_skip_reason(backend)
     if why:
         pytest.skip(why)
     fwd, bwd = (getattr(torch.ops.se_kernels, name) for name in OPS[backend])
@@ -134,7 +125,7 @@ def test_smoke_opcheck(backend):
 @pytest.mark.timeout(100)  # Inductor compiles a bottleneck's convs and its own kernels
 @pytest.mark.parametrize("backend", list(OPS))
 def test_smoke_compile_fullgraph(backend):
-    why = _skip_reason(backend)
+    why = gpu_skip_reason(backend)
     if why:
         pytest.skip(why)
     torch.manual_seed(0)
@@ -148,7 +139,7 @@ def test_smoke_cuda_graph_replay(backend):
     """Capture forward and backward once, replay on fresh inputs copied into the static
     ones: the replays give the eager results (a launcher that synchronises, allocates
     outside the graph's pool or caches a pointer fails here)."""
-    why = _skip_reason(backend)
+    why = gpu_skip_reason(backend)
     if why:
         pytest.skip(why)
     n, c, hw, cr = 8, 256, 14, 16
@@ -211,7 +202,7 @@ def _cases():
 @pytest.mark.parametrize("backend,path,stage,n,layout,dt,squeeze,res", _cases())
 def test_smoke_stage(backend, path, stage, n, layout, dt, squeeze, res, poison):
     """y and every gradient of one SE-ResNet-50 stage shape on one forced path."""
-    why = _skip_reason(backend)
+    why = gpu_skip_reason(backend)
     if why:
         pytest.skip(why)
     if path == "cluster" and torch.cuda.get_device_capability() < (9, 0):

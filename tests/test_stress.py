@@ -27,6 +27,7 @@ import pytest
 import torch
 
 import se_kernels
+from helpers import gpu_skip_reason
 
 pytestmark = pytest.mark.stress
 
@@ -99,15 +100,6 @@ def run_stress(step, cases, iters, *, streams):
     return {name: [(p, i) for p, i, bad in fl if bool(bad)] for name, fl in flags.items()}
 
 
-def _skip_reason(backend):
-    if not torch.cuda.is_available():
-        return "needs a CUDA device (none visible)"
-    if backend not in se_kernels.available_backends():
-        return f"the {backend} backend is not available here"
-    why = se_kernels.ops._unavailable_reason(backend, "cuda")
-    return None if why is None else f"the {backend} backend cannot run: {why}"
-
-
 @pytest.fixture
 def deterministic():
     prev = torch.are_deterministic_algorithms_enabled()
@@ -122,7 +114,7 @@ def deterministic():
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_stress_bitwise_200_iterations_two_streams(backend, layout, deterministic, monkeypatch):
-    why = _skip_reason(backend)
+    why = gpu_skip_reason(backend)
     if why:
         pytest.skip(why)
     if backend == "cuda":
