@@ -11,9 +11,9 @@ Self-contained: it imports torch, triton (for its version) and se_kernels' publi
 Measured, in this order, each section under the remaining time budget (rows that the budget
 does not reach are written as "not reached", never dropped):
 1. the copy bandwidth: ``dst.copy_(src)`` of 1 GiB, counting bytes read plus written;
-2. forward and backward of the SE-ResNet tail (biases, residual), bfloat16, for the cuda and
-   triton backends and the eager SE module as torchvision writes it (adaptive average pool,
-   1x1 convs, relu, sigmoid, multiply, add, relu): the four SE-ResNet-50 stages x N in
+2. forward and backward of the SE block (biases, no residual: the configuration of the
+   predictions), bfloat16, for the cuda and triton backends and the eager SE module as
+   torchvision writes it (adaptive average pool, 1x1 convs, relu, sigmoid, multiply): the four SE-ResNet-50 stages x N in
    {1, 256} x NCHW/NHWC. CUDA events around each call, with a buffer of twice the L2 zeroed
    before it (no input is found in L2), median over the calls. Backward: the gradients of
    every input from one retained graph (``retain_graph=True``);
@@ -24,8 +24,8 @@ does not reach are written as "not reached", never dropped):
    forward and backward, seconds each);
 5. the copy bandwidth again (drift).
 
-Every op row holds its bytes (forward 3|x| + |W|, backward 5|x| + 2|W|; DESIGN.md section
-3 with the residual tail), its floor (bytes over the copy bandwidth measured in this run),
+Every op row holds its bytes (forward 2|x| + |W|, backward 3|x| + 2|W|: the floor of DESIGN.md
+section 3, the bytes the predictions are made for), its floor (bytes over the copy bandwidth measured in this run),
 the measured median and IQR, and the prediction of benchmarks/predictions/{cuda,triton}.json
 keyed by (backend, stage, N, layout, direction): predicted time, its floor and bytes, and
 measured / predicted. A missing file, a malformed file or a missing row is "no prediction".
@@ -76,7 +76,7 @@ class OpRow:
     layout: str          # nchw, nhwc
     direction: str       # fwd, bwd
     dtype: str = "bf16"
-    variant: str = "residual"   # the SE-ResNet tail: biases and relu(x * s + residual)
+    variant: str = "plain"      # the SE block with biases, y = x * s (as the predictions)
     bytes: int = 0
     floor_us: float | None = None
     measured_us: float | None = None
@@ -97,13 +97,14 @@ class OpRow:
 
 
 def stage_bytes(stage: str, n: int, direction: str, elem: int = ELEM) -> int:
-    """Fewest HBM bytes of the SE-ResNet tail: forward reads x and the residual and writes y
-    (3|x|) and reads W1, W2, b1, b2 once; backward reads dy, x and y (the relu mask) and
-    writes dx and dresidual (5|x|), reads the weights and writes their gradients."""
+    """Fewest HBM bytes of the SE block (DESIGN.md section 3): forward reads x and writes y
+    (2|x|) and reads W1, W2, b1, b2 once; backward reads dy and x and writes dx (3|x|), reads
+    the weights and writes their gradients. The predictions of benchmarks/predictions/ are
+    made for this configuration (no residual)."""
     c, hw, cr = STAGES[stage]
     x = n * c * hw * hw * elem
     w = (2 * c * cr + c + cr) * elem
-    return 3 * x + w if direction == "fwd" else 5 * x + 2 * w
+    return 2 * x + w if direction == "fwd" else 3 * x + 2 * w
 
 
 def plan(impls=FUSED + BASELINES) -> list[OpRow]:
@@ -351,7 +352,7 @@ def copy_bandwidth(torch, timer: CudaTimer, nbytes: int = 1 << 30) -> float:
 
 
 def eager_se(torch):
-    """The SE block as torchvision's SqueezeExcitation writes it, with the ResNet tail."""
+    """The SE block as torchvision's SqueezeExcitation writes it."""
     F = torch.nn.functional
 
     class EagerSE(torch.nn.Module):
@@ -360,10 +361,10 @@ def eager_se(torch):
             self.fc1 = torch.nn.Conv2d(c, cr, 1)
             self.fc2 = torch.nn.Conv2d(cr, c, 1)
 
-        def forward(self, x, residual):
+        def forward(self, x):
             s = F.adaptive_avg_pool2d(x, 1)
             s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
-            return F.relu(x * s + residual)
+            return x * s
 
     return EagerSE
 
@@ -388,26 +389,24 @@ class OpMaker:
         g = torch.Generator(device=dev).manual_seed(r.N * 7919 + c)
         x = torch.randn(r.N, c, hw, hw, device=dev, generator=g).to(dt).contiguous(
             memory_format=fmt)
-        res = torch.randn(x.shape, device=dev, generator=g).to(dt).contiguous(
-            memory_format=fmt)
         mod = self.EagerSE(c, cr).to(device=dev, dtype=dt)
         w1, w2 = mod.fc1.weight.detach(), mod.fc2.weight.detach()
         b1, b2 = mod.fc1.bias.detach(), mod.fc2.bias.detach()
         bwd = r.direction == "bwd"
         if r.impl in FUSED:
-            leaves = [t.clone().requires_grad_(bwd) for t in (x, w1, w2, b1, b2, res)]
+            leaves = [t.clone().requires_grad_(bwd) for t in (x, w1, w2, b1, b2)]
 
             def fwd():
-                return self.se.fused_se(*leaves[:5], residual=leaves[5], backend=r.impl)
+                return self.se.fused_se(*leaves, backend=r.impl)
         else:
-            leaves = [x.requires_grad_(bwd), res.requires_grad_(bwd)] + list(mod.parameters())
+            leaves = [x.requires_grad_(bwd)] + list(mod.parameters())
             run = mod
             if r.impl == "compile":
                 torch._dynamo.reset()  # one compiled graph per shape; no recompile limit
                 run = torch.compile(mod)
 
             def fwd():
-                return run(leaves[0], leaves[1])
+                return run(leaves[0])
         if not bwd:
             r.method = "forward, no grad"
 
@@ -544,7 +543,8 @@ def table(rows: list[OpRow]) -> str:
     by = {(r.impl, r.stage, r.N, r.layout, r.direction): r for r in rows}
     head = (f"{'stage':<8}{'N':>4} {'lay':<5}{'dir':<4}{'floor':>8}"
             + "".join(f"{i:>9}" for i in impls)
-            + "".join(f"{'pred:' + b:>12}" for b in FUSED) + "   (us, bf16, SE-ResNet tail)")
+            + "".join(f"{'pred:' + b:>12}" for b in FUSED)
+            + "   (us, bf16, SE block, biases, no residual)")
     lines = [head]
     for stage in STAGES:
         for n in BATCHES:
