@@ -106,9 +106,8 @@ constexpr int fc_unroll() {
 }
 
 
-// kPadded: v holds GP rows (rows G.. zero), so sample g's offset is g * ldv (a constant
-// when ldv is); else rows G.. read row G - 1.
-template <int GP, bool kPadded, typename T, typename A, typename Emit>
+// Samples G..GP-1 read sample G - 1's row of v (their results are dropped).
+template <int GP, typename T, typename A, typename Emit>
 __device__ __forceinline__ void rows_dot_g(const T* M, int64_t ldm, int R, int K, const A* v,
                                            int ldv, int G, int L, Emit&& emit) {
   constexpr int VEC = kFcVec<T>;
@@ -121,7 +120,7 @@ __device__ __forceinline__ void rows_dot_g(const T* M, int64_t ldm, int R, int K
   constexpr int U = fc_unroll<GP, T>();
   int vo[GP];  // offset of sample g's vector in v
 #pragma unroll
-  for (int g = 0; g < GP; ++g) vo[g] = (kPadded || g < G ? g : G - 1) * ldv;
+  for (int g = 0; g < GP; ++g) vo[g] = (g < G ? g : G - 1) * ldv;
   for (int rb = 0; rb < R; rb += groups) {
     const int r = rb + sub;
     A acc[GP];
@@ -218,7 +217,7 @@ __device__ __forceinline__ void rows_dot(const T* M, int64_t ldm, int R, int K, 
     rows_dot_runtime_g(M, ldm, R, K, v, ldv, G, L, emit);
   } else {
     with_group(G, [&](auto gp) {
-      rows_dot_g<decltype(gp)::value, false>(M, ldm, R, K, v, ldv, G, L, emit);
+      rows_dot_g<decltype(gp)::value>(M, ldm, R, K, v, ldv, G, L, emit);
     });
   }
 }
