@@ -37,20 +37,27 @@ def _why_not() -> str | None:
     return None
 
 
+def _compile(tmp_path, kernel_set: str, arch: int):
+    """Runs tools/compile_triton_kernels.py --set kernel_set --arch arch (outside the
+    interpreter); asserts it exits 0; returns the process and its per-variant results."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / f"{kernel_set}.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "compile_triton_kernels.py"),
+                           "--set", kernel_set, "--arch", str(arch), "--jobs", "2",
+                           "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    return proc, json.loads(out.read_text())
+
+
 @pytest.mark.skipif(_why_not() is not None, reason=f"cannot compile for a GPU: {_why_not()}")
 def test_kernels_compile_for_sm90(tmp_path):
     """Every smoke variant compiles; and the heuristic's bf16 channels_last plans (the
     SE-ResNet-50 stages) have pipelined, vectorised hot loops: their streaming kernels
     issue cp.async copies (the tl.range(num_stages) software pipeline; issue 13, item 2),
     16 bytes wide where the stage's channels allow 8-element vectors."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = tmp_path / "smoke.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "compile_triton_kernels.py"),
-                           "--set", "smoke", "--arch", "90", "--jobs", "2", "--json", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    proc, results = _compile(tmp_path, "smoke", 90)
     assert "0 failed to compile" in proc.stdout, proc.stdout[-3000:]
-    results = json.loads(out.read_text())
     hot = [r for r in results if r["case"][5] == "bf16" and r["case"][6] and not r["case"][8]
            and r["kernel"] in STREAMING]
     assert len(hot) >= 8, [r["kernel"] for r in results]
@@ -65,12 +72,6 @@ def test_wide_plans_fit_sm80_shared_memory(tmp_path):
     """The fp64/fp32 plans with the heaviest options (the residual backward streams x, dy and
     y through the pipeline) fit an A100's shared memory: 16 KB tiles (config rule 5), where
     4096-element fp64 tiles needed 192 KB (above sm_80's 163 KB)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = tmp_path / "wide.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "compile_triton_kernels.py"),
-                           "--set", "wide", "--arch", "80", "--jobs", "2", "--json", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
-    results = json.loads(out.read_text())
+    _, results = _compile(tmp_path, "wide", 80)
     assert len(results) >= 8 and all(r["ok"] for r in results)
     assert max(r["shared"] for r in results) <= 166912, [(r["kernel"], r["shared"]) for r in results]
