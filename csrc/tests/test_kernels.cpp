@@ -381,6 +381,39 @@ int check_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, b
   return 0;
 }
 
+// Where no shape meets plan_cluster's first rule (float32 conv5_x: the weight cap), the plan
+// is, of the shapes that fit two CTAs per SM and put a CTA on every SM, one with the fewest
+// weight bytes per CTA (review point (2) of issue 12: not the smallest K). Brute force over
+// every (K, G) the planner may try.
+int check_cluster_fewest_weights(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize,
+                                 bool nhwc, bool expect_rule1) {
+  namespace P = se_kernels::cuda_plan;
+  const P::ClusterLimits h100{227 << 10, 228 << 10, 132, 16};
+  const int64_t vec = 16 / esize, W = 2 * C * Cr * esize, slab = C * HW * esize;
+  const std::string where = "cluster weights N=" + std::to_string(N) + " C=" + std::to_string(C) +
+                            " HW=" + std::to_string(HW) + " esize=" + std::to_string(esize) +
+                            (nhwc ? " NHWC" : " NCHW");
+  const P::ClusterShape s = P::plan_cluster(N, C, HW, Cr, esize, 4, nhwc, vec, W, h100);
+  if (!s.ok) return plan_failure(where + ": no plan");
+  const int64_t g_want = std::min<int64_t>(std::clamp<int64_t>(P::ceil_div(2 * W, slab), 1, 8), N);
+  const int64_t half = h100.smem_per_sm / 2 - 1024;
+  bool rule0 = false;
+  int64_t fewest = -1;
+  for (int64_t G = 1; G <= g_want; ++G)
+    for (int k : {1, 2, 4, 8, 16}) {
+      const P::ClusterShape t = P::cluster_shape(C, HW, Cr, esize, 4, nhwc, vec, k, int(G), h100);
+      if (!t.ok || t.smem > half || k * P::ceil_div(N, G) < h100.sms) continue;
+      const int64_t wb = P::cluster_weight_bytes_per_cta(Cr, t.Cc, esize);
+      if (wb <= P::cluster_weight_cap(G, t.Cc, HW, esize)) rule0 = true;
+      if (fewest < 0 || wb < fewest) fewest = wb;
+    }
+  if (rule0 == expect_rule1) return plan_failure(where + ": rule 0 can(not) be met, unexpectedly");
+  if (!rule0 && P::cluster_weight_bytes_per_cta(Cr, s.Cc, esize) != fewest)
+    return plan_failure(where + ": " + std::to_string(P::cluster_weight_bytes_per_cta(Cr, s.Cc, esize)) +
+                        " weight bytes per CTA, fewest possible " + std::to_string(fewest));
+  return 0;
+}
+
 // FC staging rows: G padded to the compile-time group sizes of fc.cuh (1, 2, 4, 8).
 int check_group_rows() {
   namespace P = se_kernels::cuda_plan;
@@ -445,6 +478,18 @@ int check_plans() {
       f += check_cluster(256, 1024, 196, 64, esize, nhwc, true, true);
       f += check_cluster(256, 2048, 49, 128, esize, nhwc, true, true);
     }
+  // review point (2): float32 conv5_x cannot meet the weight cap; bf16 stages can
+  for (bool nhwc : {false, true}) {
+    for (int64_t N : {32, 64, 256}) f += check_cluster_fewest_weights(N, 2048, 49, 128, 4, nhwc, true);
+    f += check_cluster_fewest_weights(256, 2048, 49, 128, 2, nhwc, false);
+    // C / Cr = 4 at small H*W: the first fit without the cap was K = 8, G = 8 (512 KiB of
+    // weights per CTA in bf16); K = 16 halves that and still fits two per SM
+    for (int64_t HW : {1, 7, 16}) {
+      f += check_cluster_fewest_weights(256, 2048, HW, 512, 2, nhwc, true);
+      f += check_cluster_fewest_weights(256, 1024, HW, 256, 4, nhwc, true);
+    }
+    f += check_cluster_fewest_weights(256, 1024, 196, 64, 4, nhwc, false);
+  }
   f += check_group_rows();
   for (int64_t esize : {2, 4, 8})
     for (bool nhwc : {false, true})

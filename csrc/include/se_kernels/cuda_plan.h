@@ -281,8 +281,10 @@ SE_HOST_DEVICE int64_t cluster_weight_cap(int64_t G, int64_t Cc, int64_t HW, int
 //    G_want down and K from 1 up, the first shape whose CTAs fit two per SM (one can load
 //    while the other stores), that puts a CTA on every SM (K x clusters >= #SMs: shrinking G
 //    first, since a smaller G only costs weight re-reads from L2) and whose CTAs each read at
-//    most cluster_weight_cap bytes of weights. Failing that, the same without the weight
-//    cap, then without the SM count, then the first shape that fits at all.
+//    most cluster_weight_cap bytes of weights. Failing that (float32 conv5_x), of the shapes
+//    that fit two per SM and fill the SMs the one whose CTAs read the fewest weight bytes
+//    (the first in the order above among equals), then the first without the SM count, then
+//    the first shape that fits at all.
 inline ClusterShape plan_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize,
                                  int64_t asize, bool nhwc, int64_t vec, int64_t weight_bytes,
                                  const ClusterLimits& lim) {
@@ -298,9 +300,10 @@ inline ClusterShape plan_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, i
   const int64_t g_want = min64(clamp64(ceil_div(2 * weight_bytes, max64(slab, 1)), 1, kMaxGroup),
                                max64(N, 1));
   const int64_t half = lim.smem_per_sm / 2 - 1024;  // the runtime reserves 1 KiB per CTA
-  // rule 0: two per SM, every SM busy, weights capped; 1: without the cap; 2: without the SM
-  // count; 3: fits at all
-  for (int rule = 0; rule < 4; ++rule)
+  // rule 0: two per SM, every SM busy, weights capped; 1: without the cap, fewest weight
+  // bytes per CTA; 2: without the SM count; 3: fits at all
+  for (int rule = 0; rule < 4; ++rule) {
+    ClusterShape best{};
     for (int64_t G = g_want; G >= 1; --G)
       for (int k : ks) {
         ClusterShape s = cluster_shape(C, HW, Cr, esize, asize, nhwc, vec, k, int(G), lim);
@@ -310,8 +313,13 @@ inline ClusterShape plan_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, i
         if (rule < 1 &&
             cluster_weight_bytes_per_cta(Cr, s.Cc, esize) > cluster_weight_cap(G, s.Cc, HW, esize))
           continue;
-        return s;
+        if (rule != 1) return s;
+        if (!best.ok || cluster_weight_bytes_per_cta(Cr, s.Cc, esize) <
+                            cluster_weight_bytes_per_cta(Cr, best.Cc, esize))
+          best = s;
       }
+    if (best.ok) return best;
+  }
   return ClusterShape{};
 }
 
