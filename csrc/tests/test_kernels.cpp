@@ -414,6 +414,65 @@ int check_cluster_fewest_weights(int64_t N, int64_t C, int64_t HW, int64_t Cr, i
   return 0;
 }
 
+// The index walk of tiles.cuh reduce_span / grad_reduce_span (issue 12 item 3), replayed on
+// the host with the same cuda_plan helpers and loop bounds: for a span starting m elements
+// past a 16-byte boundary, every element of every row is taken exactly once, by that row's
+// lane group; vectors loaded 16 bytes at a time lie wholly inside the span (nothing outside
+// the tile is read); the partial vectors are the span's first and last only.
+int check_span(int m, int rows, int len, int vec, int U) {
+  namespace P = se_kernels::cuda_plan;
+  const std::string where = "span m=" + std::to_string(m) + " rows=" + std::to_string(rows) +
+                            " len=" + std::to_string(len) + " vec=" + std::to_string(vec) +
+                            " U=" + std::to_string(U);
+  const P::Span sp = P::make_span(m, rows, len, vec);
+  const int L = P::span_lanes(len, vec);
+  if (L < 1 || L > 32 || (L & (L - 1)) != 0) return plan_failure(where + ": lanes");
+  std::vector<int> seen(size_t(rows) * len, 0);
+  auto take = [&](int r, int u) {  // u: element index from the aligned base
+    const int i = u - m;
+    if (i < r * len || i >= (r + 1) * len) return false;  // another row's element
+    ++seen[size_t(i)];
+    return true;
+  };
+  for (int r = 0; r < rows; ++r) {
+    const int a0 = m + r * len;
+    int lo, hi;
+    P::span_row_whole(sp, a0, len, vec, lo, hi);
+    for (int sl = 0; sl < L; ++sl)
+      for (int k0 = lo + sl; k0 < hi; k0 += U * L)
+        for (int q = 0; q < U; ++q) {
+          const int k = k0 + q * L;
+          if (k >= hi) continue;
+          if (k * vec < m || k * vec + vec > m + rows * len)
+            return plan_failure(where + ": a 16-byte load outside the span");
+          for (int e = 0; e < vec; ++e)
+            if (unsigned(k * vec + e - a0) < unsigned(len)) take(r, k * vec + e);
+        }
+    for (int which = 0; which < 2; ++which) {
+      const int k = P::span_row_partial(sp, a0, len, vec, which);
+      if (k < 0) continue;
+      if (k != 0 && k != (m + rows * len - 1) / vec)
+        return plan_failure(where + ": a partial vector inside the span");
+      for (int e = 0; e < vec; ++e)
+        if (unsigned(k * vec + e - a0) < unsigned(len) && !take(r, k * vec + e))
+          return plan_failure(where + ": partial element of another row");
+    }
+  }
+  for (int v : seen)
+    if (v != 1) return plan_failure(where + ": an element taken " + std::to_string(v) + " times");
+  return 0;
+}
+
+int check_spans() {
+  int f = 0;
+  for (int vec : {4, 8})
+    for (int m = 0; m < vec; ++m)
+      for (int len : {1, 2, 3, 7, 8, 9, 15, 16, 17, 49, 196, 200, 3137})
+        for (int rows : {1, 2, 3, 5, 8, 37, 300})
+          for (int U : {1, 2, 4}) f += check_span(m, rows, len, vec, U);
+  return f;
+}
+
 // FC staging rows: G padded to the compile-time group sizes of fc.cuh (1, 2, 4, 8).
 int check_group_rows() {
   namespace P = se_kernels::cuda_plan;
@@ -490,6 +549,7 @@ int check_plans() {
     }
     f += check_cluster_fewest_weights(256, 1024, 196, 64, 4, nhwc, false);
   }
+  f += check_spans();
   f += check_group_rows();
   for (int64_t esize : {2, 4, 8})
     for (bool nhwc : {false, true})

@@ -67,6 +67,34 @@ SE_HOST_DEVICE int64_t nhwc_scratch_elems2(int64_t width, int64_t last, int64_t 
   return a > b ? a : b;
 }
 
+// The NCHW span passes (tiles.cuh reduce_span, grad_reduce_span): a tile of `rows` rows of
+// `len` elements back to back is one span, whose first element sits m elements (m < vec)
+// past a 16-byte boundary. Vector k covers elements [k vec, k vec + vec) counted from that
+// boundary; vectors [kf, ke) lie wholly inside the span (only they are loaded 16 bytes at a
+// time). Row r is elements [a0, a0 + len), a0 = m + r len: vectors kb = a0 / vec .. k1 =
+// (a0 + len - 1) / vec, of which [lo, hi) are whole; kb and k1 are the only ones that can be
+// partial (the span's first and last vectors).
+struct Span {
+  int m, kf, ke;
+};
+SE_HOST_DEVICE Span make_span(int m, int rows, int len, int vec) {
+  return Span{m, (m + vec - 1) / vec, (m + rows * len) / vec};
+}
+SE_HOST_DEVICE void span_row_whole(const Span& s, int a0, int len, int vec, int& lo, int& hi) {
+  const int kb = a0 / vec, k1 = (a0 + len - 1) / vec;
+  lo = kb > s.kf ? kb : s.kf;
+  hi = k1 + 1 < s.ke ? k1 + 1 : s.ke;
+}
+// The span's partial vectors that overlap the row, each once: which = 0 (the row's first
+// vector) and 1 (its last); -1 when that one is whole or already given.
+SE_HOST_DEVICE int span_row_partial(const Span& s, int a0, int len, int vec, int which) {
+  const int kb = a0 / vec, k1 = (a0 + len - 1) / vec;
+  if (which == 0) return kb < s.kf ? kb : -1;
+  return (k1 >= s.ke && !(k1 == kb && kb < s.kf)) ? k1 : -1;
+}
+// Lanes that share a row of the span passes: its vectors, at most ceil(len / vec) + 1.
+SE_HOST_DEVICE int span_lanes(int len, int vec) { return lanes_for((len + vec - 1) / vec + 1); }
+
 // ---- tiles ---------------------------------------------------------------------------------
 
 // A sample's slab (C channels x HW pixels) cut into tiles of tc channels x tp pixels. Tiles
