@@ -202,6 +202,9 @@ PersistentBuffers allocate(PersistentConfig& c, const at::Tensor& x, cudaStream_
                                  size_t(b.counters.numel()) * sizeof(counter_t), stream));
   c.ws = b.ws.mutable_data_ptr();
   c.counters = static_cast<counter_t*>(b.counters.mutable_data_ptr());
+  // the caching allocator hands out blocks aligned to at least 512 bytes
+  TORCH_INTERNAL_ASSERT(reinterpret_cast<uintptr_t>(c.counters) % 128 == 0,
+                        "se_kernels: the persistent counters must start a 128-byte line");
   return b;
 }
 
