@@ -7,8 +7,10 @@
 //               a group of samples in shared memory: HBM sees x once.
 //   persistent  any architecture, dtype and size: squeeze partials, per-group FC, then the
 //               scale re-reads x from L2.
-// The heuristic takes the cluster path whenever it can run. Environment switches, read at
-// every call (for tests and tuning; none is needed in normal use):
+// The heuristic takes the cluster path whenever it can run, except inside CUDA graph capture
+// before an eager launch of that cluster size has succeeded on the device (a refused launch
+// would probably invalidate the capture): that call takes the persistent path. Environment
+// switches, read at every call (for tests and tuning; none is needed in normal use):
 //   SE_KERNELS_CUDA_PATH=auto|cluster|persistent   force a forward path; forcing a path that
 //                                                  cannot run this call raises an error
 //   SE_KERNELS_CUDA_CLUSTER=K,G   cluster shape (CTAs per cluster, samples per cluster)
@@ -225,6 +227,23 @@ int cluster_cap(int device) {
   return it == g_cluster_cap.end() ? plan::kMaxCluster : it->second;
 }
 
+// Cluster sizes (bit K) each device has launched eagerly, outside graph capture. A launch
+// refused inside a capture would probably invalidate the capture (the fallback could not
+// rescue that call), so under capture the cluster path runs only at a size this device has
+// already launched; otherwise that call takes the persistent path (se_forward_cuda).
+std::map<int, uint32_t> g_cluster_launched;  // guarded by g_cluster_cap_mu
+
+bool cluster_launched_before(int device, int K) {
+  const std::lock_guard<std::mutex> lock(g_cluster_cap_mu);
+  const auto it = g_cluster_launched.find(device);
+  return it != g_cluster_launched.end() && ((it->second >> K) & 1u) != 0;
+}
+
+void note_cluster_launched(int device, int K) {
+  const std::lock_guard<std::mutex> lock(g_cluster_cap_mu);
+  g_cluster_launched[device] |= uint32_t(1) << K;
+}
+
 void note_cluster_refused(int device, int K) {
   const std::lock_guard<std::mutex> lock(g_cluster_cap_mu);
   auto it = g_cluster_cap.find(device);
@@ -352,11 +371,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(
   if (path != Path::kPersistent) {
     std::string why;
     ClusterConfig cc{};
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    const bool capturing = capture != cudaStreamCaptureStatusNone;
     // At most five tries: a refused launch lowers the device's cluster cap (16 -> 8 -> 4 ->
     // 2 -> off) and plans again; a refusal leaves nothing enqueued and no error set.
     for (int attempt = 0; attempt < 5; ++attempt) {
       if (!plan_cluster_launch(a, p, prop, device, ptrs, stream, cc, why)) break;
-      if (launch_forward_cluster(a, cc, stream)) return {y, z, hpre, gpre};
+      // Under graph capture only a cluster size this device has launched eagerly (a refusal
+      // there would probably invalidate the capture); a forced cluster path still tries.
+      if (capturing && path != Path::kCluster && !cluster_launched_before(device, cc.K)) {
+        why = "under graph capture, and no cluster of " + std::to_string(cc.K) +
+              " CTAs has been launched on this device outside a capture yet";
+        break;
+      }
+      if (launch_forward_cluster(a, cc, stream)) {
+        if (!capturing) note_cluster_launched(device, cc.K);
+        return {y, z, hpre, gpre};
+      }
       note_cluster_refused(device, cc.K);
       why = "the launch of a cluster of " + std::to_string(cc.K) +
             " CTAs was refused (cluster resources)";
