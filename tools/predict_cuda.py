@@ -74,12 +74,12 @@ def span_reduce_inflight_sm(direction, HW):
     """Issue 12 item 3 (tiles.cuh reduce_span, grad_reduce_span): NCHW rows whose length is not
     a multiple of 8 (bf16) read as one span of 16-byte vectors. A row overlaps 1 + (HW - 1) / 8
     vectors on average; L lanes share it; each lane has up to U vectors of each tensor in flight
-    (predicated loads: U = 4 forward, 2 backward over dy and x). Only the row's own bytes count
+    (predicated loads: U = 2 forward; U = 1 backward, over dy and x). Only the row's own bytes count
     (a vector straddling two rows is read by both, the second time mostly from L1)."""
     vec = 8
     per_row = 1 + (HW - 1) / vec
     per_lane = per_row / lanes_for(math.ceil(HW / vec) + 1)
-    u, tensors = (4, 1) if direction == "fwd" else (2, 2)
+    u, tensors = (2, 1) if direction == "fwd" else (1, 2)
     useful = HW / (per_row * vec)
     return 2 * THREADS * min(u, per_lane) * tensors * 16 * useful
 
