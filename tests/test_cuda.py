@@ -473,8 +473,9 @@ def test_cuda_span_reduce(tile, hw, c, dtype, squeeze, monkeypatch, poison):
         monkeypatch.setenv("SE_KERNELS_CUDA_TILE", tile)
     h, w = hw
     for n, res in ((3, True), (5, False)):
-        inp = _make(n, c, h, w, 8, seed=zlib.crc32(repr((tile, hw, c, str(dtype), squeeze, n)).encode()),
-                    dtype=dtype, layout="contiguous", bias=True, residual=res)
+        seed = zlib.crc32(repr((tile, hw, c, str(dtype), squeeze, n)).encode())
+        inp = _make(n, c, h, w, 8, seed=seed, dtype=dtype, layout="contiguous", bias=True,
+                    residual=res)
         check_backend("cuda", _quantize_(inp), squeeze, "relu", "sigmoid")
 
 
