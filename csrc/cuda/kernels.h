@@ -62,7 +62,7 @@ using counter_t = unsigned long long;
 
 // Counters of a persistent launch, zeroed on the stream before it: the ticket dispenser, the
 // number of finished FC groups, then per FC group the finished reduce items and a ready flag.
-// base is 128-byte aligned (se_cuda.cu checks) and each kind starts a 128-byte line (kLine
+// base is 128-byte aligned (se_cuda.cu rounds it up) and each kind starts a 128-byte line (kLine
 // counters): the ticket, which every CTA takes with an atomic per item, and fc_done (atomics
 // from the FC CTAs, polled by the tail items) each have a line of their own; the arrival
 // counters (atomics from every reduce item) and the ready flags (polled by waiting CTAs,

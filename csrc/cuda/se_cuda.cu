@@ -199,14 +199,15 @@ struct PersistentBuffers {
 PersistentBuffers allocate(PersistentConfig& c, const at::Tensor& x, cudaStream_t stream) {
   PersistentBuffers b;
   b.ws = at::empty({c.off.total}, x.options().dtype(acc_dtype(x.scalar_type())));
-  b.counters = at::empty({Counters::count(c.groups)}, x.options().dtype(at::kLong));
+  // the counters start a 128-byte line (kernels.h Counters): one line more than they need,
+  // and the base rounded up (the caching allocator's blocks are 512-byte aligned anyway)
+  b.counters = at::empty({Counters::count(c.groups) + Counters::kLine},
+                         x.options().dtype(at::kLong));
   C10_CUDA_CHECK(cudaMemsetAsync(b.counters.mutable_data_ptr(), 0,
                                  size_t(b.counters.numel()) * sizeof(counter_t), stream));
   c.ws = b.ws.mutable_data_ptr();
-  c.counters = static_cast<counter_t*>(b.counters.mutable_data_ptr());
-  // the caching allocator hands out blocks aligned to at least 512 bytes
-  TORCH_INTERNAL_ASSERT(reinterpret_cast<uintptr_t>(c.counters) % 128 == 0,
-                        "se_kernels: the persistent counters must start a 128-byte line");
+  const uintptr_t base = reinterpret_cast<uintptr_t>(b.counters.mutable_data_ptr());
+  c.counters = reinterpret_cast<counter_t*>((base + 127) / 128 * 128);
   return b;
 }
 
