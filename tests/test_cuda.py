@@ -442,6 +442,120 @@ def test_cuda_max_squeeze_2_pow_24_plus_1_ties(layout):
     assert abs(got - want) <= 1e-6 * abs(want), (got, want)
 
 
+# ---- issue 12b: the NCHW span reduce, graph capture ---------------------------------------
+
+def _quantize_(inp: SEInputs) -> SEInputs:
+    """x (and the residual) rounded to multiples of 1/4 in [-2, 2]: many tied maxima per
+    channel, so a tie count that misses or double-counts an element changes dx."""
+    with torch.no_grad():
+        for t in (inp.x, inp.residual):
+            if t is not None:
+                t.copy_((t * 4).round().clamp(-8, 8) / 4)
+    return inp
+
+
+@pytest.mark.parametrize("tile", ["default", "192"])
+@pytest.mark.parametrize("hw", [(7, 7), (14, 14), (7, 1), (1, 1)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("c", [64, 37])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("squeeze", ["avg", "max"])
+def test_cuda_span_reduce(tile, hw, c, dtype, squeeze, monkeypatch, poison):
+    """Issue 12 item 3: NCHW with H*W % (16 / element size) != 0 (49, 196, 7, 1), forced
+    persistent path: the forward squeeze and the backward sums (and the max-squeeze tie counts)
+    read each tile as one span of 16-byte vectors (tiles.cuh reduce_span, grad_reduce_span).
+    C = 64: tiles of whole rows, 16-byte aligned spans; C = 37 (odd): spans that start and end
+    inside a vector (the element-wise head and tail). SE_KERNELS_CUDA_TILE=192 bytes: tiles of
+    a few rows, so spans start at many offsets; at H*W = 1 a vector holds up to 8 rows. With
+    and without the residual (the y mask: a third tensor in the span). Inputs quantized so that
+    max squeeze has many ties; outputs poisoned; float64 reference."""
+    monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "persistent")
+    if tile != "default":
+        monkeypatch.setenv("SE_KERNELS_CUDA_TILE", tile)
+    h, w = hw
+    for n, res in ((3, True), (5, False)):
+        seed = zlib.crc32(repr((tile, hw, c, str(dtype), squeeze, n)).encode())
+        inp = _make(n, c, h, w, 8, seed=seed, dtype=dtype, layout="contiguous", bias=True,
+                    residual=res)
+        check_backend("cuda", _quantize_(inp), squeeze, "relu", "sigmoid")
+
+
+@pytest.mark.parametrize("squeeze", ["avg", "max"])
+@pytest.mark.parametrize("c", [1024, 37])
+def test_cuda_span_reduce_bitwise_repeatable(squeeze, c, monkeypatch):
+    """The span reduce sums in a fixed order: the same call twice gives the same bits, with
+    the default tiles and with tiles of a few rows (different partial sums, each repeatable)."""
+    monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "persistent")
+    for tile in (None, "192"):
+        if tile is not None:
+            monkeypatch.setenv("SE_KERNELS_CUDA_TILE", tile)
+        inp = _make(6, c, 14, 14, 16, seed=c, dtype=torch.bfloat16, layout="contiguous",
+                    bias=True, residual=True)
+        dy = torch.randn(inp.x.shape, device="cuda").to(inp.x.dtype)
+        runs = []
+        for _ in range(2):
+            y = se_kernels.fused_se(*inp.args(), residual=inp.residual, squeeze=squeeze,
+                                    backend="cuda")
+            runs.append((y, *torch.autograd.grad(y, inp.tensors(), dy)))
+        for a, b in zip(*runs):
+            assert torch.equal(a, b)
+
+
+_CAPTURE_SCRIPT = r"""
+import os, torch, se_kernels
+torch.manual_seed(0)
+dt = torch.bfloat16
+x = torch.randn(1, 2048, 14, 14, device="cuda", dtype=dt)
+w1 = (torch.randn(128, 2048, device="cuda") / 45).to(dt)
+w2 = (torch.randn(2048, 128, device="cuda") / 11).to(dt)
+def fwd():
+    with torch.no_grad():
+        return se_kernels.fused_se(x, w1, w2, backend="cuda")
+side = torch.cuda.Stream()
+side.wait_stream(torch.cuda.current_stream())
+graphs = []
+for i in range(2):  # the first capture comes before any eager call of this process
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=side):
+        y = fwd()
+    graphs.append((g, y))
+    if i == 0:
+        torch.cuda.synchronize()
+        eager_auto = fwd()  # the cluster path, eagerly: remembered for the next capture
+for g, _ in graphs:
+    g.replay()
+torch.cuda.synchronize()
+os.environ["SE_KERNELS_CUDA_PATH"] = "persistent"
+eager_persistent = fwd()
+torch.cuda.synchronize()
+ref = se_kernels.fused_se(x.double(), w1.double(), w2.double(), backend="reference")
+for name, (g, y) in zip(["first", "second"], graphs):
+    err = ((y.double() - ref).norm() / ref.norm()).item()
+    assert err < 2e-2, (name, err)
+assert torch.equal(graphs[0][1], eager_persistent), "first capture: not the persistent path"
+assert torch.equal(graphs[1][1], eager_auto), "second capture: not the eager (cluster) result"
+print("capture ok", torch.equal(eager_auto, eager_persistent))
+"""
+
+
+def test_cuda_first_call_under_graph_capture():
+    """Review point (1) of issue 12: a fresh process whose first se_forward is inside CUDA
+    graph capture takes the persistent path (no cluster launch has succeeded eagerly on the
+    device yet, and a refused one would probably invalidate the capture); after an eager
+    cluster launch, a capture of the same shape records the cluster path. Both graphs replay
+    to the float64 reference, the first bitwise equal to the eager persistent result, the
+    second to the eager auto (cluster on sm_90) result. A subprocess: the process state
+    (what was launched) is what is under test."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SE_KERNELS_CUDA_")}
+    r = subprocess.run([sys.executable, "-c", _CAPTURE_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "capture ok" in r.stdout
+
+
 # ---- torch.library: compile, opcheck -------------------------------------------------------
 
 def test_cuda_compile_fullgraph_matches_eager():

@@ -16,7 +16,12 @@ must use:
     forward kernel also the FC weight loads of fc.cuh's rows_dot for 16-bit types);
   * se_fwd_cluster_kernel: at least one LDGSTS.128 (the slab copy), and for half/bfloat16
     at least one LDG.E.128: without a residual the kernel's only 16-byte LDGs are the FC
-    weight loads (rows_dot; float keeps element loads there, fc.cuh kFcVec).
+    weight loads (rows_dot; float keeps element loads there, fc.cuh kFcVec);
+  * the NCHW persistent kernels (forward and backward) of half/bfloat16: at least one
+    read-only 16-byte load (LDG.E.128.CONSTANT, column "RO.128"): the span reduce of
+    tiles.cuh (reduce_span, grad_reduce_span), the only user of the read-only path, which
+    reads rows whose length is not a multiple of 8 elements (H*W = 49, 196) with 16-byte
+    vectors. Without it those reductions fall back to 2-byte loads.
 A count is static (instructions in the binary, not executions): it proves that the vector
 path exists in the machine code, not how often it runs; docs/perf-notes.md predicts that.
 
@@ -101,7 +106,10 @@ def parse_sass(text: str) -> dict[str, collections.Counter]:
         if cur is None or "/*" not in line:
             continue
         for op, mods in LOAD.findall(line):
-            cur[f"{op}{width(mods.strip('.').split('.'))}"] += 1
+            parts = mods.strip('.').split('.')
+            cur[f"{op}{width(parts)}"] += 1
+            if op == "LDG" and "CONSTANT" in parts and width(parts) == 128:
+                cur["RO128"] += 1  # read-only data path (ld.global.nc), counted in LDG128 too
     return funcs
 
 
@@ -138,9 +146,9 @@ def main() -> int:
         targs = targs.replace("__nv_bfloat16", "bf16").replace("__half", "half").replace(" ", "")
         narrow = sum(v for k, v in cnt.items() if k.startswith("LDG") and not k.startswith(
             "LDGSTS") and k != "LDG128")
-        rows.append((kern, targs, cnt["LDG128"], cnt["LDGSTS128"], narrow,
+        rows.append((kern, targs, cnt["LDG128"], cnt["LDGSTS128"], narrow, cnt["RO128"],
                      " ".join(f"{k}:{v}" for k, v in sorted(cnt.items()) if k not in (
-                         "LDG128", "LDGSTS128"))))
+                         "LDG128", "LDGSTS128", "RO128"))))
         dtype = targs.split(",")[0]
         if dtype == "double":
             continue  # no vector path by design (device.cuh kHasVecPath)
@@ -151,14 +159,21 @@ def main() -> int:
                 failures.append(f"{kern}<{targs}>: FC weight loads are not 16-byte (LDG.E.128)")
         elif cnt["LDG128"] == 0:
             failures.append(f"{kern}<{targs}>: no 16-byte global load (LDG.E.128)")
+        nchw = targs.split(",")[1:2] == ["false"]
+        if (kern in ("se_fwd_persistent_kernel", "se_bwd_persistent_kernel") and nchw
+                and dtype in ("half", "bf16") and cnt["RO128"] == 0):
+            failures.append(f"{kern}<{targs}>: the NCHW span reduce is not 16-byte "
+                            "(no LDG.E.128.CONSTANT)")
     if not rows:
         print(f"check_sass: no hot kernel in the {args.arch} SASS of {', '.join(files)}")
         return 1 if args.strict else 2
     w = max(len(r[0]) + len(r[1]) + 2 for r in rows)
     print(f"check_sass: global loads per hot kernel ({args.arch} SASS, static counts)")
-    print(f"  {'kernel<T,nhwc,max,res>':<{w}}  LDG.128  LDGSTS.128  LDG<128  (narrower by width)")
-    for kern, targs, l128, sts, narrow, detail in rows:
-        print(f"  {kern + '<' + targs + '>':<{w}}  {l128:7d}  {sts:10d}  {narrow:7d}  {detail}")
+    print(f"  {'kernel<T,nhwc,max,res>':<{w}}  LDG.128  LDGSTS.128  LDG<128  RO.128  "
+          "(narrower by width)")
+    for kern, targs, l128, sts, narrow, ro, detail in rows:
+        print(f"  {kern + '<' + targs + '>':<{w}}  {l128:7d}  {sts:10d}  {narrow:7d}  {ro:6d}  "
+              f"{detail}")
     if failures:
         print("check_sass: FAILED\n  " + "\n  ".join(failures))
         return 1

@@ -62,6 +62,28 @@ def fc_inflight_cta(version, direction, G, path="cluster"):
     return THREADS * 2 * 2  # cols_dot (backward) is unchanged: 2-byte loads, unrolled 2x
 
 
+def lanes_for(n):
+    """cuda_plan::lanes_for: lanes (a power of two <= 32) sharing a row of n vectors."""
+    lanes = 1
+    while lanes < 32 and lanes * 4 < n:
+        lanes *= 2
+    return lanes
+
+
+def span_reduce_inflight_sm(direction, HW):
+    """Issue 12 item 3 (tiles.cuh reduce_span, grad_reduce_span): NCHW rows whose length is not
+    a multiple of 8 (bf16) read as one span of 16-byte vectors. A row overlaps 1 + (HW - 1) / 8
+    vectors on average; L lanes share it; each lane has up to U vectors of each tensor in flight
+    (predicated loads: U = 2 forward; U = 1 backward, over dy and x). Only the row's own bytes count
+    (a vector straddling two rows is read by both, the second time mostly from L1)."""
+    vec = 8
+    per_row = 1 + (HW - 1) / vec
+    per_lane = per_row / lanes_for(math.ceil(HW / vec) + 1)
+    u, tensors = (2, 1) if direction == "fwd" else (1, 2)
+    useful = HW / (per_row * vec)
+    return 2 * THREADS * min(u, per_lane) * tensors * 16 * useful
+
+
 def stream_inflight_sm(path, direction, layout, HW, version):
     """Bytes in flight per SM in the streaming (tile) passes."""
     if path == "cluster":
@@ -73,12 +95,16 @@ def stream_inflight_sm(path, direction, layout, HW, version):
         # forward NCHW with HW % 8 != 0 reduces rows with scalar loads (unroll 4 x 2 B) but
         # scales flat (16 B); the reduce reads x from HBM, so it sets the pace
         if not vec:
+            if version == "after":  # issue 12 item 3: the span reduce
+                return span_reduce_inflight_sm(direction, HW)
             per_thread = 4 * 2
         return 2 * THREADS * per_thread
     # backward reduce: dy, x (and y) per step, unroll 2
     if vec:
         return 2 * THREADS * 2 * 2 * 16
-    return 2 * THREADS * 2 * 2 * 2  # scalar (item 3 not done: same before and after)
+    if version == "after":  # issue 12 item 3: the span reduce
+        return span_reduce_inflight_sm(direction, HW)
+    return 2 * THREADS * 2 * 2 * 2  # scalar 2-byte loads (23a97b5)
 
 
 def predict(path, stage, N, layout, direction, version):
@@ -143,10 +169,38 @@ def rows(version):
     return out
 
 
+def print_span_reduce_rows():
+    """The rows issue 12 item 3 changes (NCHW, H*W % 8 != 0: conv4_x and conv5_x, persistent
+    forward and backward), with the streaming part of each prediction on its own: the FC of
+    the persistent kernels (issue 12 item 1, another branch) dominates the totals."""
+    print("| stage | N | dir | floor us | in flight KB/SM before -> after | stream us before -> "
+          "after | total us before -> after (% floor) |")
+    print("|---|---|---|---|---|---|---|")
+    for stage in ("conv4_x", "conv5_x"):
+        C, HW, Cr = STAGES[stage]
+        for N in (1, 256):
+            for direction in ("fwd", "bwd"):
+                b = predict("persistent", stage, N, "nchw", direction, "before")
+                a = predict("persistent", stage, N, "nchw", direction, "after")
+                x = N * C * HW * ESIZE
+                moved = 2 * x if direction == "fwd" else 3 * x
+                ts = [moved / (BW * min(1.0, r["in_flight_kb_per_sm"] * 1e3 / NEED)) * 1e6
+                      for r in (b, a)]
+                print(f"| {stage} | {N} | {direction} | {a['floor_us']:.1f} | "
+                      f"{b['in_flight_kb_per_sm']:.0f} -> {a['in_flight_kb_per_sm']:.0f} | "
+                      f"{ts[0]:.1f} -> {ts[1]:.1f} | {b['predicted_us']:.1f} -> "
+                      f"{a['predicted_us']:.1f} ({100 * a['floor_us'] / a['predicted_us']:.0f}%) |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="write the 'after' rows here")
+    ap.add_argument("--span-reduce", action="store_true",
+                    help="print only the rows of issue 12 item 3 (the NCHW span reduce)")
     args = ap.parse_args()
+    if args.span_reduce:
+        print_span_reduce_rows()
+        return
     before, after = rows("before"), rows("after")
     print("| path | stage | N | layout | dir | MB moved | floor us | in flight KB/SM | "
           "before us (% floor) | after us (% floor) |")

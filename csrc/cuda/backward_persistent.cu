@@ -139,6 +139,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   const int64_t N = a.N, C = a.C, HW = a.HW, G = c.G, tiles = c.tiles.count();
   const int64_t total = c.sched.total();
   const int64_t tc = c.tiles.tc;
+  // NCHW reduce items whose rows are not 16-byte multiples read their tile as one span of
+  // 16-byte vectors (tiles.cuh grad_reduce_span) when dy, x (and y) are 16-byte aligned
+  const bool span_vec = (reinterpret_cast<uintptr_t>(dy) | reinterpret_cast<uintptr_t>(x) |
+                         reinterpret_cast<uintptr_t>(kRes ? y : x)) % 16 == 0;
 
   for (;;) {
     if (threadIdx.x == 0) s_ticket = atomicAdd(cnt.ticket(), counter_t(1));
@@ -169,6 +173,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
         };
         if (kHasVecPath<T> && a.vec) {
           grad_reduce_rows<kMax, kRes, V>(dy + o, x + o, yo, HW, int(nc), int(np), zc, emit);
+        } else if (kHasVecPath<T> && span_vec && (np == HW || nc == 1)) {  // one span
+          grad_reduce_span<kMax, kRes, V>(dy + o, x + o, yo, int(nc), int(np), zc, emit);
         } else {
           grad_reduce_rows<kMax, kRes, 1>(dy + o, x + o, yo, HW, int(nc), int(np), zc, emit);
         }

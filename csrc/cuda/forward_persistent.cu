@@ -110,6 +110,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   const Counters cnt{c.counters, c.groups};
   const int64_t N = a.N, C = a.C, HW = a.HW, G = c.G, tiles = c.tiles.count();
   const int64_t total = c.sched.total();
+  // NCHW reduce items whose rows are not 16-byte multiples read their tile as one span of
+  // 16-byte vectors (tiles.cuh reduce_span) when x is 16-byte aligned
+  const bool span_vec = reinterpret_cast<uintptr_t>(x) % 16 == 0;
 
   for (;;) {
     if (threadIdx.x == 0) s_ticket = atomicAdd(cnt.ticket(), counter_t(1));
@@ -129,6 +132,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
         const T* src = x + (n * C + c0) * HW + p0;
         if (kHasVecPath<T> && a.vec) {
           reduce_rows<kMax, V>(src, HW, int(nc), int(np), emit);
+        } else if (kHasVecPath<T> && span_vec && (np == HW || nc == 1)) {  // one span
+          reduce_span<kMax, V>(src, int(nc), int(np), emit);
         } else {
           reduce_rows<kMax, 1>(src, HW, int(nc), int(np), emit);
         }

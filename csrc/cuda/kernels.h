@@ -62,14 +62,21 @@ using counter_t = unsigned long long;
 
 // Counters of a persistent launch, zeroed on the stream before it: the ticket dispenser, the
 // number of finished FC groups, then per FC group the finished reduce items and a ready flag.
+// base is 128-byte aligned (se_cuda.cu rounds it up) and each kind starts a 128-byte line (kLine
+// counters): the ticket, which every CTA takes with an atomic per item, and fc_done (atomics
+// from the FC CTAs, polled by the tail items) each have a line of their own; the arrival
+// counters (atomics from every reduce item) and the ready flags (polled by waiting CTAs,
+// written once) never share a line with each other or with the ticket.
 struct Counters {
+  static constexpr int64_t kLine = 128 / int64_t(sizeof(counter_t));
   counter_t* base;
   int64_t groups;
+  static SE_HOST_DEVICE int64_t lines(int64_t n) { return (n + kLine - 1) / kLine * kLine; }
   SE_HOST_DEVICE counter_t* ticket() const { return base; }
-  SE_HOST_DEVICE counter_t* fc_done() const { return base + 1; }
-  SE_HOST_DEVICE counter_t* arrive() const { return base + 2; }
-  SE_HOST_DEVICE counter_t* ready() const { return base + 2 + groups; }
-  static int64_t count(int64_t groups) { return 2 + 2 * groups; }
+  SE_HOST_DEVICE counter_t* fc_done() const { return base + kLine; }
+  SE_HOST_DEVICE counter_t* arrive() const { return base + 2 * kLine; }
+  SE_HOST_DEVICE counter_t* ready() const { return base + 2 * kLine + lines(groups); }
+  static int64_t count(int64_t groups) { return 2 * kLine + 2 * lines(groups); }
 };
 
 // Workspace of a persistent launch in the accumulation type, offsets in elements.

@@ -7,8 +7,10 @@
 //               a group of samples in shared memory: HBM sees x once.
 //   persistent  any architecture, dtype and size: squeeze partials, per-group FC, then the
 //               scale re-reads x from L2.
-// The heuristic takes the cluster path whenever it can run. Environment switches, read at
-// every call (for tests and tuning; none is needed in normal use):
+// The heuristic takes the cluster path whenever it can run, except inside CUDA graph capture
+// before an eager launch of that cluster size has succeeded on the device (a refused launch
+// would probably invalidate the capture): that call takes the persistent path. Environment
+// switches, read at every call (for tests and tuning; none is needed in normal use):
 //   SE_KERNELS_CUDA_PATH=auto|cluster|persistent   force a forward path; forcing a path that
 //                                                  cannot run this call raises an error
 //   SE_KERNELS_CUDA_CLUSTER=K,G   cluster shape (CTAs per cluster, samples per cluster)
@@ -197,11 +199,15 @@ struct PersistentBuffers {
 PersistentBuffers allocate(PersistentConfig& c, const at::Tensor& x, cudaStream_t stream) {
   PersistentBuffers b;
   b.ws = at::empty({c.off.total}, x.options().dtype(acc_dtype(x.scalar_type())));
-  b.counters = at::empty({Counters::count(c.groups)}, x.options().dtype(at::kLong));
+  // the counters start a 128-byte line (kernels.h Counters): one line more than they need,
+  // and the base rounded up (the caching allocator's blocks are 512-byte aligned anyway)
+  b.counters = at::empty({Counters::count(c.groups) + Counters::kLine},
+                         x.options().dtype(at::kLong));
   C10_CUDA_CHECK(cudaMemsetAsync(b.counters.mutable_data_ptr(), 0,
                                  size_t(b.counters.numel()) * sizeof(counter_t), stream));
   c.ws = b.ws.mutable_data_ptr();
-  c.counters = static_cast<counter_t*>(b.counters.mutable_data_ptr());
+  const uintptr_t base = reinterpret_cast<uintptr_t>(b.counters.mutable_data_ptr());
+  c.counters = reinterpret_cast<counter_t*>((base + 127) / 128 * 128);
   return b;
 }
 
@@ -220,6 +226,23 @@ int cluster_cap(int device) {
   const std::lock_guard<std::mutex> lock(g_cluster_cap_mu);
   const auto it = g_cluster_cap.find(device);
   return it == g_cluster_cap.end() ? plan::kMaxCluster : it->second;
+}
+
+// Cluster sizes (bit K) each device has launched eagerly, outside graph capture. A launch
+// refused inside a capture would probably invalidate the capture (the fallback could not
+// rescue that call), so under capture the cluster path runs only at a size this device has
+// already launched; otherwise that call takes the persistent path (se_forward_cuda).
+std::map<int, uint32_t> g_cluster_launched;  // guarded by g_cluster_cap_mu
+
+bool cluster_launched_before(int device, int K) {
+  const std::lock_guard<std::mutex> lock(g_cluster_cap_mu);
+  const auto it = g_cluster_launched.find(device);
+  return it != g_cluster_launched.end() && ((it->second >> K) & 1u) != 0;
+}
+
+void note_cluster_launched(int device, int K) {
+  const std::lock_guard<std::mutex> lock(g_cluster_cap_mu);
+  g_cluster_launched[device] |= uint32_t(1) << K;
 }
 
 void note_cluster_refused(int device, int K) {
@@ -349,11 +372,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(
   if (path != Path::kPersistent) {
     std::string why;
     ClusterConfig cc{};
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    const bool capturing = capture != cudaStreamCaptureStatusNone;
     // At most five tries: a refused launch lowers the device's cluster cap (16 -> 8 -> 4 ->
     // 2 -> off) and plans again; a refusal leaves nothing enqueued and no error set.
     for (int attempt = 0; attempt < 5; ++attempt) {
       if (!plan_cluster_launch(a, p, prop, device, ptrs, stream, cc, why)) break;
-      if (launch_forward_cluster(a, cc, stream)) return {y, z, hpre, gpre};
+      // Under graph capture only a cluster size this device has launched eagerly (a refusal
+      // there would probably invalidate the capture); a forced cluster path still tries.
+      if (capturing && path != Path::kCluster && !cluster_launched_before(device, cc.K)) {
+        why = "under graph capture, and no cluster of " + std::to_string(cc.K) +
+              " CTAs has been launched on this device outside a capture yet";
+        break;
+      }
+      if (launch_forward_cluster(a, cc, stream)) {
+        if (!capturing) note_cluster_launched(device, cc.K);
+        return {y, z, hpre, gpre};
+      }
       note_cluster_refused(device, cc.K);
       why = "the launch of a cluster of " + std::to_string(cc.K) +
             " CTAs was refused (cluster resources)";

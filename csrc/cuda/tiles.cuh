@@ -14,6 +14,8 @@
 // Every function is called by all threads of the CTA (they contain warp shuffles/barriers).
 #pragma once
 
+#include <cstring>
+
 #include "device.cuh"
 
 namespace se_kernels {
@@ -96,6 +98,181 @@ __device__ __forceinline__ void grad_reduce_rows(const T* dy, const T* x, const 
           if constexpr (kMax) cnt += xv == zv ? 1u : 0u;
         }
       }
+    }
+    ds = group_reduce<false>(ds, L);
+    if constexpr (kMax) cnt = group_reduce<false>(cnt, L);
+    if (r < rows && sl == 0) emit(r, ds, cnt);
+  }
+}
+
+// ---- NCHW spans of rows whose starts are not 16-byte aligned --------------------------------
+//
+// A tile of `rows` rows of `len` pixels that lie back to back in memory (whole rows, np ==
+// H*W, or a single row) is one contiguous span of rows * len elements, even when a row start
+// is not 16-byte aligned (H*W = 196, 49 in half/bfloat16; odd C). The span passes below read
+// it with 16-byte vectors at the aligned addresses that cover it: groups of L lanes share a
+// row as in reduce_rows and walk the aligned vectors that overlap the row; a lane keeps only
+// the elements of its own row (a vector straddling two rows is loaded by both rows' groups,
+// the second time mostly from L1). The span's partial first and last vectors (a tile start
+// or end inside a 16-byte vector) are read element by element, so nothing outside the span
+// is touched. Each row's sum is taken in a fixed order (per lane: its vectors in order, the
+// elements of a vector in order; then the lanes' butterfly): bitwise reproducible, and
+// independent of the grid. The tensors the span passes read must share their address modulo
+// 16 bytes (the callers ask for 16-byte aligned base pointers); the misalignment of the
+// span's start is taken from the first tensor's pointer.
+
+// 16-byte load through the read-only data path: for tensors no thread writes during the
+// launch (x, dy, y of the reduce items). Its SASS form, LDG.E.128.CONSTANT, is what
+// tools/check_sass.py looks for to tell that the span reduce is vectorised.
+// (Other sizes: a plain load; the float64 instantiations, which never run the span passes.)
+template <int N, typename T>
+__device__ __forceinline__ Pack<T, N> load_pack_ro(const T* p) {
+  if constexpr (sizeof(Pack<T, N>) == 16) {
+    const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+    Pack<T, N> r;
+    memcpy(&r, &u, 16);
+    return r;
+  } else {
+    return load_pack<N>(p);
+  }
+}
+
+// The span's geometry (cuda_plan::Span) from its first element's address, and the lanes
+// that share a row.
+template <int VEC>
+struct SpanGeom {
+  cuda_plan::Span sp;
+  int m, L;
+  template <typename T>
+  __device__ __forceinline__ SpanGeom(const T* p, int rows, int len) {
+    m = int((reinterpret_cast<uintptr_t>(p) / sizeof(T)) % VEC);
+    sp = cuda_plan::make_span(m, rows, len, VEC);
+    L = cuda_plan::span_lanes(len, VEC);
+  }
+};
+
+// Calls f(k) for the span's partial vectors that overlap row [a0, a0 + len): each at most
+// once, in a fixed order.
+template <int VEC, typename F>
+__device__ __forceinline__ void span_partials(const SpanGeom<VEC>& sg, int a0, int len, F&& f) {
+  for (int which = 0; which < 2; ++which) {
+    const int k = cuda_plan::span_row_partial(sg.sp, a0, len, VEC, which);
+    if (k >= 0) f(k);
+  }
+}
+
+// emit(r, v): v = sum (or max) of row r. As reduce_rows, for a span (see above): per lane,
+// U whole vectors in flight (predicated loads, no branch between them), then lane 0 adds
+// the span's partial vectors element by element.
+template <bool kMax, int VEC, typename T, typename Emit>
+__device__ __forceinline__ void reduce_span(const T* src, int rows, int len, Emit&& emit) {
+  using A = acc_t<T>;
+  constexpr int U = 2;
+  const SpanGeom<VEC> sg(src, rows, len);
+  const T* base = src - sg.m;  // 16-byte aligned; only dereferenced inside the span
+  const int L = sg.L;
+  const int groups = kThreads / L;
+  const int sub = threadIdx.x / L, sl = threadIdx.x % L;
+  for (int rb = 0; rb < rows; rb += groups) {
+    const int r = rb + sub;
+    // one accumulator (not one per vector element as reduce_rows) and U = 2: with U = 4
+    // the bf16 NCHW (and float max) forward kernels spilled 16-68 bytes under their
+    // 64-register cap (sm_90a), with VEC accumulators or one
+    A acc = identity<kMax, A>();
+    if (r < rows) {
+      const int a0 = sg.m + r * len;  // the row: vector elements [a0, a0 + len)
+      int lo, hi;  // its whole vectors
+      cuda_plan::span_row_whole(sg.sp, a0, len, VEC, lo, hi);
+      for (int k0 = lo + sl; k0 < hi; k0 += U * L) {
+        Pack<T, VEC> v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (k0 + u * L < hi) v[u] = load_pack_ro<VEC>(base + (k0 + u * L) * VEC);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int i = (k0 + u * L) * VEC - a0;  // the vector's first element in the row
+          if (k0 + u * L < hi) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e)
+              if (unsigned(i + e) < unsigned(len)) acc = combine<kMax>(acc, to_acc(v[u].v[e]));
+          }
+        }
+      }
+      if (sl == 0)
+        span_partials(sg, a0, len, [&](int k) {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e)
+            if (unsigned(k * VEC + e - a0) < unsigned(len))
+              acc = combine<kMax>(acc, to_acc(base[k * VEC + e]));
+        });
+    }
+    acc = group_reduce<kMax>(acc, L);
+    if (r < rows && sl == 0) emit(r, acc);
+  }
+}
+
+// emit(r, ds, cnt) as grad_reduce_rows, for a span (see above). One vector of each tensor
+// in flight per lane (U = 1: dy, x and y, 32-48 bytes a thread, 32 KB or more per SM at two
+// CTAs; U = 2 made 12 of the 16 NCHW half/bf16/float backward kernels spill 16-290 bytes
+// under their 64-register cap, sm_90a). dy, x and y (kRes) share their offsets and their
+// address modulo 16 bytes.
+template <bool kMax, bool kRes, int VEC, typename T, typename Emit>
+__device__ __forceinline__ void grad_reduce_span(const T* dy, const T* x, const T* y, int rows,
+                                                 int len, const acc_t<T>* zr, Emit&& emit) {
+  using A = acc_t<T>;
+  constexpr int U = 1;
+  const SpanGeom<VEC> sg(x, rows, len);
+  const T* bd = dy - sg.m;  // 16-byte aligned; only dereferenced inside the span
+  const T* bx = x - sg.m;
+  const T* by = kRes ? y - sg.m : nullptr;
+  const int L = sg.L;
+  const int groups = kThreads / L;
+  const int sub = threadIdx.x / L, sl = threadIdx.x % L;
+  for (int rb = 0; rb < rows; rb += groups) {
+    const int r = rb + sub;
+    A ds = A(0);
+    unsigned cnt = 0u;
+    if (r < rows) {
+      const int a0 = sg.m + r * len;
+      int lo, hi;
+      cuda_plan::span_row_whole(sg.sp, a0, len, VEC, lo, hi);
+      const A zv = kMax ? zr[r] : A(0);
+      auto add = [&](A dv, A xv, A yv) {
+        const A g = upstream<kRes>(dv, yv);
+        ds += g * xv;
+        if constexpr (kMax) cnt += xv == zv ? 1u : 0u;
+      };
+      for (int k0 = lo + sl; k0 < hi; k0 += U * L) {
+        Pack<T, VEC> vd[U], vx[U], vy[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (k0 + u * L < hi) {
+            const int i = (k0 + u * L) * VEC;
+            vd[u] = load_pack_ro<VEC>(bd + i);
+            vx[u] = load_pack_ro<VEC>(bx + i);
+            if constexpr (kRes) vy[u] = load_pack_ro<VEC>(by + i);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int i = (k0 + u * L) * VEC - a0;
+          if (k0 + u * L < hi) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e)
+              if (unsigned(i + e) < unsigned(len))  // else another row's element
+                add(to_acc(vd[u].v[e]), to_acc(vx[u].v[e]), kRes ? to_acc(vy[u].v[e]) : A(0));
+          }
+        }
+      }
+      if (sl == 0)
+        span_partials(sg, a0, len, [&](int k) {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            const int i = k * VEC + e;
+            if (unsigned(i - a0) < unsigned(len))
+              add(to_acc(bd[i]), to_acc(bx[i]), kRes ? to_acc(by[i]) : A(0));
+          }
+        });
     }
     ds = group_reduce<false>(ds, L);
     if constexpr (kMax) cnt = group_reduce<false>(cnt, L);

@@ -381,6 +381,98 @@ int check_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, b
   return 0;
 }
 
+// Where no shape meets plan_cluster's first rule (float32 conv5_x: the weight cap), the plan
+// is, of the shapes that fit two CTAs per SM and put a CTA on every SM, one with the fewest
+// weight bytes per CTA (review point (2) of issue 12: not the smallest K). Brute force over
+// every (K, G) the planner may try.
+int check_cluster_fewest_weights(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize,
+                                 bool nhwc, bool expect_rule1) {
+  namespace P = se_kernels::cuda_plan;
+  const P::ClusterLimits h100{227 << 10, 228 << 10, 132, 16};
+  const int64_t vec = 16 / esize, W = 2 * C * Cr * esize, slab = C * HW * esize;
+  const std::string where = "cluster weights N=" + std::to_string(N) + " C=" + std::to_string(C) +
+                            " HW=" + std::to_string(HW) + " esize=" + std::to_string(esize) +
+                            (nhwc ? " NHWC" : " NCHW");
+  const P::ClusterShape s = P::plan_cluster(N, C, HW, Cr, esize, 4, nhwc, vec, W, h100);
+  if (!s.ok) return plan_failure(where + ": no plan");
+  const int64_t g_want = std::min<int64_t>(std::clamp<int64_t>(P::ceil_div(2 * W, slab), 1, 8), N);
+  const int64_t half = h100.smem_per_sm / 2 - 1024;
+  bool rule0 = false;
+  int64_t fewest = -1;
+  for (int64_t G = 1; G <= g_want; ++G)
+    for (int k : {1, 2, 4, 8, 16}) {
+      const P::ClusterShape t = P::cluster_shape(C, HW, Cr, esize, 4, nhwc, vec, k, int(G), h100);
+      if (!t.ok || t.smem > half || k * P::ceil_div(N, G) < h100.sms) continue;
+      const int64_t wb = P::cluster_weight_bytes_per_cta(Cr, t.Cc, esize);
+      if (wb <= P::cluster_weight_cap(G, t.Cc, HW, esize)) rule0 = true;
+      if (fewest < 0 || wb < fewest) fewest = wb;
+    }
+  if (rule0 == expect_rule1) return plan_failure(where + ": rule 0 can(not) be met, unexpectedly");
+  if (!rule0 && P::cluster_weight_bytes_per_cta(Cr, s.Cc, esize) != fewest)
+    return plan_failure(where + ": " + std::to_string(P::cluster_weight_bytes_per_cta(Cr, s.Cc, esize)) +
+                        " weight bytes per CTA, fewest possible " + std::to_string(fewest));
+  return 0;
+}
+
+// The index walk of tiles.cuh reduce_span / grad_reduce_span (issue 12 item 3), replayed on
+// the host with the same cuda_plan helpers and loop bounds: for a span starting m elements
+// past a 16-byte boundary, every element of every row is taken exactly once, by that row's
+// lane group; vectors loaded 16 bytes at a time lie wholly inside the span (nothing outside
+// the tile is read); the partial vectors are the span's first and last only.
+int check_span(int m, int rows, int len, int vec, int U) {
+  namespace P = se_kernels::cuda_plan;
+  const std::string where = "span m=" + std::to_string(m) + " rows=" + std::to_string(rows) +
+                            " len=" + std::to_string(len) + " vec=" + std::to_string(vec) +
+                            " U=" + std::to_string(U);
+  const P::Span sp = P::make_span(m, rows, len, vec);
+  const int L = P::span_lanes(len, vec);
+  if (L < 1 || L > 32 || (L & (L - 1)) != 0) return plan_failure(where + ": lanes");
+  std::vector<int> seen(size_t(rows) * len, 0);
+  auto take = [&](int r, int u) {  // u: element index from the aligned base
+    const int i = u - m;
+    if (i < r * len || i >= (r + 1) * len) return false;  // another row's element
+    ++seen[size_t(i)];
+    return true;
+  };
+  for (int r = 0; r < rows; ++r) {
+    const int a0 = m + r * len;
+    int lo, hi;
+    P::span_row_whole(sp, a0, len, vec, lo, hi);
+    for (int sl = 0; sl < L; ++sl)
+      for (int k0 = lo + sl; k0 < hi; k0 += U * L)
+        for (int q = 0; q < U; ++q) {
+          const int k = k0 + q * L;
+          if (k >= hi) continue;
+          if (k * vec < m || k * vec + vec > m + rows * len)
+            return plan_failure(where + ": a 16-byte load outside the span");
+          for (int e = 0; e < vec; ++e)
+            if (unsigned(k * vec + e - a0) < unsigned(len)) take(r, k * vec + e);
+        }
+    for (int which = 0; which < 2; ++which) {
+      const int k = P::span_row_partial(sp, a0, len, vec, which);
+      if (k < 0) continue;
+      if (k != 0 && k != (m + rows * len - 1) / vec)
+        return plan_failure(where + ": a partial vector inside the span");
+      for (int e = 0; e < vec; ++e)
+        if (unsigned(k * vec + e - a0) < unsigned(len) && !take(r, k * vec + e))
+          return plan_failure(where + ": partial element of another row");
+    }
+  }
+  for (int v : seen)
+    if (v != 1) return plan_failure(where + ": an element taken " + std::to_string(v) + " times");
+  return 0;
+}
+
+int check_spans() {
+  int f = 0;
+  for (int vec : {4, 8})
+    for (int m = 0; m < vec; ++m)
+      for (int len : {1, 2, 3, 7, 8, 9, 15, 16, 17, 49, 196, 200, 3137})
+        for (int rows : {1, 2, 3, 5, 8, 37, 300})
+          for (int U : {1, 2, 4}) f += check_span(m, rows, len, vec, U);
+  return f;
+}
+
 // FC staging rows: G padded to the compile-time group sizes of fc.cuh (1, 2, 4, 8).
 int check_group_rows() {
   namespace P = se_kernels::cuda_plan;
@@ -445,6 +537,19 @@ int check_plans() {
       f += check_cluster(256, 1024, 196, 64, esize, nhwc, true, true);
       f += check_cluster(256, 2048, 49, 128, esize, nhwc, true, true);
     }
+  // review point (2): float32 conv5_x cannot meet the weight cap; bf16 stages can
+  for (bool nhwc : {false, true}) {
+    for (int64_t N : {32, 64, 256}) f += check_cluster_fewest_weights(N, 2048, 49, 128, 4, nhwc, true);
+    f += check_cluster_fewest_weights(256, 2048, 49, 128, 2, nhwc, false);
+    // C / Cr = 4 at small H*W: the first fit without the cap was K = 8, G = 8 (512 KiB of
+    // weights per CTA in bf16); K = 16 halves that and still fits two per SM
+    for (int64_t HW : {1, 7, 16}) {
+      f += check_cluster_fewest_weights(256, 2048, HW, 512, 2, nhwc, true);
+      f += check_cluster_fewest_weights(256, 1024, HW, 256, 4, nhwc, true);
+    }
+    f += check_cluster_fewest_weights(256, 1024, 196, 64, 4, nhwc, false);
+  }
+  f += check_spans();
   f += check_group_rows();
   for (int64_t esize : {2, 4, 8})
     for (bool nhwc : {false, true})

@@ -67,6 +67,34 @@ SE_HOST_DEVICE int64_t nhwc_scratch_elems2(int64_t width, int64_t last, int64_t 
   return a > b ? a : b;
 }
 
+// The NCHW span passes (tiles.cuh reduce_span, grad_reduce_span): a tile of `rows` rows of
+// `len` elements back to back is one span, whose first element sits m elements (m < vec)
+// past a 16-byte boundary. Vector k covers elements [k vec, k vec + vec) counted from that
+// boundary; vectors [kf, ke) lie wholly inside the span (only they are loaded 16 bytes at a
+// time). Row r is elements [a0, a0 + len), a0 = m + r len: vectors kb = a0 / vec .. k1 =
+// (a0 + len - 1) / vec, of which [lo, hi) are whole; kb and k1 are the only ones that can be
+// partial (the span's first and last vectors).
+struct Span {
+  int m, kf, ke;
+};
+SE_HOST_DEVICE Span make_span(int m, int rows, int len, int vec) {
+  return Span{m, (m + vec - 1) / vec, (m + rows * len) / vec};
+}
+SE_HOST_DEVICE void span_row_whole(const Span& s, int a0, int len, int vec, int& lo, int& hi) {
+  const int kb = a0 / vec, k1 = (a0 + len - 1) / vec;
+  lo = kb > s.kf ? kb : s.kf;
+  hi = k1 + 1 < s.ke ? k1 + 1 : s.ke;
+}
+// The span's partial vectors that overlap the row, each once: which = 0 (the row's first
+// vector) and 1 (its last); -1 when that one is whole or already given.
+SE_HOST_DEVICE int span_row_partial(const Span& s, int a0, int len, int vec, int which) {
+  const int kb = a0 / vec, k1 = (a0 + len - 1) / vec;
+  if (which == 0) return kb < s.kf ? kb : -1;
+  return (k1 >= s.ke && !(k1 == kb && kb < s.kf)) ? k1 : -1;
+}
+// Lanes that share a row of the span passes: its vectors, at most ceil(len / vec) + 1.
+SE_HOST_DEVICE int span_lanes(int len, int vec) { return lanes_for((len + vec - 1) / vec + 1); }
+
 // ---- tiles ---------------------------------------------------------------------------------
 
 // A sample's slab (C channels x HW pixels) cut into tiles of tc channels x tp pixels. Tiles
@@ -281,8 +309,10 @@ SE_HOST_DEVICE int64_t cluster_weight_cap(int64_t G, int64_t Cc, int64_t HW, int
 //    G_want down and K from 1 up, the first shape whose CTAs fit two per SM (one can load
 //    while the other stores), that puts a CTA on every SM (K x clusters >= #SMs: shrinking G
 //    first, since a smaller G only costs weight re-reads from L2) and whose CTAs each read at
-//    most cluster_weight_cap bytes of weights. Failing that, the same without the weight
-//    cap, then without the SM count, then the first shape that fits at all.
+//    most cluster_weight_cap bytes of weights. Failing that (float32 conv5_x), of the shapes
+//    that fit two per SM and fill the SMs the one whose CTAs read the fewest weight bytes
+//    (the first in the order above among equals), then the first without the SM count, then
+//    the first shape that fits at all.
 inline ClusterShape plan_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize,
                                  int64_t asize, bool nhwc, int64_t vec, int64_t weight_bytes,
                                  const ClusterLimits& lim) {
@@ -298,9 +328,10 @@ inline ClusterShape plan_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, i
   const int64_t g_want = min64(clamp64(ceil_div(2 * weight_bytes, max64(slab, 1)), 1, kMaxGroup),
                                max64(N, 1));
   const int64_t half = lim.smem_per_sm / 2 - 1024;  // the runtime reserves 1 KiB per CTA
-  // rule 0: two per SM, every SM busy, weights capped; 1: without the cap; 2: without the SM
-  // count; 3: fits at all
-  for (int rule = 0; rule < 4; ++rule)
+  // rule 0: two per SM, every SM busy, weights capped; 1: without the cap, fewest weight
+  // bytes per CTA; 2: without the SM count; 3: fits at all
+  for (int rule = 0; rule < 4; ++rule) {
+    ClusterShape best{};
     for (int64_t G = g_want; G >= 1; --G)
       for (int k : ks) {
         ClusterShape s = cluster_shape(C, HW, Cr, esize, asize, nhwc, vec, k, int(G), lim);
@@ -310,8 +341,13 @@ inline ClusterShape plan_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, i
         if (rule < 1 &&
             cluster_weight_bytes_per_cta(Cr, s.Cc, esize) > cluster_weight_cap(G, s.Cc, HW, esize))
           continue;
-        return s;
+        if (rule != 1) return s;
+        if (!best.ok || cluster_weight_bytes_per_cta(Cr, s.Cc, esize) <
+                            cluster_weight_bytes_per_cta(Cr, best.Cc, esize))
+          best = s;
       }
+    if (best.ok) return best;
+  }
   return ClusterShape{};
 }
 

@@ -1,0 +1,56 @@
+"""tools/check_sass.py on made-up SASS (no GPU, no CUDA build needed): the read-only 16-byte
+loads of the NCHW span reduce (issue 12 item 3) are counted, and a half/bf16 NCHW persistent
+kernel without them fails the check."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BWD_HALF_NCHW = ("_ZN10se_kernels4cuda6detail24se_bwd_persistent_kernelI6__halfLb0ELb1ELb1EEEv"
+                 "NS0_12BackwardArgsENS0_16PersistentConfigE")
+BWD_HALF_NHWC = ("_ZN10se_kernels4cuda6detail24se_bwd_persistent_kernelI6__halfLb1ELb1ELb1EEEv"
+                 "NS0_12BackwardArgsENS0_16PersistentConfigE")
+
+
+@pytest.fixture
+def cs():
+    spec = importlib.util.spec_from_file_location("check_sass", ROOT / "tools" / "check_sass.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def sass(func: str, loads: list[str]) -> str:
+    body = "".join(f"        /*{16 * i:04x}*/                   {op} R4, desc[UR4][R2.64] ;"
+                   f"   /* 0x000fe2000c1e1d00 */\n" for i, op in enumerate(loads))
+    return f"\n\tcode for sm_90a\n\t\tFunction : {func}\n{body}"
+
+
+def test_parse_counts_read_only_vectors(cs):
+    f = cs.parse_sass(sass("k", ["LDG.E.128", "LDG.E.128.CONSTANT", "LDG.E.U16.CONSTANT",
+                                 "LDG.E.U16", "LDGSTS.E.BYPASS.128"]))["k"]
+    assert f["LDG128"] == 2 and f["RO128"] == 1 and f["LDG16"] == 2 and f["LDGSTS128"] == 1
+
+
+@pytest.mark.skipif(shutil.which("c++filt") is None, reason="needs c++filt (binutils)")
+@pytest.mark.parametrize("ro", [False, True])
+def test_nchw_span_reduce_must_be_vectorised(cs, ro, tmp_path, monkeypatch, capsys):
+    text = sass(BWD_HALF_NCHW, ["LDG.E.128", "LDG.E.U16"] + (["LDG.E.128.CONSTANT"] if ro else []))
+    text += sass(BWD_HALF_NHWC, ["LDG.E.128"])  # NHWC: no span reduce, no requirement
+    dump = tmp_path / "sass.txt"
+    dump.write_text(text)
+    fake = tmp_path / "cuobjdump"
+    fake.write_text(f"#!/bin/sh\ncat {dump}\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(cs, "find_cuobjdump", lambda: str(fake))
+    monkeypatch.setattr("sys.argv", ["check_sass.py", str(tmp_path / "lib.so")])
+    rc = cs.main()
+    out = capsys.readouterr().out
+    assert rc == (0 if ro else 1), out
+    assert ("span reduce is not 16-byte" in out) == (not ro)
