@@ -320,22 +320,30 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
         tl.store(hs_ptr + hrow + js[None, :], _act_fwd(h, ACT), mask=gj)
     tl.debug_barrier()  # hs is read back below by other threads of this program
     row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
-    for c0 in range(c_lo, c_hi, BC2):
-        cs = c0 + tl.arange(0, BC2)
+    # one pipelined loop over (channel block, hidden block) steps, so that the next two
+    # steps' hs and W2 tiles are in flight across channel blocks too; the sum restarts at a
+    # block's first hidden step and is stored at its last (the same order of additions as
+    # a loop nest, so the same bits)
+    nj = tl.cdiv(CR, BJ2)
+    acc = tl.zeros([G_PAD, BC2], ACC)
+    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj, num_stages=_STAGES):
+        cb = it // nj
+        j0 = (it - cb * nj) * BJ2
+        cs = c_lo + cb * BC2 + tl.arange(0, BC2)
         cm = cs < c_hi
-        acc = tl.zeros([G_PAD, BC2], ACC)
-        for j0 in tl.range(0, CR, BJ2, num_stages=2):  # next W tile in flight
-            js = j0 + tl.arange(0, BJ2)
-            jm = js < CR
-            h = tl.load(hs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
-                        other=0.0)                                                 # [G, BJ2]
-            wt = tl.load(w2_ptr + cs[None, :] * CR + js[:, None],
-                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ2, BC2]
-            acc += tl.sum(h[:, :, None] * wt[None, :, :], axis=1)
+        js = j0 + tl.arange(0, BJ2)
+        jm = js < CR
+        h = tl.load(hs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
+                    other=0.0)                                                     # [G, BJ2]
+        wt = tl.load(w2_ptr + cs[None, :] * CR + js[:, None],
+                     mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)            # [BJ2, BC2]
+        acc = tl.where(j0 == 0, 0.0, acc) + tl.sum(h[:, :, None] * wt[None, :, :], axis=1)
+        last = j0 + BJ2 >= CR
+        out = acc
         if HAS_B2:
-            acc += tl.load(b2_ptr + cs, mask=cm, other=0.0).to(ACC)[None, :]
-        tl.store(gpre_ptr + row0 + gs[:, None] * C + cs[None, :], acc,
-                 mask=gm[:, None] & cm[None, :])
+            out += tl.load(b2_ptr + cs, mask=cm & last, other=0.0).to(ACC)[None, :]
+        tl.store(gpre_ptr + row0 + gs[:, None] * C + cs[None, :], out,
+                 mask=gm[:, None] & cm[None, :] & last)
     tl.debug_barrier()  # gpre is read back below by other threads of this program
     if FLAT > 0:
         # NCHW, one tile covers HW (FLAT > 0, config rule 6): the (sample, channel block)
@@ -519,20 +527,24 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
         dh = _act_backward(hp, _sum_parts(dpart_ptr, n0, gs, gm, js, jm, P, CR, P_PAD), ACT)
         tl.store(dhs_ptr + hrow + js[None, :], dh, mask=gj)
     tl.debug_barrier()  # dhs is read back below by other threads of this program
-    for c0 in range(c_lo, c_hi, BC2):
-        cs = c0 + tl.arange(0, BC2)
+    # one pipelined loop over (channel block, hidden block) steps, as in the excite phase
+    nj = tl.cdiv(CR, BJ2)
+    acc = tl.zeros([G_PAD, BC2], ACC)
+    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj, num_stages=_STAGES):
+        cb = it // nj
+        j0 = (it - cb * nj) * BJ2
+        cs = c_lo + cb * BC2 + tl.arange(0, BC2)
         cm = cs < c_hi
-        gc = gm[:, None] & cm[None, :]
+        js = j0 + tl.arange(0, BJ2)
+        jm = js < CR
+        dh = tl.load(dhs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
+                     other=0.0)                                                    # [G, BJ2]
+        wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
+                     mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)            # [BJ2, BC2]
+        acc = tl.where(j0 == 0, 0.0, acc) + tl.sum(dh[:, :, None] * wt[None, :, :], axis=1)
+        last = j0 + BJ2 >= CR
+        gc = gm[:, None] & cm[None, :] & last
         rows = gs[:, None] * C + cs[None, :]                # int32; + row0 (int64) below
-        acc = tl.zeros([G_PAD, BC2], ACC)
-        for j0 in tl.range(0, CR, BJ2, num_stages=2):  # next W tile in flight
-            js = j0 + tl.arange(0, BJ2)
-            jm = js < CR
-            dh = tl.load(dhs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
-                         other=0.0)                                                # [G, BJ2]
-            wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
-                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ2, BC2]
-            acc += tl.sum(dh[:, :, None] * wt[None, :, :], axis=1)
         if SQUEEZE == 1:  # shared evenly by the tied maxima, as amax's gradient is
             coef = acc / tl.load(cnt_ptr + row0 + rows, mask=gc, other=1.0)
         else:
