@@ -19,6 +19,10 @@ which and why):
                                 slices' partial sums added in slice order by
                                 se_bwd_wsum_kernel (deterministic, no atomics)
 
+Where one NCHW pixel tile covers H*W (config rule 6, FLAT > 0), the streaming part of each
+phase loops over (sample, channel block) pairs instead of pixel tiles, each tile one
+contiguous span of whole channels loaded with 16-byte vectors (_flat_tile).
+
 g is dy, masked by y > 0 when the residual tail was fused. Each weight tile a phase touches
 is loaded once per sample group: the FCs run as [G, J, K] broadcast products, so a program
 owning G samples reads each weight byte once for all G (DESIGN.md section 3, the conv5_x
@@ -194,6 +198,35 @@ def _flat_tile(ptr, t, span, fi, gidx, BC: tl.constexpr, BHW: tl.constexpr,
     return tl.reshape(tl.gather(v, gidx, 0), [BC, BHW])
 
 
+@triton.jit
+def _flat_index(HW, BC: tl.constexpr, BHW: tl.constexpr):
+    """The loop-invariant int32 indices of the flat tiles: channels cc [BC], valid pixels hv
+    [BHW], in-tile offsets offs = c * HW + hw [BC, BHW] (the stores, masked by hv), the
+    gather index gidx [BC * BHW] (offs, with the padding hw >= HW at BC * BHW - 1) and the
+    flat lanes fi [BC * BHW]."""
+    cc = tl.arange(0, BC)
+    hh = tl.arange(0, BHW)
+    hv = hh < HW
+    offs = cc[:, None] * HW + hh[None, :]
+    gidx = tl.reshape(tl.where(hv[None, :], offs, BC * BHW - 1), [BC * BHW])
+    return cc, hv, offs, gidx, tl.arange(0, BC * BHW)
+
+
+@triton.jit
+def _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC: tl.constexpr, FLAT: tl.constexpr):
+    """Step it of a flat (sample, channel block) loop, nb channel blocks per sample: sample
+    g (of the group at n0), its channels cs and their mask cm, the tile mask m, the span
+    (channels x HW elements) and the span's int64 start t, a multiple of FLAT elements
+    (config rule 6), which tl.multiple_of tells the compiler (16-byte vectors)."""
+    g = it // nb
+    c0 = c_lo + (it - g * nb) * BC
+    cs = c0 + cc
+    cm = cs < c_hi
+    span = tl.minimum(c_hi - c0, BC) * HW
+    t = tl.multiple_of(_act_offset(n0 + g, c0, C, HW, False), FLAT)
+    return g, cs, cm, cm[:, None] & hv[None, :], span, t
+
+
 # ---- forward phases -------------------------------------------------------------------------
 
 
@@ -214,23 +247,12 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
     g_count = tl.minimum(N - n0, G)
     zs = z_ptr + _row_offset(n0, C)                         # the group's rows of z
     if FLAT > 0:
-        # NCHW, one tile covers HW (FLAT > 0, config rule 6): the (sample, channel block)
-        # loop is the pipelined one, each tile a contiguous span of whole channels
-        cc = tl.arange(0, BC)
-        hh = tl.arange(0, BHW)
-        hv = hh < HW
-        offs = cc[:, None] * HW + hh[None, :]                 # int32, in the tile (stores)
-        gidx = tl.reshape(tl.where(hv[None, :], offs, BC * BHW - 1), [BC * BHW])
-        fi = tl.arange(0, BC * BHW)
+        # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
+        # the pipelined one, each tile a contiguous span of whole channels
+        cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
         nb = tl.cdiv(c_hi - c_lo, BC)
         for it in tl.range(0, g_count * nb, num_stages=_STAGES):
-            g = it // nb
-            c0 = c_lo + (it - g * nb) * BC
-            cs = c0 + cc
-            cm = cs < c_hi
-            m = cm[:, None] & hv[None, :]
-            span = tl.minimum(c_hi - c0, BC) * HW
-            t = tl.multiple_of(_act_offset(n0 + g, c0, C, HW, False), FLAT)   # int64 base
+            g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             if SQUEEZE == 1:  # max that propagates NaN, as torch.amax does
                 v = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, float("-inf")).to(ACC)
                 nans = tl.sum((v != v).to(tl.int32), axis=1)
@@ -346,23 +368,12 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
                  mask=gm[:, None] & cm[None, :] & last)
     tl.debug_barrier()  # gpre is read back below by other threads of this program
     if FLAT > 0:
-        # NCHW, one tile covers HW (FLAT > 0, config rule 6): the (sample, channel block)
-        # loop is the pipelined one, each tile a contiguous span of whole channels
-        cc = tl.arange(0, BC)
-        hh = tl.arange(0, BHW)
-        hv = hh < HW
-        offs = cc[:, None] * HW + hh[None, :]                 # int32, in the tile (stores)
-        gidx = tl.reshape(tl.where(hv[None, :], offs, BC * BHW - 1), [BC * BHW])
-        fi = tl.arange(0, BC * BHW)
+        # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
+        # the pipelined one, each tile a contiguous span of whole channels
+        cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
         nb = tl.cdiv(c_hi - c_lo, BC)
         for it in tl.range(0, g_count * nb, num_stages=_STAGES):
-            g = it // nb
-            c0 = c_lo + (it - g * nb) * BC
-            cs = c0 + cc
-            cm = cs < c_hi
-            m = cm[:, None] & hv[None, :]
-            span = tl.minimum(c_hi - c0, BC) * HW
-            t = tl.multiple_of(_act_offset(n0 + g, c0, C, HW, False), FLAT)   # int64 base
+            g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             s = _gate_fwd(tl.load(gpre_ptr + row0 + g * C + cs, mask=cm, other=0.0),
                           GATE)[:, None]                                           # [BC, 1]
             v = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC) * s
@@ -415,23 +426,12 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
     g_count = tl.minimum(N - n0, G)
     row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
     if FLAT > 0:
-        # NCHW, one tile covers HW (FLAT > 0, config rule 6): the (sample, channel block)
-        # loop is the pipelined one, each tile a contiguous span of whole channels
-        cc = tl.arange(0, BC)
-        hh = tl.arange(0, BHW)
-        hv = hh < HW
-        offs = cc[:, None] * HW + hh[None, :]                 # int32, in the tile (stores)
-        gidx = tl.reshape(tl.where(hv[None, :], offs, BC * BHW - 1), [BC * BHW])
-        fi = tl.arange(0, BC * BHW)
+        # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
+        # the pipelined one, each tile a contiguous span of whole channels
+        cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
         nb = tl.cdiv(c_hi - c_lo, BC)
         for it in tl.range(0, g_count * nb, num_stages=_STAGES):
-            g = it // nb
-            c0 = c_lo + (it - g * nb) * BC
-            cs = c0 + cc
-            cm = cs < c_hi
-            m = cm[:, None] & hv[None, :]
-            span = tl.minimum(c_hi - c0, BC) * HW
-            t = tl.multiple_of(_act_offset(n0 + g, c0, C, HW, False), FLAT)   # int64 base
+            g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             xv = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
             gv = _flat_tile(dy_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
             if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing)
@@ -552,23 +552,12 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
         tl.store(dzs_ptr + row0 + rows, coef, mask=gc)
     tl.debug_barrier()  # dzs is read back below by other threads of this program
     if FLAT > 0:
-        # NCHW, one tile covers HW (FLAT > 0, config rule 6): the (sample, channel block)
-        # loop is the pipelined one, each tile a contiguous span of whole channels
-        cc = tl.arange(0, BC)
-        hh = tl.arange(0, BHW)
-        hv = hh < HW
-        offs = cc[:, None] * HW + hh[None, :]                 # int32, in the tile (stores)
-        gidx = tl.reshape(tl.where(hv[None, :], offs, BC * BHW - 1), [BC * BHW])
-        fi = tl.arange(0, BC * BHW)
+        # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
+        # the pipelined one, each tile a contiguous span of whole channels
+        cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
         nb = tl.cdiv(c_hi - c_lo, BC)
         for it in tl.range(0, g_count * nb, num_stages=_STAGES):
-            g = it // nb
-            c0 = c_lo + (it - g * nb) * BC
-            cs = c0 + cc
-            cm = cs < c_hi
-            m = cm[:, None] & hv[None, :]
-            span = tl.minimum(c_hi - c0, BC) * HW
-            t = tl.multiple_of(_act_offset(n0 + g, c0, C, HW, False), FLAT)   # int64 base
+            g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             rows = row0 + g * C + cs
             coef = tl.load(dzs_ptr + rows, mask=cm, other=0.0)[:, None]
             s = _gate_fwd(tl.load(gpre_ptr + rows, mask=cm, other=0.0), GATE)[:, None]
