@@ -170,6 +170,57 @@ def test_triton_grads_bitwise_reproducible(path, deterministic):
             assert torch.equal(a, b)
 
 
+# Flat NCHW tiles (config rule 6: one tile covers HW, the (sample, channel block) loop is
+# pipelined and each tile is one contiguous span of whole channels): forced small plans so
+# that partial channel blocks, several blocks per sample and several samples per program
+# run, against the same plans with the pixel loop (flat=False).
+FLAT_PLANS = {
+    "split": dict(split=True, G=2, chunk=24, BC=8, BJ=4, BK=8, BJH=4, BJ2=4, BC2=8, BCW=16,
+                  BN=2, BJW=4, WS=2),
+    "fused-g3": dict(split=False, G=3, BC=4, BJ=4, BK=16, BJH=4, BJ2=4, BC2=16, BCW=32, BN=4,
+                     BJW=8),
+}
+FLAT_CASES = [(hw, sq, dt) for hw in ((7, 7), (14, 14), (1, 7), (1, 1))
+              for sq in ("avg", "max") for dt in (torch.float32, torch.bfloat16, torch.float16)]
+
+
+@pytest.mark.parametrize("hw,squeeze,dtype", FLAT_CASES,
+                         ids=[f"{h}x{w}-{sq}-{str(dt)[6:]}" for (h, w), sq, dt in FLAT_CASES])
+def test_triton_flat_tiles(hw, squeeze, dtype, poison):
+    """Odd C (37), H*W = 49, 196, 7, 1, both layouts and both forced paths (rotating with
+    the case), avg and max, with bias and residual, against the float64 oracle."""
+    k = FLAT_CASES.index((hw, squeeze, dtype))
+    path = list(FLAT_PLANS)[k % 2]
+    layout = ("contiguous", "channels_last")[(k // 2) % 2]
+    h, w = hw
+    n, c, cr = 5, 37, 3
+    forced = dict(FLAT_PLANS[path], BHW=1 << max(0, (h * w - 1).bit_length()))
+    inp = make_inputs(n, c, h, w, cr, dtype=dtype, layout=layout, bias=True, residual=True,
+                      requires_grad=True, device=DEVICE)
+    elem = torch.empty((), dtype=dtype).element_size()
+    for flat in (True, False):
+        with config.forced(**forced, **({} if flat else {"flat": False})):
+            plan = config.make_plan(n, c, h * w, cr, elem, layout == "channels_last",
+                                    config.device_of(inp.x))
+            # flat tiles exactly where rule 6 says, aligned to what C*HW allows
+            assert (plan.flat > 0) == (flat and layout == "contiguous"), plan
+            assert (c * h * w) % max(1, plan.flat) == 0 and plan.flat * elem <= 16, plan
+            check_backend("triton", inp, squeeze, "silu", "tanh")
+
+
+def test_triton_flat_tiles_bitwise_reproducible():
+    """The flat path (gathers through shared memory on a GPU) is deterministic too."""
+    inp = make_inputs(6, 40, 7, 7, 4, dtype=torch.float32, bias=True, residual=True,
+                      requires_grad=True, device=DEVICE)
+    outs = []
+    for _ in range(2):
+        with config.forced(**FLAT_PLANS["split"], BHW=64):
+            y = se_kernels.fused_se(*inp.args(), residual=inp.residual, backend="triton")
+            outs.append((y,) + torch.autograd.grad(y.square().sum(), inp.tensors()))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
 def test_triton_does_not_modify_inputs():
     inp = make_inputs(3, 8, 5, 5, 2, bias=True, residual=True, requires_grad=True,
                       device=DEVICE)
@@ -214,6 +265,19 @@ def test_plan_conv5_amortises_weights():
     assert p.G == 8 and p.split and p.P > 1
     p = config.make_plan(256, 256, 3136, 16, 2, True, H100)
     assert p.G == 1
+
+
+@pytest.mark.parametrize("elem,flat", [(2, 8), (4, 4), (8, 2)])
+def test_plan_flat_tiles_where_one_tile_covers_hw(elem, flat):
+    """Rule 6: NCHW conv4_x/conv5_x (one pixel tile) get flat tiles aligned to 16 bytes;
+    NHWC, maps longer than a tile, and odd C*HW do not (or only to 1 element)."""
+    for n, (c, hw, cr) in itertools.product((1, 256), SE_RESNET50):
+        p = config.make_plan(n, c, hw, cr, elem, False, H100)
+        assert p.flat == (flat if hw <= p.BHW else 0), p
+        assert p.flat > 0 or hw > 196, p     # conv4_x, conv5_x are flat (N = 1: conv3_x too)
+        assert config.make_plan(n, c, hw, cr, elem, True, H100).flat == 0
+    assert config.make_plan(256, 37, 49, 3, 2, False, H100).flat == 1
+    assert config.make_plan(256, 38, 49, 3, 2, False, H100).flat == 2
 
 
 @pytest.mark.parametrize("n,c,hw,cr,channels_last,programs", [

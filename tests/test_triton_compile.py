@@ -61,10 +61,40 @@ def test_kernels_compile_for_sm90(tmp_path):
     hot = [r for r in results if r["case"][5] == "bf16" and r["case"][6] and not r["case"][8]
            and r["kernel"] in STREAMING]
     assert len(hot) >= 8, [r["kernel"] for r in results]
+    _assert_pipelined(hot)
+    _assert_flat_pipelined(results, 12)
+
+
+def _assert_pipelined(hot):
     for r in hot:
         what = f"{r['kernel']} {r['constexprs']}: cp.async {r['cp_async_bytes']}"
         assert r["cp_async"] > 0, "hot loop not pipelined: " + what
         assert max(int(k) for k in r["cp_async_bytes"]) == 16, "not vectorised: " + what
+
+
+def _assert_flat_pipelined(results, at_least):
+    """The NCHW plans where one pixel tile covers H*W (conv4_x HW = 196, conv5_x HW = 49):
+    flat tiles (config rule 6) make their channel loop the pipelined one, with 16-byte
+    copies (2-byte loads and no cp.async before). Every streaming kernel of those plans,
+    the split path's dx launch included, and without register spills."""
+    flat = [r for r in results if r["case"][5] == "bf16" and not r["case"][6]
+            and not r["case"][8] and r["constexprs"].get("FLAT", 0) > 0
+            and (r["kernel"] in STREAMING or r["constexprs"].get("WRITE_DX") is True)]
+    assert len(flat) >= at_least, [(r["kernel"], r["case"]) for r in results]
+    assert {r["case"][2] * r["case"][3] for r in flat} == {196, 49}
+    _assert_pipelined(flat)
+    assert all(r["spill_stores"] == 0 for r in flat), [(r["kernel"], r["spill_stores"])
+                                                       for r in flat]
+
+
+@pytest.mark.skipif(_why_not() is not None, reason=f"cannot compile for a GPU: {_why_not()}")
+def test_flat_nchw_plans_pipelined_sm80(tmp_path):
+    """The flat NCHW plans (conv4_x, conv5_x) are pipelined and vectorised for an A100 too,
+    within its shared memory."""
+    _, results = _compile(tmp_path, "flat", 80)
+    assert all(r["ok"] for r in results)
+    assert max(r["shared"] for r in results) <= 166912
+    _assert_flat_pipelined(results, 12)
 
 
 @pytest.mark.skipif(_why_not() is not None, reason=f"cannot compile for a GPU: {_why_not()}")

@@ -17,6 +17,7 @@ its CUDA backend and its bundled ptxas (or TRITON_PTXAS_PATH); no driver, no GPU
 
 Sets: "smoke" = a quick subset (tests/test_triton_compile.py runs it); "wide" = the fp64/fp32
 plans nearest the shared-memory limit (tests/test_triton_compile.py compiles them for sm_80);
+"flat" = the NCHW conv4_x/conv5_x plans (flat tiles; bf16, fp32);
 "plans" = the
 heuristic's own plans for the SE-ResNet-50 stages at N in {1, 8, 64, 256}, both layouts, fp32/bf16/fp16/fp64, every option combination on one shape per path
 (and the heaviest options on every plan); "tests" = the plans tests/test_triton.py makes on
@@ -227,10 +228,19 @@ def smoke_cases():
 
     for (c, h, w, cr), n in itertools.product(SE_RESNET50, (1, 256)):
         yield (n, c, h, w, cr, "bf16", True, HEAVY, {})
+    yield from flat_cases(("bf16",))
     yield (256, 256, 56, 56, 16, "fp32", False, HEAVY, {})
     yield (1, 1024, 14, 14, 64, "fp64", False, HEAVY, {})
     for path in T.PATHS.values():
         yield (8, 100, 7, 7, 7, "fp32", False, HEAVY, path)
+
+
+def flat_cases(dts=("bf16", "fp32")):
+    """The NCHW stages where one pixel tile covers H*W (conv4_x, conv5_x: flat tiles, config
+    rule 6) at N = 1 and 256, heaviest options: their streaming kernels must issue 16-byte
+    cp.async (tests/test_triton_compile.py, sm_90 in the smoke set and sm_80 here)."""
+    for (c, h, w, cr), n, dt in itertools.product(SE_RESNET50[2:], (1, 256), dts):
+        yield (n, c, h, w, cr, dt, False, HEAVY, {})
 
 
 def wide_cases():
@@ -278,7 +288,8 @@ def test_cases():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
-    ap.add_argument("--set", choices=("smoke", "plans", "tests", "all", "first", "wide"),
+    ap.add_argument("--set", choices=("smoke", "plans", "tests", "all", "first", "wide",
+                                      "flat"),
                     default="plans", help="first: the launches of the first GPU call's smoke and "
                     "stress selections and probe (tests/test_gpu_smoke.py)")
     ap.add_argument("--quick", action="store_true", help="bf16/fp32 and N in {1, 256} only")
@@ -293,6 +304,7 @@ def main():
     for arch in a.arch:
         cases = list(smoke_cases()) if a.set == "smoke" else []
         cases += list(wide_cases()) if a.set == "wide" else []
+        cases += list(flat_cases()) if a.set == "flat" else []
         if a.set == "first":
             import test_gpu_smoke
             cases = list(test_gpu_smoke.triton_compile_cases())

@@ -14,15 +14,19 @@ channel chunks P, the activation tile, the pipeline depth kernels._STAGES):
   4|x| + 2|W| (x and dy read by the reduce phase, dy re-read, dx written; W read, dW
   written), 3|x| + 2|W| when dy stays in L2. This backend's own bytes bound is the same
   count (issue 13's definition), so floor_us = bytes / 4.3 TB/s.
-* bandwidth: Little's law. A program keeps min(STAGES - 1, pixel tiles - 1) tiles of each
-  streamed tensor in flight (1 when its loop has a single tile); at most 2 programs per SM
+* bandwidth: Little's law. A program keeps min(STAGES - 1, trips - 1) tiles of each
+  streamed tensor in flight (1 when its loop has a single trip): trips = the pixel tiles of
+  a channel block, or, with flat NCHW tiles (config rule 6: one tile covers HW), the
+  program's G x cdiv(chunk, BC) (sample, channel block) pairs, each tile then BC x HW
+  elements (the flat span; padded lanes load nothing); at most 2 programs per SM
   are resident (8-warp programs of 60-220 registers, tools/compile_triton_kernels.py), so
   bytes in flight per SM = tile bytes x streams x tiles ahead x programs per SM, and the
   achieved bandwidth is min(4.3 TB/s, busy SMs x in flight per SM / 1.0 us) -- 1.0 us being
   the HBM latency under load (0.7 us idle).
 * serial FC costs per program, ~0.5 us of dependent L2 round trip per step: the partial
   sums reduced once per program (cdiv(Cr, BJH) steps of [G, P_PAD, BJH] tiles; item 3),
-  then FC2 (backward: FC1) over cdiv(chunk, BC2) x cdiv(Cr, BJ2) steps; the weight
+  then FC2 (backward: FC1) over cdiv(chunk, BC2) x cdiv(Cr, BJ2) steps, which one loop
+  pipelines STAGES - 1 = 2 steps ahead (a round trip per 2 steps, 0.25 us each); the weight
   gradients walk their slice of cdiv(N, WS) samples in blocks of BN, one hidden block per
   program (item 5), plus, when WS > 1, a third launch summing the WS partial rows.
 * 2 us per launch (launch gap and ramp).
@@ -75,9 +79,13 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
         streams = [2, 1]                      # reduce: x, dy; dx phase: dy
         launches = 2
     programs = p.groups(n) * p.P
-    tiles = _cdiv(hw, p.BHW)
-    ahead = max(1, min(int(_STAGES) - 1, tiles - 1))
-    tile_bytes = p.BC * p.BHW * 2
+    if p.flat:   # the pipelined loop walks (sample, channel block) pairs of whole channels
+        trips = min(p.G, n) * _cdiv(p.chunk, p.BC)
+        tile_bytes = min(p.BC, p.chunk) * hw * 2
+    else:        # the pipelined loop walks the pixel tiles of one channel block
+        trips = _cdiv(hw, p.BHW)
+        tile_bytes = p.BC * p.BHW * 2
+    ahead = max(1, min(int(_STAGES) - 1, trips - 1))
     per_sm = min(RESIDENT, programs / SMS) if programs < SMS * RESIDENT else RESIDENT
     busy = min(SMS, programs)
     # the two streaming phases, each moving about half the activation bytes
@@ -93,9 +101,11 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
     # serial FC costs per program (the longest program)
     chunk_blocks = _cdiv(p.chunk, p.BC)
     del chunk_blocks
-    fc2 = (_cdiv(cr, p.BJH) + _cdiv(p.chunk, p.BC2) * _cdiv(cr, p.BJ2)) * L2_ROUND_US * 1e-6
+    fc2 = (_cdiv(cr, p.BJH) + _cdiv(p.chunk, p.BC2) * _cdiv(cr, p.BJ2) / (int(_STAGES) - 1)
+           ) * L2_ROUND_US * 1e-6
     t += fc2
     note = [f"plan: {'split' if p.split else 'fused'} G={p.G} P={p.P} BC={p.BC} BHW={p.BHW} "
+            f"{'flat ' if p.flat else ''}"
             f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, {programs} programs"]
     if direction == "bwd":
         ws, wsn = p.wslices(n)

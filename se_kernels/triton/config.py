@@ -36,6 +36,15 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    num_stages - 1 = 2 tiles of each streamed tensor in shared memory (x, dy, y in the
    backward's reduce: 3 tensors), so a tile is capped at 16 KB (4096 bf16/fp32 elements,
    2048 fp64): 3 x 2 x 16 KB = 96 KB, inside an A100's 163 KB as well as an H100's 227 KB.
+6. Flat tiles (``Plan.flat``): in NCHW where one pixel tile covers H*W (HW <= BHW: conv4_x,
+   conv5_x, any small map), the pixel loop would have a single trip, so nothing would be
+   pipelined, and rows of HW = 196 or 49 pixels start at addresses that only allow 2-byte
+   loads. There the kernels loop over (sample, channel block) pairs with
+   tl.range(num_stages) instead, and load each tile of BC whole channels as one contiguous
+   span of BC*HW elements (rearranged into [BC, BHW] rows in registers): flat > 0 is the
+   alignment, in elements, that every such span's start has (the largest power of two
+   <= 16 bytes dividing C*HW, chunk*HW and BC*HW), which the kernels assert to the compiler
+   (tl.multiple_of) so that the loads become 16-byte vectors. flat = 0: the pixel loop.
 
 On CUDA the device's SM count is read from its properties; under TRITON_INTERPRET=1 (CPU
 tensors) the plan is made for a virtual one-SM device with large tiles and G = 16: the
@@ -116,6 +125,7 @@ class Plan:
     BJW: int           # weight-gradient tile: hidden units
     WS: int            # weight-gradient sample slices (partial sums, then a fixed-order sum)
     num_warps: int
+    flat: int = 0      # NCHW with HW <= BHW: alignment (elements) of the flat tiles; 0 = off
 
     @property
     def G_PAD(self) -> int:
@@ -145,7 +155,8 @@ _FORCED_STATE = _ForcedState()   # read by ops.py's launch-configuration cache
 def forced(**fields):
     """Test hook: override fields of every Plan made inside the block, e.g.
     ``forced(split=True, chunk=16, BHW=32)`` (P follows from chunk; any block sizes work,
-    the kernels mask every edge). Plans made inside the block are not cached. Not
+    the kernels mask every edge; ``flat=False`` keeps the pixel loop where rule 6 would
+    flatten). Plans made inside the block are not cached. Not
     thread-safe."""
     prev, _FORCED_STATE.fields = _FORCED_STATE.fields, fields
     _clear_caches()
@@ -284,20 +295,34 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
         if "num_warps" not in tiles:  # the same rule for forced tiles as for the heuristic's
             plan = dataclasses.replace(plan, num_warps=8 if plan.BC * plan.BHW >= 4096 else 4)
     if not dev.interpret:
-        plan = _smem_tiles(plan, elem)
-    return _int32_tiles(plan, c, hw, channels_last)
+        plan = _smem_tiles(plan, elem, 0 if channels_last else hw)
+    plan = _int32_tiles(plan, c, hw, channels_last)
+    if _FORCED and not _FORCED.get("flat", True):
+        return plan
+    return _flat_tiles(plan, c, hw, elem, channels_last)
+
+
+def _flat_tiles(plan: Plan, c: int, hw: int, elem: int, channels_last: bool) -> Plan:
+    """Rule 6: plan.flat = the alignment of the flat NCHW tiles where one tile covers HW."""
+    if channels_last or hw > plan.BHW:
+        return plan
+    align = max(1, 16 // elem)
+    while align > 1 and any(v % align for v in (c * hw, plan.chunk * hw, plan.BC * hw)):
+        align //= 2
+    return dataclasses.replace(plan, flat=align)
 
 
 TILE_BYTES = 16384   # the most bytes of one streamed tensor's tile (rule 5 above)
 
 
-def _smem_tiles(plan: Plan, elem: int) -> Plan:
+def _smem_tiles(plan: Plan, elem: int, nchw_hw: int = 0) -> Plan:
     """Halves the activation tile (pixels first, down to 1, then channels) until it holds at
     most TILE_BYTES: fp64 tiles of 4096 elements needed 192 KB of pipeline buffers in the
-    backward's reduce (above an A100's 163 KB)."""
+    backward's reduce (above an A100's 163 KB). Where one NCHW pixel tile covers all
+    nchw_hw pixels, channels go first, so that the tile stays flat (rule 6)."""
     bc, bhw = plan.BC, plan.BHW
     while bc * bhw * elem > TILE_BYTES:
-        if bhw > 1:
+        if bhw > 1 and not (bc > 1 and bhw >= nchw_hw > 0):
             bhw //= 2
         else:
             bc //= 2

@@ -19,6 +19,10 @@ which and why):
                                 slices' partial sums added in slice order by
                                 se_bwd_wsum_kernel (deterministic, no atomics)
 
+Where one NCHW pixel tile covers H*W (config rule 6, FLAT > 0), the streaming part of each
+phase loops over (sample, channel block) pairs instead of pixel tiles, each tile one
+contiguous span of whole channels loaded with 16-byte vectors (_flat_tile).
+
 g is dy, masked by y > 0 when the residual tail was fused. Each weight tile a phase touches
 is loaded once per sample group: the FCs run as [G, J, K] broadcast products, so a program
 owning G samples reads each weight byte once for all G (DESIGN.md section 3, the conv5_x
@@ -180,6 +184,49 @@ def _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR, P_PAD: tl.constexpr):
                   axis=1)
 
 
+@triton.jit
+def _flat_tile(ptr, t, span, fi, gidx, BC: tl.constexpr, BHW: tl.constexpr,
+               OTHER: tl.constexpr):
+    """The [BC, BHW] tile of whole NCHW channels c0 .. c0+BC-1 whose pixels start at element t
+    (one tile covers HW): loaded as the flat, contiguous span t .. t+span-1 (span = channels
+    x HW; 16-byte vector loads and cp.async copies where t is a multiple of the vector, which
+    the caller asserts with tl.multiple_of), then rearranged into rows of HW pixels by
+    gidx = c * HW + hw (tl.gather, through shared memory on a GPU). Elements outside the
+    span (channels past the chunk) and the padding hw >= HW (gidx = BC * BHW - 1, past any
+    span since BC * HW < BC * BHW there) read OTHER."""
+    v = tl.load(ptr + t + fi, mask=fi < span, other=OTHER)
+    return tl.reshape(tl.gather(v, gidx, 0), [BC, BHW])
+
+
+@triton.jit
+def _flat_index(HW, BC: tl.constexpr, BHW: tl.constexpr):
+    """The loop-invariant int32 indices of the flat tiles: channels cc [BC], valid pixels hv
+    [BHW], in-tile offsets offs = c * HW + hw [BC, BHW] (the stores, masked by hv), the
+    gather index gidx [BC * BHW] (offs, with the padding hw >= HW at BC * BHW - 1) and the
+    flat lanes fi [BC * BHW]."""
+    cc = tl.arange(0, BC)
+    hh = tl.arange(0, BHW)
+    hv = hh < HW
+    offs = cc[:, None] * HW + hh[None, :]
+    gidx = tl.reshape(tl.where(hv[None, :], offs, BC * BHW - 1), [BC * BHW])
+    return cc, hv, offs, gidx, tl.arange(0, BC * BHW)
+
+
+@triton.jit
+def _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC: tl.constexpr, FLAT: tl.constexpr):
+    """Step it of a flat (sample, channel block) loop, nb channel blocks per sample: sample
+    g (of the group at n0), its channels cs and their mask cm, the tile mask m, the span
+    (channels x HW elements) and the span's int64 start t, a multiple of FLAT elements
+    (config rule 6), which tl.multiple_of tells the compiler (16-byte vectors)."""
+    g = it // nb
+    c0 = c_lo + (it - g * nb) * BC
+    cs = c0 + cc
+    cm = cs < c_hi
+    span = tl.minimum(c_hi - c0, BC) * HW
+    t = tl.multiple_of(_act_offset(n0 + g, c0, C, HW, False), FLAT)
+    return g, cs, cm, cm[:, None] & hv[None, :], span, t
+
+
 # ---- forward phases -------------------------------------------------------------------------
 
 
@@ -187,7 +234,7 @@ def _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR, P_PAD: tl.constexpr):
 def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
                 G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
                 BJ: tl.constexpr, BK: tl.constexpr, SQUEEZE: tl.constexpr,
-                CHANNELS_LAST: tl.constexpr):
+                CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr):
     """z[n, c] for the group's samples and the chunk's channels, then the chunk's share of FC1:
     part[n, p, :] = sum_{c in chunk} W1[:, c] z[n, c]."""
     ACC = z_ptr.dtype.element_ty
@@ -199,30 +246,46 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         SH = 1
     g_count = tl.minimum(N - n0, G)
     zs = z_ptr + _row_offset(n0, C)                         # the group's rows of z
-    for g in range(0, g_count):
-        for c0 in range(c_lo, c_hi, BC):
-            cs = c0 + tl.arange(0, BC)
-            cm = cs < c_hi
-            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
-            if SQUEEZE == 1:
-                acc = tl.full([BC, BHW], float("-inf"), ACC)
+    if FLAT > 0:
+        # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
+        # the pipelined one, each tile a contiguous span of whole channels
+        cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
+        nb = tl.cdiv(c_hi - c_lo, BC)
+        for it in tl.range(0, g_count * nb, num_stages=_STAGES):
+            g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
+            if SQUEEZE == 1:  # max that propagates NaN, as torch.amax does
+                v = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, float("-inf")).to(ACC)
+                nans = tl.sum((v != v).to(tl.int32), axis=1)
+                z = tl.where(nans > 0, float("nan"), tl.max(v, axis=1))
             else:
-                acc = tl.zeros([BC, BHW], ACC)
-            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
-                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
-                if SQUEEZE == 1:  # max that propagates NaN, as torch.amax does
-                    v = tl.load(x_ptr + off, mask=m, other=float("-inf")).to(ACC)
-                    acc = tl.where((acc > v) | (acc != acc), acc, v)
-                else:
-                    acc += tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
-                t += BHW * SH
-            if SQUEEZE == 1:
-                nans = tl.sum((acc != acc).to(tl.int32), axis=1)
-                z = tl.where(nans > 0, float("nan"), tl.max(acc, axis=1))
-            else:
-                z = tl.sum(acc, axis=1) / HW
+                z = tl.sum(_flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC),
+                           axis=1) / HW
             tl.store(zs + g * C + cs, z, mask=cm)
+    else:
+        for g in range(0, g_count):
+            for c0 in range(c_lo, c_hi, BC):
+                cs = c0 + tl.arange(0, BC)
+                cm = cs < c_hi
+                t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
+                if SQUEEZE == 1:
+                    acc = tl.full([BC, BHW], float("-inf"), ACC)
+                else:
+                    acc = tl.zeros([BC, BHW], ACC)
+                for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                    off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
+                    if SQUEEZE == 1:  # max that propagates NaN, as torch.amax does
+                        v = tl.load(x_ptr + off, mask=m, other=float("-inf")).to(ACC)
+                        acc = tl.where((acc > v) | (acc != acc), acc, v)
+                    else:
+                        acc += tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
+                    t += BHW * SH
+                if SQUEEZE == 1:
+                    nans = tl.sum((acc != acc).to(tl.int32), axis=1)
+                    z = tl.where(nans > 0, float("nan"), tl.max(acc, axis=1))
+                else:
+                    z = tl.sum(acc, axis=1) / HW
+                tl.store(zs + g * C + cs, z, mask=cm)
     tl.debug_barrier()  # z is read back below by other threads of this program
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
@@ -248,7 +311,8 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
                   G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
                   BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
                   ACT: tl.constexpr, GATE: tl.constexpr, HAS_B1: tl.constexpr,
-                  HAS_B2: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+                  HAS_B2: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                  FLAT: tl.constexpr):
     """hpre (stored by the chunk-0 program), gpre for the chunk, and y for the chunk's
     channels of the group's samples. Three steps, each once per program: (a) act(hpre) for
     the group from [G_PAD, P_PAD, BJH] tiles of part, into this program's rows of hs
@@ -278,41 +342,64 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
         tl.store(hs_ptr + hrow + js[None, :], _act_fwd(h, ACT), mask=gj)
     tl.debug_barrier()  # hs is read back below by other threads of this program
     row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
-    for c0 in range(c_lo, c_hi, BC2):
-        cs = c0 + tl.arange(0, BC2)
+    # one pipelined loop over (channel block, hidden block) steps, so that the next two
+    # steps' hs and W2 tiles are in flight across channel blocks too; the sum restarts at a
+    # block's first hidden step and is stored at its last (the same order of additions as
+    # a loop nest, so the same bits)
+    nj = tl.cdiv(CR, BJ2)
+    acc = tl.zeros([G_PAD, BC2], ACC)
+    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj, num_stages=_STAGES):
+        cb = it // nj
+        j0 = (it - cb * nj) * BJ2
+        cs = c_lo + cb * BC2 + tl.arange(0, BC2)
         cm = cs < c_hi
-        acc = tl.zeros([G_PAD, BC2], ACC)
-        for j0 in tl.range(0, CR, BJ2, num_stages=2):  # next W tile in flight
-            js = j0 + tl.arange(0, BJ2)
-            jm = js < CR
-            h = tl.load(hs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
-                        other=0.0)                                                 # [G, BJ2]
-            wt = tl.load(w2_ptr + cs[None, :] * CR + js[:, None],
-                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ2, BC2]
-            acc += tl.sum(h[:, :, None] * wt[None, :, :], axis=1)
+        js = j0 + tl.arange(0, BJ2)
+        jm = js < CR
+        h = tl.load(hs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
+                    other=0.0)                                                     # [G, BJ2]
+        wt = tl.load(w2_ptr + cs[None, :] * CR + js[:, None],
+                     mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)            # [BJ2, BC2]
+        acc = tl.where(j0 == 0, 0.0, acc) + tl.sum(h[:, :, None] * wt[None, :, :], axis=1)
+        last = j0 + BJ2 >= CR
+        out = acc
         if HAS_B2:
-            acc += tl.load(b2_ptr + cs, mask=cm, other=0.0).to(ACC)[None, :]
-        tl.store(gpre_ptr + row0 + gs[:, None] * C + cs[None, :], acc,
-                 mask=gm[:, None] & cm[None, :])
+            out += tl.load(b2_ptr + cs, mask=cm & last, other=0.0).to(ACC)[None, :]
+        tl.store(gpre_ptr + row0 + gs[:, None] * C + cs[None, :], out,
+                 mask=gm[:, None] & cm[None, :] & last)
     tl.debug_barrier()  # gpre is read back below by other threads of this program
-    for c0 in range(c_lo, c_hi, BC):
-        cs = c0 + tl.arange(0, BC)
-        cm = cs < c_hi
-        s = _gate_fwd(tl.load(gpre_ptr + row0 + gs[:, None] * C + cs[None, :],
-                              mask=gm[:, None] & cm[None, :], other=0.0), GATE)   # [G, BC]
-        for g in range(0, g_count):
-            # row g of s (a select, so that other rows' NaNs stay out)
-            s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]
-            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
-            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
-                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
-                v = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC) * s_g
-                if HAS_RES:  # relu(y + residual), NaN passing
-                    v += tl.load(res_ptr + off, mask=m, other=0.0).to(ACC)
-                    v = tl.where(v < 0.0, 0.0, v)
-                tl.store(y_ptr + off, v.to(y_ptr.dtype.element_ty), mask=m)
-                t += BHW * SH
+    if FLAT > 0:
+        # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
+        # the pipelined one, each tile a contiguous span of whole channels
+        cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
+        nb = tl.cdiv(c_hi - c_lo, BC)
+        for it in tl.range(0, g_count * nb, num_stages=_STAGES):
+            g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
+            s = _gate_fwd(tl.load(gpre_ptr + row0 + g * C + cs, mask=cm, other=0.0),
+                          GATE)[:, None]                                           # [BC, 1]
+            v = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC) * s
+            if HAS_RES:  # relu(y + residual), NaN passing
+                v += _flat_tile(res_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+                v = tl.where(v < 0.0, 0.0, v)
+            tl.store(y_ptr + t + offs, v.to(y_ptr.dtype.element_ty), mask=m)
+    else:
+        for c0 in range(c_lo, c_hi, BC):
+            cs = c0 + tl.arange(0, BC)
+            cm = cs < c_hi
+            s = _gate_fwd(tl.load(gpre_ptr + row0 + gs[:, None] * C + cs[None, :],
+                                  mask=gm[:, None] & cm[None, :], other=0.0), GATE)   # [G, BC]
+            for g in range(0, g_count):
+                # row g of s (a select, so that other rows' NaNs stay out)
+                s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]
+                t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
+                for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                    off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
+                    v = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC) * s_g
+                    if HAS_RES:  # relu(y + residual), NaN passing
+                        v += tl.load(res_ptr + off, mask=m, other=0.0).to(ACC)
+                        v = tl.where(v < 0.0, 0.0, v)
+                    tl.store(y_ptr + off, v.to(y_ptr.dtype.element_ty), mask=m)
+                    t += BHW * SH
 
 
 # ---- backward phases ------------------------------------------------------------------------
@@ -323,7 +410,8 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
                   dres_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
                   G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
                   BJ: tl.constexpr, BK: tl.constexpr, SQUEEZE: tl.constexpr,
-                  GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+                  GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                  FLAT: tl.constexpr):
     """dpre = (sum_hw g x) gate'(gpre) and the tie counts (max) for the chunk, then the chunk's
     share of the FC2 backward: dpart[n, p, :] = sum_{c in chunk} dpre[n, c] W2[c, :]. With
     the residual fused, g (dy masked by y > 0) is also dres, stored here so that the dx
@@ -337,33 +425,55 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         SH = 1
     g_count = tl.minimum(N - n0, G)
     row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
-    for g in range(0, g_count):
-        for c0 in range(c_lo, c_hi, BC):
-            cs = c0 + tl.arange(0, BC)
-            cm = cs < c_hi
-            acc = tl.zeros([BC, BHW], ACC)
-            ties = tl.zeros([BC, BHW], ACC)
+    if FLAT > 0:
+        # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
+        # the pipelined one, each tile a contiguous span of whole channels
+        cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
+        nb = tl.cdiv(c_hi - c_lo, BC)
+        for it in tl.range(0, g_count * nb, num_stages=_STAGES):
+            g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
+            xv = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+            gv = _flat_tile(dy_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+            if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing)
+                yv = _flat_tile(y_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+                gv = tl.where(yv <= 0.0, 0.0, gv)
+                tl.store(dres_ptr + t + offs, gv.to(dres_ptr.dtype.element_ty), mask=m)
+            rows = row0 + g * C + cs
+            gp = tl.load(gpre_ptr + rows, mask=cm, other=0.0)
+            tl.store(dpre_ptr + rows, _gate_backward(gp, tl.sum(gv * xv, axis=1), GATE),
+                     mask=cm)
             if SQUEEZE == 1:
-                zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
-            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
-            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
-                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
-                xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
-                gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
-                if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing)
-                    yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
-                    gv = tl.where(yv <= 0.0, 0.0, gv)
-                    tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=m)
-                acc += gv * xv
+                zc = tl.load(z_ptr + rows, mask=cm, other=0.0)[:, None]
+                tl.store(cnt_ptr + rows,
+                         tl.sum(tl.where(m & (xv == zc), 1.0, 0.0).to(ACC), axis=1), mask=cm)
+    else:
+        for g in range(0, g_count):
+            for c0 in range(c_lo, c_hi, BC):
+                cs = c0 + tl.arange(0, BC)
+                cm = cs < c_hi
+                acc = tl.zeros([BC, BHW], ACC)
+                ties = tl.zeros([BC, BHW], ACC)
                 if SQUEEZE == 1:
-                    ties += tl.where(m & (xv == zc), 1.0, 0.0)
-                t += BHW * SH
-            gp = tl.load(gpre_ptr + row0 + g * C + cs, mask=cm, other=0.0)
-            tl.store(dpre_ptr + row0 + g * C + cs,
-                     _gate_backward(gp, tl.sum(acc, axis=1), GATE), mask=cm)
-            if SQUEEZE == 1:
-                tl.store(cnt_ptr + row0 + g * C + cs, tl.sum(ties, axis=1), mask=cm)
+                    zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
+                t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
+                for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                    off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
+                    xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
+                    gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
+                    if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing)
+                        yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
+                        gv = tl.where(yv <= 0.0, 0.0, gv)
+                        tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=m)
+                    acc += gv * xv
+                    if SQUEEZE == 1:
+                        ties += tl.where(m & (xv == zc), 1.0, 0.0)
+                    t += BHW * SH
+                gp = tl.load(gpre_ptr + row0 + g * C + cs, mask=cm, other=0.0)
+                tl.store(dpre_ptr + row0 + g * C + cs,
+                         _gate_backward(gp, tl.sum(acc, axis=1), GATE), mask=cm)
+                if SQUEEZE == 1:
+                    tl.store(cnt_ptr + row0 + g * C + cs, tl.sum(ties, axis=1), mask=cm)
     tl.debug_barrier()  # dpre is read back below by other threads of this program
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
@@ -389,7 +499,7 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
                  G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
                  BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
                  SQUEEZE: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
-                 HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+                 HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr):
     """dz for the chunk from the full dpart, then dx for the chunk's channels of the group's
     samples (g from dres, which the reduce phase stored, when the residual was fused). As
     in the excite phase, each step once per program: (a) dhpre for the group from
@@ -417,57 +527,87 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
         dh = _act_backward(hp, _sum_parts(dpart_ptr, n0, gs, gm, js, jm, P, CR, P_PAD), ACT)
         tl.store(dhs_ptr + hrow + js[None, :], dh, mask=gj)
     tl.debug_barrier()  # dhs is read back below by other threads of this program
-    for c0 in range(c_lo, c_hi, BC2):
-        cs = c0 + tl.arange(0, BC2)
+    # one pipelined loop over (channel block, hidden block) steps, as in the excite phase
+    nj = tl.cdiv(CR, BJ2)
+    acc = tl.zeros([G_PAD, BC2], ACC)
+    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj, num_stages=_STAGES):
+        cb = it // nj
+        j0 = (it - cb * nj) * BJ2
+        cs = c_lo + cb * BC2 + tl.arange(0, BC2)
         cm = cs < c_hi
-        gc = gm[:, None] & cm[None, :]
+        js = j0 + tl.arange(0, BJ2)
+        jm = js < CR
+        dh = tl.load(dhs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
+                     other=0.0)                                                    # [G, BJ2]
+        wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
+                     mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)            # [BJ2, BC2]
+        acc = tl.where(j0 == 0, 0.0, acc) + tl.sum(dh[:, :, None] * wt[None, :, :], axis=1)
+        last = j0 + BJ2 >= CR
+        gc = gm[:, None] & cm[None, :] & last
         rows = gs[:, None] * C + cs[None, :]                # int32; + row0 (int64) below
-        acc = tl.zeros([G_PAD, BC2], ACC)
-        for j0 in tl.range(0, CR, BJ2, num_stages=2):  # next W tile in flight
-            js = j0 + tl.arange(0, BJ2)
-            jm = js < CR
-            dh = tl.load(dhs_ptr + hrow + js[None, :], mask=gm[:, None] & jm[None, :],
-                         other=0.0)                                                # [G, BJ2]
-            wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
-                         mask=jm[:, None] & cm[None, :], other=0.0).to(ACC)        # [BJ2, BC2]
-            acc += tl.sum(dh[:, :, None] * wt[None, :, :], axis=1)
         if SQUEEZE == 1:  # shared evenly by the tied maxima, as amax's gradient is
             coef = acc / tl.load(cnt_ptr + row0 + rows, mask=gc, other=1.0)
         else:
             coef = acc / HW
         tl.store(dzs_ptr + row0 + rows, coef, mask=gc)
     tl.debug_barrier()  # dzs is read back below by other threads of this program
-    for c0 in range(c_lo, c_hi, BC):
-        cs = c0 + tl.arange(0, BC)
-        cm = cs < c_hi
-        gc = gm[:, None] & cm[None, :]
-        rows = gs[:, None] * C + cs[None, :]
-        coef = tl.load(dzs_ptr + row0 + rows, mask=gc, other=0.0)
-        s = _gate_fwd(tl.load(gpre_ptr + row0 + rows, mask=gc, other=0.0), GATE)
-        for g in range(0, g_count):
-            s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]      # row g
-            coef_g = tl.sum(tl.where(gs[:, None] == g, coef, 0.0), axis=0)[:, None]
-            if SQUEEZE == 1:
-                zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
-            t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
-            for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
-                off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
-                if HAS_RES and dres_ptr.dtype == dy_ptr.dtype:
-                    # dres = dy masked by y > 0, stored by the reduce phase (exact: same dtype)
-                    gv = tl.load(dres_ptr + off, mask=m, other=0.0).to(ACC)
-                else:
-                    gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
-                    if HAS_RES:
-                        yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
-                        gv = tl.where(yv <= 0.0, 0.0, gv)
-                if SQUEEZE == 1:  # mask * coef as arithmetic: 0 * inf is NaN, as in the reference
-                    xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
-                    d = gv * s_g + tl.where(xv == zc, 1.0, 0.0) * coef_g
-                else:
-                    d = gv * s_g + coef_g
-                tl.store(dx_ptr + off, d.to(dx_ptr.dtype.element_ty), mask=m)
-                t += BHW * SH
+    if FLAT > 0:
+        # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
+        # the pipelined one, each tile a contiguous span of whole channels
+        cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
+        nb = tl.cdiv(c_hi - c_lo, BC)
+        for it in tl.range(0, g_count * nb, num_stages=_STAGES):
+            g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
+            rows = row0 + g * C + cs
+            coef = tl.load(dzs_ptr + rows, mask=cm, other=0.0)[:, None]
+            s = _gate_fwd(tl.load(gpre_ptr + rows, mask=cm, other=0.0), GATE)[:, None]
+            if HAS_RES and dres_ptr.dtype == dy_ptr.dtype:
+                # dres = dy masked by y > 0, stored by the reduce phase (exact: same dtype)
+                gv = _flat_tile(dres_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+            else:
+                gv = _flat_tile(dy_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+                if HAS_RES:
+                    yv = _flat_tile(y_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+                    gv = tl.where(yv <= 0.0, 0.0, gv)
+            if SQUEEZE == 1:  # mask * coef as arithmetic: 0 * inf is NaN, as in the reference
+                zc = tl.load(z_ptr + rows, mask=cm, other=0.0)[:, None]
+                xv = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+                d = gv * s + tl.where(xv == zc, 1.0, 0.0) * coef
+            else:
+                d = gv * s + coef
+            tl.store(dx_ptr + t + offs, d.to(dx_ptr.dtype.element_ty), mask=m)
+    else:
+        for c0 in range(c_lo, c_hi, BC):
+            cs = c0 + tl.arange(0, BC)
+            cm = cs < c_hi
+            gc = gm[:, None] & cm[None, :]
+            rows = gs[:, None] * C + cs[None, :]
+            coef = tl.load(dzs_ptr + row0 + rows, mask=gc, other=0.0)
+            s = _gate_fwd(tl.load(gpre_ptr + row0 + rows, mask=gc, other=0.0), GATE)
+            for g in range(0, g_count):
+                s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]      # row g
+                coef_g = tl.sum(tl.where(gs[:, None] == g, coef, 0.0), axis=0)[:, None]
+                if SQUEEZE == 1:
+                    zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
+                t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
+                for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
+                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                    off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
+                    if HAS_RES and dres_ptr.dtype == dy_ptr.dtype:
+                        # dres = dy masked by y > 0, stored by the reduce phase (exact: same dtype)
+                        gv = tl.load(dres_ptr + off, mask=m, other=0.0).to(ACC)
+                    else:
+                        gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
+                        if HAS_RES:
+                            yv = tl.load(y_ptr + off, mask=m, other=0.0).to(ACC)
+                            gv = tl.where(yv <= 0.0, 0.0, gv)
+                    if SQUEEZE == 1:  # mask * coef as arithmetic: 0 * inf is NaN, as in the reference
+                        xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
+                        d = gv * s_g + tl.where(xv == zc, 1.0, 0.0) * coef_g
+                    else:
+                        d = gv * s_g + coef_g
+                    tl.store(dx_ptr + off, d.to(dx_ptr.dtype.element_ty), mask=m)
+                    t += BHW * SH
 
 
 @triton.jit
@@ -551,22 +691,24 @@ def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z
                         BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
                         SQUEEZE: tl.constexpr, ACT: tl.constexpr,
                         GATE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
-                        HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+                        HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                        FLAT: tl.constexpr):
     """The whole forward for samples [pid*G, pid*G + G), all channels: grid (cdiv(N, G),)."""
     n0 = tl.program_id(0) * G
     _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, 0, 0, C, N, C, HW, CR, 1,
-                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST)
+                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT)
     tl.debug_barrier()  # part is read back by other threads
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
                   hs_ptr, n0, 0, 0, C, N, C, HW, CR, 1, G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2,
-                  ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
+                  ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT)
 
 
 @triton.jit
 def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, part_ptr, N, C, HW, CR, CHUNK,
                        G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
                        BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-                       SQUEEZE: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+                       SQUEEZE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                       FLAT: tl.constexpr):
     """Split forward, launch 1: grid (cdiv(N, G), P); program (i, p) pools channels
     [p*CHUNK, p*CHUNK + CHUNK) of samples [i*G, i*G + G) and writes their share of FC1."""
     n0 = tl.program_id(0) * G
@@ -574,7 +716,7 @@ def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, part_ptr, N, C, HW, CR, CHUNK,
     c_lo = p * CHUNK
     _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, tl.minimum(c_lo + CHUNK, C),
                 N, C, HW, CR, tl.num_programs(1), G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
-                CHANNELS_LAST)
+                CHANNELS_LAST, FLAT)
 
 
 @triton.jit
@@ -584,7 +726,8 @@ def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr
                          BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
                          BJ2: tl.constexpr, BC2: tl.constexpr, ACT: tl.constexpr,
                          GATE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
-                         HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+                         HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                         FLAT: tl.constexpr):
     """Split forward, launch 2: same grid; program (i, p) finishes FC1 from all P shares,
     computes the gate of its channels and writes their y."""
     n0 = tl.program_id(0) * G
@@ -593,7 +736,7 @@ def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
                   hs_ptr, n0, p, c_lo, tl.minimum(c_lo + CHUNK, C), N, C, HW, CR,
                   tl.num_programs(1), G, G_PAD, P_PAD, BC, BHW, BJH, BJ2, BC2, ACT, GATE,
-                  HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
+                  HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT)
 
 
 @triton.jit
@@ -605,7 +748,8 @@ def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, 
                          BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
                          SQUEEZE: tl.constexpr, ACT: tl.constexpr,
                          GATE: tl.constexpr, HAS_RES: tl.constexpr,
-                         CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr):
+                         CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr,
+                         FLAT: tl.constexpr):
     """Backward, launch 1: grid (cdiv(N, G), P). Program (i, p) reduces channels
     [p*CHUNK, p*CHUNK + CHUNK) of samples [i*G, i*G + G) and writes its share of the FC2
     backward. With WRITE_DX (P == 1, the program owns whole samples) it goes on to write dx
@@ -617,13 +761,13 @@ def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, 
     P = tl.num_programs(1)
     _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_ptr, dpart_ptr,
                   dres_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P, G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
-                  GATE, HAS_RES, CHANNELS_LAST)
+                  GATE, HAS_RES, CHANNELS_LAST, FLAT)
     if WRITE_DX:
         tl.debug_barrier()  # dpart and cnt are read back by other threads
         _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
                      dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, n0, 0, c_lo, c_hi, N, C,
                      HW, CR, 1, G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2, SQUEEZE, ACT, GATE,
-                     HAS_RES, CHANNELS_LAST)
+                     HAS_RES, CHANNELS_LAST, FLAT)
 
 
 @triton.jit
@@ -637,7 +781,7 @@ def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr
                          BN: tl.constexpr, BJW: tl.constexpr, SQUEEZE: tl.constexpr,
                          ACT: tl.constexpr, GATE: tl.constexpr, HAS_RES: tl.constexpr,
                          CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr,
-                         PARTIAL: tl.constexpr):
+                         PARTIAL: tl.constexpr, FLAT: tl.constexpr):
     """Backward, launch 2: 1-D grid. Programs [0, NW * WS) compute the weight and bias
     gradients, one (BCW channels, BJW hidden units) block over one slice of WSN samples
     each: NW = cdiv(C, BCW) * cdiv(CR, BJW) blocks per slice, (slice, channel block, hidden
@@ -660,7 +804,7 @@ def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr
         _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
                      dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, i * G, p, c_lo,
                      tl.minimum(c_lo + CHUNK, C), N, C, HW, CR, P, G, G_PAD, P_PAD, BC, BHW,
-                     BJH, BJ2, BC2, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST)
+                     BJH, BJ2, BC2, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST, FLAT)
 
 
 @triton.jit

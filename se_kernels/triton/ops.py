@@ -124,7 +124,7 @@ def _forward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_b1, has
     plan = make_plan(n, c, hw, cr, elem, cl, dev)
     groups = plan.groups(n)
     common = dict(G=plan.G, G_PAD=plan.G_PAD, BC=plan.BC, BHW=plan.BHW,
-                  CHANNELS_LAST=cl, num_warps=plan.num_warps)
+                  CHANNELS_LAST=cl, FLAT=plan.flat, num_warps=plan.num_warps)
     opts = dict(ACT=act, GATE=gate, HAS_B1=has_b1, HAS_B2=has_b2, HAS_RES=has_res)
     if not plan.split:
         return plan, ((groups,), dict(BJ=plan.BJ, BK=plan.BK, BJH=plan.BJH, BJ2=plan.BJ2,
@@ -144,7 +144,7 @@ def _backward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_res):
     groups = plan.groups(n)
     nw = -(-c // plan.BCW) * -(-cr // plan.BJW)         # weight-gradient blocks per slice
     common = dict(G=plan.G, G_PAD=plan.G_PAD, BC=plan.BC, BHW=plan.BHW, SQUEEZE=squeeze,
-                  ACT=act, GATE=gate, HAS_RES=has_res, CHANNELS_LAST=cl,
+                  ACT=act, GATE=gate, HAS_RES=has_res, CHANNELS_LAST=cl, FLAT=plan.flat,
                   num_warps=plan.num_warps)
     fc = dict(BJH=plan.BJH, BJ2=plan.BJ2, BC2=plan.BC2)
     reduce = ((groups, plan.P), dict(BJ=plan.BJ, BK=plan.BK, WRITE_DX=not plan.split,
