@@ -8,8 +8,9 @@
 //   persistent  any architecture, dtype and size: squeeze partials, per-group FC, then the
 //               scale re-reads x from L2.
 // The heuristic takes the cluster path whenever it can run, except inside CUDA graph capture
-// before an eager launch of that cluster size has succeeded on the device (a refused launch
-// would probably invalidate the capture): that call takes the persistent path. Environment
+// before an eager launch of that cluster size and shared memory has succeeded on the device
+// (a refused launch would probably invalidate the capture): that call takes the persistent
+// path and warns once. Environment
 // switches, read at every call (for tests and tuning; none is needed in normal use):
 //   SE_KERNELS_CUDA_PATH=auto|cluster|persistent   force a forward path; forcing a path that
 //                                                  cannot run this call raises an error
@@ -74,6 +75,15 @@ int64_t env_int(const char* name, int64_t fallback) {
   TORCH_CHECK(end != v && *end == '\0' && r > 0, "se_kernels: ", name,
               " must be a positive integer, got '", v, "'");
   return r;
+}
+
+// SE_KERNELS_CUDA_TILE: at most 16 MiB, so that every in-tile offset of the tile passes
+// (32-bit) stays far from 2^31 elements.
+int64_t env_tile_bytes() {
+  const int64_t t = env_int("SE_KERNELS_CUDA_TILE", 0);
+  TORCH_CHECK(t <= (int64_t(1) << 24), "se_kernels: SE_KERNELS_CUDA_TILE must be at most ",
+              int64_t(1) << 24, " bytes, got ", t);
+  return t;
 }
 
 // SE_KERNELS_CUDA_CLUSTER=K,G
@@ -145,7 +155,7 @@ PersistentConfig plan_persistent(const Problem& p, int64_t esize, int64_t asize,
   const int64_t row_align = (!nhwc && flat_vec && p.HW % V != 0) ? V : 1;
   const plan::PersistentShape shape = plan::plan_persistent_shape(
       p.N, p.C, p.HW, p.Cr, nhwc, esize, asize, vec, row_align, backward, residual,
-      prop.multiProcessorCount, prop.l2CacheSize, env_int("SE_KERNELS_CUDA_TILE", 0),
+      prop.multiProcessorCount, prop.l2CacheSize, env_tile_bytes(),
       env_int("SE_KERNELS_CUDA_LAG", 0));
   PersistentConfig c{};
   c.flat_vec = !nhwc && flat_vec;
@@ -228,21 +238,26 @@ int cluster_cap(int device) {
   return it == g_cluster_cap.end() ? plan::kMaxCluster : it->second;
 }
 
-// Cluster sizes (bit K) each device has launched eagerly, outside graph capture. A launch
-// refused inside a capture would probably invalidate the capture (the fallback could not
-// rescue that call), so under capture the cluster path runs only at a size this device has
-// already launched; otherwise that call takes the persistent path (se_forward_cuda).
-std::map<int, uint32_t> g_cluster_launched;  // guarded by g_cluster_cap_mu
+// Cluster launches each device has made eagerly, outside graph capture: per cluster size K,
+// the most dynamic shared memory per CTA launched at that K. A launch refused inside a
+// capture would probably invalidate the capture (the fallback could not rescue that call), so
+// under capture the cluster path runs only at a (K, shared memory) no larger than one this
+// device has already launched (cluster resources are refused by K and by shared memory per
+// CTA); otherwise that call takes the persistent path (se_forward_cuda) and warns once.
+std::map<int, std::map<int, int64_t>> g_cluster_launched;  // guarded by g_cluster_cap_mu
 
-bool cluster_launched_before(int device, int K) {
+bool cluster_launched_before(int device, int K, int64_t smem) {
   const std::lock_guard<std::mutex> lock(g_cluster_cap_mu);
   const auto it = g_cluster_launched.find(device);
-  return it != g_cluster_launched.end() && ((it->second >> K) & 1u) != 0;
+  if (it == g_cluster_launched.end()) return false;
+  const auto k = it->second.find(K);
+  return k != it->second.end() && k->second >= smem;
 }
 
-void note_cluster_launched(int device, int K) {
+void note_cluster_launched(int device, int K, int64_t smem) {
   const std::lock_guard<std::mutex> lock(g_cluster_cap_mu);
-  g_cluster_launched[device] |= uint32_t(1) << K;
+  int64_t& most = g_cluster_launched[device][K];
+  most = smem > most ? smem : most;
 }
 
 void note_cluster_refused(int device, int K) {
@@ -379,15 +394,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(
     // 2 -> off) and plans again; a refusal leaves nothing enqueued and no error set.
     for (int attempt = 0; attempt < 5; ++attempt) {
       if (!plan_cluster_launch(a, p, prop, device, ptrs, stream, cc, why)) break;
-      // Under graph capture only a cluster size this device has launched eagerly (a refusal
+      // Under graph capture only a cluster shape this device has launched eagerly (a refusal
       // there would probably invalidate the capture); a forced cluster path still tries.
-      if (capturing && path != Path::kCluster && !cluster_launched_before(device, cc.K)) {
-        why = "under graph capture, and no cluster of " + std::to_string(cc.K) +
-              " CTAs has been launched on this device outside a capture yet";
+      if (capturing && path != Path::kCluster &&
+          !cluster_launched_before(device, cc.K, cc.smem)) {
+        why = "under graph capture, and no cluster of " + std::to_string(cc.K) + " CTAs with " +
+              std::to_string(cc.smem) +
+              " bytes of shared memory each has been launched on this device outside a "
+              "capture yet";
+        TORCH_WARN_ONCE("se_kernels: the fused SE forward runs its persistent path inside this "
+                        "CUDA graph capture (",
+                        why,
+                        "); run the same shapes once eagerly before capturing to capture the "
+                        "cluster path.");
         break;
       }
       if (launch_forward_cluster(a, cc, stream)) {
-        if (!capturing) note_cluster_launched(device, cc.K);
+        if (!capturing) note_cluster_launched(device, cc.K, cc.smem);
         return {y, z, hpre, gpre};
       }
       note_cluster_refused(device, cc.K);

@@ -386,7 +386,7 @@ int check_cluster(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, b
 // weight bytes per CTA (review point (2) of issue 12: not the smallest K). Brute force over
 // every (K, G) the planner may try.
 int check_cluster_fewest_weights(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize,
-                                 bool nhwc, bool expect_rule1) {
+                                 bool nhwc, bool expect_rule0_unmet) {
   namespace P = se_kernels::cuda_plan;
   const P::ClusterLimits h100{227 << 10, 228 << 10, 132, 16};
   const int64_t vec = 16 / esize, W = 2 * C * Cr * esize, slab = C * HW * esize;
@@ -407,7 +407,7 @@ int check_cluster_fewest_weights(int64_t N, int64_t C, int64_t HW, int64_t Cr, i
       if (wb <= P::cluster_weight_cap(G, t.Cc, HW, esize)) rule0 = true;
       if (fewest < 0 || wb < fewest) fewest = wb;
     }
-  if (rule0 == expect_rule1) return plan_failure(where + ": rule 0 can(not) be met, unexpectedly");
+  if (rule0 == expect_rule0_unmet) return plan_failure(where + ": rule 0 can(not) be met, unexpectedly");
   if (!rule0 && P::cluster_weight_bytes_per_cta(Cr, s.Cc, esize) != fewest)
     return plan_failure(where + ": " + std::to_string(P::cluster_weight_bytes_per_cta(Cr, s.Cc, esize)) +
                         " weight bytes per CTA, fewest possible " + std::to_string(fewest));
