@@ -61,7 +61,10 @@ struct BackwardArgs {
 using counter_t = unsigned long long;
 
 // Counters of a persistent launch, zeroed on the stream before it: the ticket dispenser, the
-// number of finished FC groups, then per FC group the finished reduce items and a ready flag.
+// number of finished last-stage FC items (all groups), then per FC group the finished reduce
+// items, the finished last-stage FC items (the apply items' flag: ready when it reaches
+// FcItems::n2), the "squeeze combined" flag (stage-1 FC items wait for it) and the finished
+// stage-1 FC items (stage-2 items wait for FcItems::n1).
 struct Counters {
   counter_t* base;
   int64_t groups;
@@ -69,7 +72,9 @@ struct Counters {
   SE_HOST_DEVICE counter_t* fc_done() const { return base + 1; }
   SE_HOST_DEVICE counter_t* arrive() const { return base + 2; }
   SE_HOST_DEVICE counter_t* ready() const { return base + 2 + groups; }
-  static int64_t count(int64_t groups) { return 2 + 2 * groups; }
+  SE_HOST_DEVICE counter_t* squeezed() const { return base + 2 + 2 * groups; }
+  SE_HOST_DEVICE counter_t* fc1_done() const { return base + 2 + 3 * groups; }
+  static int64_t count(int64_t groups) { return 2 + 4 * groups; }
 };
 
 // Workspace of a persistent launch in the accumulation type, offsets in elements.
@@ -83,6 +88,7 @@ struct Workspace {
 struct PersistentConfig {
   cuda_plan::Tiles tiles;
   cuda_plan::Schedule sched;
+  cuda_plan::FcItems fc;  // the FC items of a group (row / column blocks)
   int64_t G;          // samples per FC group
   int64_t grid;       // CTAs
   int64_t smem;       // dynamic shared memory, bytes
