@@ -324,8 +324,9 @@ __device__ __forceinline__ void rows_dot(const T* M, int64_t ldm, int R, int K, 
 // smem: G * kFcChunk + kThreads * kMaxGroup elements. emit(g, j, value), once per (g, j).
 // Unchanged by issue 12 (a run-time G, 2 rows in flight): the compile-time group sizes of
 // rows_dot, tried here, made the max-squeeze + residual backward kernels spill (ptxas -v;
-// they are at 64 registers), so the backward FC keeps this loop until its FC is split into
-// row-block work items (docs/perf-notes.md, "Issue 12: predictions").
+// they are at 64 registers). Since issue 12a the backward calls it per FC item, on a block
+// of columns (M offset to the block's first column, NC its width); 16-byte loads of the
+// block's row runs are the next step (docs/perf-notes.md, "Issue 12: FC row-block items").
 template <typename T, typename A, typename Emit>
 __device__ __forceinline__ void cols_dot(const T* M, int64_t ldm, int R, int NC, const A* v,
                                          int64_t ldv, int G, A* smem, Emit&& emit) {

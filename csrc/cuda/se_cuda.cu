@@ -161,7 +161,7 @@ PersistentConfig plan_persistent(const Problem& p, int64_t esize, int64_t asize,
   const int64_t lag = shape.lag;
   const int64_t tail = backward ? plan::WeightGradItems{p.C, p.Cr}.count() : 0;
   c.fc = plan::make_fc_items(p.C, p.Cr, esize, backward, env_int("SE_KERNELS_CUDA_FC_BYTES", 0));
-  c.sched = plan::make_schedule(p.N, c.tiles.count(), c.G, lag, tail, c.fc.count());
+  c.sched = plan::make_schedule(p.N, c.tiles.count(), c.G, lag, tail, c.fc.n1, c.fc.n2);
   c.grid = plan::min64(c.sched.total(), sms * blocks);
   // a smaller grid (tests: every item order must finish on 1, 2, 3 CTAs); never larger than
   // what is co-resident (the deadlock-freedom argument needs every CTA running)

@@ -297,7 +297,7 @@ int plan_failure(const std::string& what) {
 int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tail, int64_t n1,
                    int64_t n2) {
   namespace P = se_kernels::cuda_plan;
-  const P::Schedule s = P::make_schedule(N, tiles, G, lag, tail, n1 + n2);
+  const P::Schedule s = P::make_schedule(N, tiles, G, lag, tail, n1, n2);
   const int64_t groups = (N + G - 1) / G;
   const std::string where = "schedule N=" + std::to_string(N) + " tiles=" + std::to_string(tiles) +
                             " G=" + std::to_string(G) + " lag=" + std::to_string(lag) +

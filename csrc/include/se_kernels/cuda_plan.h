@@ -145,24 +145,29 @@ SE_HOST_DEVICE int64_t group_size(int64_t N, int64_t G, int64_t g) { return min6
 
 // Work items of a persistent kernel, in the order tickets hand them out, by FC group of G
 // samples (group g: samples [g G, g G + G), the last group may be short). Every sample has
-// `tiles` reduce items and `tiles` apply items; every group has `fc` FC items (the group's
-// excitation cut into row blocks, FcItems). Group g's block of tickets is
-//   R(g) FC(g) A(g - lag)
-// (A(g - lag) only for g >= lag), then the apply items of the last `lag` groups, then
-// `tail` items (the weight gradients of the backward kernel) that need every sample. `lag`
-// counts groups (>= 1). R(g): sample-major, tile-minor; A(g): the same.
+// `tiles` reduce items and `tiles` apply items; every group has fc = fc1 + fc2 FC items (the
+// group's excitation cut into blocks, FcItems: fc1 of stage 1, fc2 of stage 2). Group g's
+// block of tickets is
+//   R(g) FC1(g) A(g - lag) FC2(g)
+// (A(g - lag) only for g >= lag: the apply items of an older group, which do not wait, sit
+// between the stages so that the stage-2 items spin less for stage 1), then the apply items
+// of the last `lag` groups, then `tail` items (the weight gradients of the backward kernel)
+// that need every sample. `lag` counts groups (>= 1). R(g): sample-major, tile-minor; A(g):
+// the same.
 //
-// Dependencies (what an item waits for): an FC item of group g waits only for the reduce
-// items of g (the first FC stage) or for the FC items of g of the stage before; an apply item
-// of group g waits for the last FC stage of g; a tail item waits for every FC item. Each of
-// them has a smaller ticket: R(g) and FC(g) come before A(g), which is in block g + lag >
-// g. Deadlock-free for any grid: a CTA takes its next ticket only when its item is done
-// (never holds an unstarted ticket while it spins), so every ticket below the smallest
-// ticket of a waiting CTA belongs to an item that is done or running on a resident CTA; the
-// waiting item with the smallest ticket waits only on such items, and they (by induction on
-// the ticket) finish.
+// Dependencies (what an item waits for): a stage-1 FC item of group g waits for the reduce
+// items of g (through the "squeezed" flag the last of them raises), a stage-2 item for every
+// stage-1 item of g; an apply item of g waits for every stage-2 item of g; a tail item for
+// every stage-2 item. Each of them has a smaller ticket: R(g), FC1(g), FC2(g) come in that
+// order in block g, and A(g) comes later (block g + lag, or after every block).
+// Deadlock-free for any grid whose CTAs are all resident: tickets are handed out in order,
+// and a CTA takes its next ticket only when its item is done (it never holds an unstarted
+// ticket while it spins). So the smallest ticket whose item is not done has been handed to a
+// running CTA, and everything it waits for has a smaller ticket, so is done: it completes.
+// By induction every item completes. (Reduce items never wait.)
 struct Schedule {
   int64_t N, tiles, G, lag, tail, fc;
+  int64_t fc1;      // stage-1 FC items of a group (the first fc1 of the fc)
   int64_t ngroups;  // ceil(N / G), kept (a kernel parameter, not a register)
 
   SE_HOST_DEVICE int64_t groups() const { return ngroups; }
@@ -188,14 +193,10 @@ struct Schedule {
         t -= b * (2 * full + fc);
       } else {
         t -= mid * (2 * full + fc);
-        g = ng - 1;  // the last block: R(ng - 1) FC(ng - 1) [A(ng - 1 - lag)]
-        const int64_t r = group_items(g);
-        if (t >= r + fc) {
-          t -= r + fc;
-          if (ng - 1 >= lag) {  // A(ng - 1 - lag), a full group
-            if (t < full) return Item{kItemApply, (ng - 1 - lag) * G + t / T, t % T};
-            t -= full;
-          }
+        g = ng - 1;  // the last block: R(ng - 1) FC1(ng - 1) [A(ng - 1 - lag)] FC2(ng - 1)
+        const int64_t last = group_items(g) + fc + (g >= lag ? full : 0);
+        if (t >= last) {
+          t -= last;
           // the apply items of the last min(lag, ng) groups
           const int64_t first = max64(ng - lag, 0);
           const int64_t rest = (N - first * G) * T;
@@ -204,20 +205,24 @@ struct Schedule {
         }
       }
     }
-    // t is inside block g: R(g), FC(g), then A(g - lag)
+    // t is inside block g: R(g), FC1(g), A(g - lag) when g >= lag (a full group), FC2(g)
     const int64_t r = group_items(g);
     if (t < r) return Item{kItemReduce, g * G + t / T, t % T};
     t -= r;
-    if (t < fc) return Item{kItemFc, g * G, t};
-    t -= fc;
-    return Item{kItemApply, (g - lag) * G + t / T, t % T};
+    if (t < fc1) return Item{kItemFc, g * G, t};
+    t -= fc1;
+    if (g >= lag) {
+      if (t < full) return Item{kItemApply, (g - lag) * G + t / T, t % T};
+      t -= full;
+    }
+    return Item{kItemFc, g * G, fc1 + t};
   }
 };
 
 // lag: in samples (the planner's unit); rounded up to whole groups, at least 1 group and at
-// most every group. fc: FC items per group (FcItems::count()).
+// most every group. fc1, fc2: FC items per group of each stage (FcItems::n1, n2).
 inline Schedule make_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tail,
-                              int64_t fc) {
+                              int64_t fc1, int64_t fc2) {
   Schedule s{};
   s.N = N;
   s.tiles = tiles;
@@ -225,7 +230,8 @@ inline Schedule make_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, 
   s.ngroups = ceil_div(N, s.G);
   s.lag = clamp64(ceil_div(max64(lag, 1), s.G), 1, max64(s.groups(), 1));
   s.tail = tail;
-  s.fc = fc;
+  s.fc1 = fc1;
+  s.fc = fc1 + fc2;
   return s;
 }
 
