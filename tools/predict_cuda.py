@@ -33,7 +33,8 @@ answered once):
     one staging round, then ceil(rows per thread / 2) rounds;
   * plus ITEM_FIXED per item (ticket, the acquire poll of the flag, the release).
 The last group's squeeze combine and its two stages are on the critical path; every other
-group's items overlap the streaming (their CTA time divided by the grid, as before).
+group's items overlap the streaming (their CTA time divided by the grid, as before), where a
+stage-2 item's CTA time includes its spin while stage 1 runs.
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ def fc_items_time(C, Cr, G, direction):
         t1, t2 = fwd_item_time(b1, C, G), fwd_item_time(b2, Cr, G)
     else:
         t1, t2 = bwd_item_time(b1, C), bwd_item_time(b2, Cr)
-    return SQUEEZE + t1 + t2, SQUEEZE + n1 * t1 + n2 * t2, n1 + n2
+    # CTA time: the items, plus the stage-2 items' spin while stage 1 runs (they are handed
+    # out right after the stage-1 items and wait for them)
+    return SQUEEZE + t1 + t2, SQUEEZE + n1 * t1 + n2 * (t1 + t2), n1 + n2
 
 
 def group(C, HW, Cr, N):
