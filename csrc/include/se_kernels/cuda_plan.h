@@ -179,8 +179,8 @@ struct Schedule {
     const int64_t T = tiles, ng = groups();
     const int64_t full = G * T;  // reduce (or apply) items of a full group
     // every group but the last is full; the last group's block is decoded apart
-    const int64_t head = min64(lag, ng - 1);       // full blocks R FC
-    const int64_t mid = max64(ng - 1 - lag, 0);    // full blocks R FC A (A of a full group)
+    const int64_t head = min64(lag, ng - 1);     // full blocks R FC1 FC2
+    const int64_t mid = max64(ng - 1 - lag, 0);  // full blocks R FC1 A FC2 (A: a full group)
     int64_t g;
     if (t < head * (full + fc)) {
       g = t / (full + fc);
