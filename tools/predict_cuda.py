@@ -112,17 +112,15 @@ def bwd_item_time(cols, rows):
 
 
 def fc_items(C, Cr, direction):
-    """(critical path of one group's FC, CTA time of one group's FC items, item count)."""
-    if direction == "fwd":
-        b1, b2 = fc_block(Cr, C, 1), fc_block(C, Cr, 1)
-        t1, t2 = None, None
-        n1, n2 = math.ceil(Cr / b1), math.ceil(C / b2)
-        return n1, n2, b1, b2
-    b1, b2 = fc_block(Cr, C, 8), fc_block(C, Cr, 8)
+    """(n1, n2, b1, b2): cuda_plan::make_fc_items (bf16; the backward's blocks are 8-column
+    runs)."""
+    align = 1 if direction == "fwd" else 8
+    b1, b2 = fc_block(Cr, C, align), fc_block(C, Cr, align)
     return math.ceil(Cr / b1), math.ceil(C / b2), b1, b2
 
 
 def fc_items_time(C, Cr, G, direction):
+    """(critical path of one group's FC, CTA time of one group's FC items, item count)."""
     n1, n2, b1, b2 = fc_items(C, Cr, direction)
     if direction == "fwd":
         t1, t2 = fwd_item_time(b1, C, G), fwd_item_time(b2, Cr, G)
