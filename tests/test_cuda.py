@@ -374,6 +374,72 @@ def test_cuda_nhwc_short_last_channel_tile(path, poison):
         check_backend("cuda", inp, squeeze, "relu", "sigmoid")
 
 
+# ---- issue 12a: the persistent kernels' FC items ------------------------------------------
+
+# (N, C, H, W, Cr, FC item bytes or None): conv5_x with G = 8 and a short last group (N = 9:
+# 8 + 1), its FC spread over 16 + 16 items (bf16) or more (float); conv2_x-like with G = 1
+# (one item per FC, and with 2 KiB items several); Cr = 520 > 512 (the chunked second FC and
+# dz over two chunks of rows) with tiny items (a block of 1..4 rows/columns each)
+FC_ITEM_SHAPES = [(9, 2048, 7, 7, 128, None), (3, 256, 28, 28, 16, None),
+                  (3, 256, 28, 28, 16, 2048), (5, 1040, 3, 3, 520, 4096)]
+
+
+def _fc_env(monkeypatch, grid, item_bytes):
+    monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "persistent")
+    for name, v in (("SE_KERNELS_CUDA_GRID", grid), ("SE_KERNELS_CUDA_FC_BYTES", item_bytes)):
+        if v is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, str(v))
+
+
+@pytest.mark.parametrize("shape", FC_ITEM_SHAPES, ids=str)
+@pytest.mark.parametrize("grid", [1, 2, 3, None], ids=lambda g: f"grid{g or '-full'}")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_persistent_fc_items(shape, grid, layout, monkeypatch, poison):
+    """The persistent forward and backward with the excitation cut into FC items (row blocks
+    of W1 / W2 forward, column blocks backward), on grids of 1, 2, 3 CTAs (every item order
+    must finish: an item waits only for smaller tickets) and the full grid, against the
+    float64 reference: G = 8 with a short last group, G = 1, Cr > 512, bf16 and float, avg and
+    max squeeze."""
+    n, c, h, w, cr, item_bytes = shape
+    _fc_env(monkeypatch, grid, item_bytes)
+    for dtype, squeeze in ((torch.bfloat16, "avg"), (torch.float32, "max")):
+        inp = _make(n, c, h, w, cr, seed=n + c, dtype=dtype, layout=layout, bias=True,
+                    residual=True)
+        check_backend("cuda", inp, squeeze, "silu", "sigmoid")
+
+
+@pytest.mark.parametrize("squeeze", ["avg", "max"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_persistent_fc_items_same_bits_on_every_grid(squeeze, layout, monkeypatch):
+    """Each FC output is computed by one item in a fixed order, whichever CTA runs it: y and
+    every gradient are bitwise equal on grids of 1, 2, 3 CTAs and the full grid."""
+    n, c, h, w, cr, _ = FC_ITEM_SHAPES[0]
+    inp = _make(n, c, h, w, cr, seed=12, dtype=torch.bfloat16, layout=layout, bias=True,
+                residual=True)
+    dy = torch.randn(inp.x.shape, device="cuda").to(inp.x.dtype)
+    runs = []
+    for grid in (None, 1, 2, 3):
+        _fc_env(monkeypatch, grid, None)
+        y = se_kernels.fused_se(*inp.args(), residual=inp.residual, squeeze=squeeze,
+                                backend="cuda")
+        runs.append((y, *torch.autograd.grad(y, inp.tensors(), dy)))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
+def test_cuda_fc_item_env_checked(monkeypatch):
+    monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "persistent")
+    inp = _make(2, 16, 4, 4, 4, seed=0, dtype=torch.float32, layout="contiguous")
+    for name in ("SE_KERNELS_CUDA_GRID", "SE_KERNELS_CUDA_FC_BYTES"):
+        monkeypatch.setenv(name, "0")
+        with pytest.raises(RuntimeError, match=name):
+            se_kernels.fused_se(*inp.args(), backend="cuda")
+        monkeypatch.delenv(name)
+
+
 @pytest.mark.parametrize("kg", ["3,1", "5,2", "7,3", "9,1", "13,2"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_cuda_forced_odd_cluster_sizes(kg, layout, monkeypatch, poison):

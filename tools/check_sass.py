@@ -22,6 +22,14 @@ must use:
     tiles.cuh (reduce_span, grad_reduce_span), the only user of the read-only path, which
     reads rows whose length is not a multiple of 8 elements (H*W = 49, 196) with 16-byte
     vectors (float: 4). Without it those reductions fall back to element loads.
+  * se_fwd_persistent_kernel for half/bfloat16: at least one LDG.E.128 inside the FC items'
+    loop (fc.cuh rows_dot_padded; column "FC.128"). The tile passes have 16-byte loads of
+    their own, so the plain count cannot tell a scalar FC; this one is found through the
+    line table (-lineinfo): nvdisasm -gi prints each instruction's chain of inlined source
+    lines, and a load counts when the chain passes through rows_dot_padded's lines. It needs
+    nvdisasm (the toolkit's or triton's); without it the column reads "-" and the check is
+    skipped, with a note. (The backward's FC items keep cols_dot's element loads: see
+    docs/perf-notes.md, "Issue 12: FC row-block items".)
 A count is static (instructions in the binary, not executions): it proves that the vector
 path exists in the machine code, not how often it runs; docs/perf-notes.md predicts that.
 
@@ -40,27 +48,95 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def find_cuobjdump() -> str | None:
-    exe = shutil.which("cuobjdump")
+def find_tool(name: str) -> str | None:
+    exe = shutil.which(name)
     if exe:
         return exe
     for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / "cuobjdump").is_file():
-            return str(Path(home) / "bin" / "cuobjdump")
-    try:  # the triton wheel bundles one
+        if home and (Path(home) / "bin" / name).is_file():
+            return str(Path(home) / "bin" / name)
+    try:  # the triton wheel bundles cuobjdump and nvdisasm
         import triton  # noqa: PLC0415
 
-        p = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        p = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
         if p.is_file():
             return str(p)
     except Exception:  # noqa: BLE001 - triton is optional here
         pass
     return None
+
+
+def find_cuobjdump() -> str | None:
+    return find_tool("cuobjdump")
+
+
+# The FC loop of the persistent kernels' FC items: loads inlined from these lines of fc.cuh.
+FC_ITEM_FUNCTION = "rows_dot_padded"
+
+
+def function_lines(path: Path, name: str) -> tuple[int, int] | None:
+    """First and last line of the definition of `name` in path (a brace-matched body)."""
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if re.search(rf"\b{name}\(", line) and "__device__" in "".join(lines[max(0, i - 2):i + 1]):
+            depth, started = 0, False
+            for j in range(i, len(lines)):
+                depth += lines[j].count("{") - lines[j].count("}")
+                started = started or "{" in lines[j]
+                if started and depth == 0:
+                    return i + 1, j + 1
+    return None
+
+
+_LINE = re.compile(r'//## File "([^"]+)", line (\d+)(?: inlined at "([^"]+)", line (\d+))?')
+
+
+def fc_item_wide_loads(files: list[str], arch: str, cuobjdump: str) -> dict[str, int] | None:
+    """{mangled function: LDG.E.128 whose inline chain passes through rows_dot_padded}, or
+    None when nvdisasm is missing or the line table is absent."""
+    nvdisasm = find_tool("nvdisasm")
+    span = function_lines(ROOT / "csrc" / "cuda" / "fc.cuh", FC_ITEM_FUNCTION)
+    if nvdisasm is None or span is None:
+        return None
+    out: dict[str, int] = {}
+    seen_lines = False
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            r = subprocess.run([cuobjdump, "-xelf", "all", str(Path(f).resolve())], cwd=tmp,
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                return None
+        for cubin in sorted(Path(tmp).glob(f"*.{arch}.cubin")):
+            r = subprocess.run([nvdisasm, "-gi", str(cubin)], capture_output=True, text=True)
+            if r.returncode != 0:
+                return None
+            func, chain_hit, in_block = None, False, False
+            for line in r.stdout.splitlines():
+                m = re.match(r"^\.text\.(\S+):", line)
+                if m:
+                    func = m.group(1)
+                    continue
+                m = _LINE.search(line)
+                if m:
+                    seen_lines = True
+                    if not in_block:  # a new annotation block: a new chain
+                        chain_hit, in_block = False, True
+                    for fpath, ln in ((m.group(1), m.group(2)), (m.group(3), m.group(4))):
+                        if fpath and fpath.endswith("csrc/cuda/fc.cuh") and \
+                                span[0] <= int(ln) <= span[1]:
+                            chain_hit = True
+                    continue
+                if "/*" in line:
+                    in_block = False
+                    if func and chain_hit and re.search(r"\bLDG\.E\.128\b", line):
+                        out[func] = out.get(func, 0) + 1
+    return out if seen_lines else None
 
 
 def hot_kernels() -> list[str]:
@@ -134,6 +210,7 @@ def main() -> int:
         text += r.stdout
     funcs = parse_sass(text)
     names = demangle(list(funcs))
+    fc_wide = fc_item_wide_loads(files, args.arch, exe)
     hot = hot_kernels()
     rows = []
     failures = []
@@ -146,7 +223,8 @@ def main() -> int:
         targs = targs.replace("__nv_bfloat16", "bf16").replace("__half", "half").replace(" ", "")
         narrow = sum(v for k, v in cnt.items() if k.startswith("LDG") and not k.startswith(
             "LDGSTS") and k != "LDG128")
-        rows.append((kern, targs, cnt["LDG128"], cnt["LDGSTS128"], narrow, cnt["RO128"],
+        fc = "-" if fc_wide is None else str(fc_wide.get(mangled, 0))
+        rows.append((kern, targs, cnt["LDG128"], fc, cnt["LDGSTS128"], narrow, cnt["RO128"],
                      " ".join(f"{k}:{v}" for k, v in sorted(cnt.items()) if k not in (
                          "LDG128", "LDGSTS128", "RO128"))))
         dtype = targs.split(",")[0]
@@ -164,16 +242,23 @@ def main() -> int:
                 and cnt["RO128"] == 0):  # float too: its span reduce runs at H*W % 4 != 0
             failures.append(f"{kern}<{targs}>: the NCHW span reduce is not 16-byte "
                             "(no LDG.E.128.CONSTANT)")
+        if (kern == "se_fwd_persistent_kernel" and dtype in ("half", "bf16")
+                and fc_wide is not None and fc_wide.get(mangled, 0) == 0):
+            failures.append(f"{kern}<{targs}>: the FC items' weight loads are not 16-byte "
+                            f"(no LDG.E.128 inlined from fc.cuh {FC_ITEM_FUNCTION})")
     if not rows:
         print(f"check_sass: no hot kernel in the {args.arch} SASS of {', '.join(files)}")
         return 1 if args.strict else 2
     w = max(len(r[0]) + len(r[1]) + 2 for r in rows)
     print(f"check_sass: global loads per hot kernel ({args.arch} SASS, static counts)")
-    print(f"  {'kernel<T,nhwc,max,res>':<{w}}  LDG.128  LDGSTS.128  LDG<128  RO.128  "
+    print(f"  {'kernel<T,nhwc,max,res>':<{w}}  LDG.128  FC.128  LDGSTS.128  LDG<128  RO.128  "
           "(narrower by width)")
-    for kern, targs, l128, sts, narrow, ro, detail in rows:
-        print(f"  {kern + '<' + targs + '>':<{w}}  {l128:7d}  {sts:10d}  {narrow:7d}  {ro:6d}  "
-              f"{detail}")
+    for kern, targs, l128, fc, sts, narrow, ro, detail in rows:
+        print(f"  {kern + '<' + targs + '>':<{w}}  {l128:7d}  {fc:>6}  {sts:10d}  {narrow:7d}  "
+              f"{ro:6d}  {detail}")
+    if fc_wide is None:
+        print("check_sass: note: FC.128 not counted (no nvdisasm, or no line table in the "
+              "library): the persistent FC-item check was skipped")
     if failures:
         print("check_sass: FAILED\n  " + "\n  ".join(failures))
         return 1

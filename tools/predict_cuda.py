@@ -17,8 +17,24 @@ The model (Little's law; every constant is named below):
     streaming of other CTAs (their CTA time is divided by the grid).
   * backward tail: the weight gradients (dW1, dW2: N x C x Cr each) from L2, ~5 us at N = 256.
   * launch + grid drain: 3 us (persistent), 2.5 us (cluster).
-"before" is the code of commit 23a97b5; "after" is this branch. The floor is the bytes a
-single pass must move over the HBM bandwidth: forward 2|x| + |W|, backward 3|x| + 2|W|.
+"before" is the code of commit 23a97b5; "after" is issue 12 as merged (2ca7a7b: the cluster
+FC vectorised, the persistent FCs unchanged); "after 12a" adds the persistent kernels' FC
+items (issue 12a, below). The floor is the bytes a single pass must move over the HBM
+bandwidth: forward 2|x| + |W|, backward 3|x| + 2|W|.
+
+The FC items (issue 12a; cuda_plan::FcItems, fc.cuh rows_dot_padded / cols_dot): a group's
+excitation is cut into items of ~32 KiB of weights, stage 1 then stage 2, spread over the
+grid. An item's time, from L2 (every latency L2_LAT, a round = every lane's loads in flight
+answered once):
+  * forward (rows_dot_padded): chunks of 512 inputs are staged (one L2 round each); per
+    chunk, ceil(vectors per lane / 4) rounds of 16-byte loads for the first pass of 2
+    samples, and the further passes (G > 2) re-read the item's weights from L1 (L1_LAT);
+  * backward (cols_dot, 2-byte loads, 2 rows in flight per thread): per chunk of 512 rows,
+    one staging round, then ceil(rows per thread / 2) rounds;
+  * plus ITEM_FIXED per item (ticket, the acquire poll of the flag, the release).
+The last group's squeeze combine and its two stages are on the critical path; every other
+group's items overlap the streaming (their CTA time divided by the grid, as before), where a
+stage-2 item's CTA time includes its spin while stage 1 runs.
 """
 
 from __future__ import annotations
@@ -38,6 +54,82 @@ ESIZE = 2            # bf16
 STAGES = {"conv2_x": (256, 56 * 56, 16), "conv3_x": (512, 28 * 28, 32),
           "conv4_x": (1024, 14 * 14, 64), "conv5_x": (2048, 7 * 7, 128)}
 LAUNCH = {"persistent": 3e-6, "cluster": 2.5e-6}
+L1_LAT = 0.1e-6      # s: a re-read of an item's weights from L1 (further sample passes)
+ITEM_FIXED = 1.0e-6  # s: per FC item, ticket + flag poll + release
+SQUEEZE = 2.0e-6     # s: the squeeze combine of a group (one CTA, from L2)
+FC_ITEM_BYTES = 32 << 10
+FC_CHUNK = 512
+
+
+def lanes_for(n):
+    """cuda_plan::lanes_for: lanes (a power of two <= 32) sharing a row of n vectors."""
+    lanes = 1
+    while lanes < 32 and lanes * 4 < n:
+        lanes *= 2
+    return lanes
+
+
+def fc_block(outputs, k, align):
+    """cuda_plan::fc_block: outputs per item."""
+    b = max(1, FC_ITEM_BYTES // max(k * ESIZE, 1))
+    if b < outputs:
+        b = math.ceil(b / align) * align
+    return min(b, THREADS, max(outputs, 1))
+
+
+def fc_item_lanes(rows, k):
+    """fc.cuh fc_item_lanes (bf16: 8 elements a vector)."""
+    nv = math.ceil(min(k, FC_CHUNK) / 8)
+    lanes = lanes_for(nv)
+    while lanes > 1 and rows * (lanes // 2) >= THREADS:
+        lanes //= 2
+    while lanes < 32 and rows * lanes < THREADS and lanes < nv:
+        lanes *= 2
+    return lanes
+
+
+def fwd_item_time(rows, k, G):
+    """One forward FC item: `rows` rows of k inputs, G samples (passes of 2)."""
+    lanes = fc_item_lanes(rows, k)
+    passes = max(1, math.ceil(max(G, 2) / 2)) if G > 1 else 1
+    t = 0.0
+    for k0 in range(0, k, FC_CHUNK):
+        kc = min(FC_CHUNK, k - k0)
+        vpl = math.ceil(kc / 8 / lanes)  # vectors per lane per row (rows <= groups of lanes)
+        row_rounds = math.ceil(rows / (THREADS // lanes))
+        rounds = row_rounds * math.ceil(vpl / 4)
+        t += L2_LAT + rounds * (L2_LAT + (passes - 1) * L1_LAT)
+    return t + ITEM_FIXED
+
+
+def bwd_item_time(cols, rows):
+    """One backward FC item (cols_dot): `cols` columns of `rows` rows, 2-byte loads."""
+    slices = THREADS // cols
+    t = 0.0
+    for r0 in range(0, rows, FC_CHUNK):
+        nr = min(FC_CHUNK, rows - r0)
+        t += L2_LAT + math.ceil(math.ceil(nr / slices) / 2) * L2_LAT
+    return t + ITEM_FIXED
+
+
+def fc_items(C, Cr, direction):
+    """(n1, n2, b1, b2): cuda_plan::make_fc_items (bf16; the backward's blocks are 8-column
+    runs)."""
+    align = 1 if direction == "fwd" else 8
+    b1, b2 = fc_block(Cr, C, align), fc_block(C, Cr, align)
+    return math.ceil(Cr / b1), math.ceil(C / b2), b1, b2
+
+
+def fc_items_time(C, Cr, G, direction):
+    """(critical path of one group's FC, CTA time of one group's FC items, item count)."""
+    n1, n2, b1, b2 = fc_items(C, Cr, direction)
+    if direction == "fwd":
+        t1, t2 = fwd_item_time(b1, C, G), fwd_item_time(b2, Cr, G)
+    else:
+        t1, t2 = bwd_item_time(b1, C), bwd_item_time(b2, Cr)
+    # CTA time: the items, plus the stage-2 items' spin while stage 1 runs (they are handed
+    # out right after the stage-1 items and wait for them)
+    return SQUEEZE + t1 + t2, SQUEEZE + n1 * t1 + n2 * (t1 + t2), n1 + n2
 
 
 def group(C, HW, Cr, N):
@@ -51,7 +143,7 @@ def cta_l2_rate(inflight_cta):
 
 def fc_inflight_cta(version, direction, G, path="cluster"):
     """Bytes of weight loads in flight per CTA in the FCs."""
-    if version == "before" or path == "persistent":  # the persistent FCs are unchanged
+    if version == "before" or path == "persistent":  # one CTA per group's FC (12a: items)
         # rows_dot / cols_dot: one 2-byte load a step, unrolled 2x (the issue's reading: 1-2
         # loads in flight; 2 taken)
         return THREADS * 2 * 2
@@ -62,19 +154,11 @@ def fc_inflight_cta(version, direction, G, path="cluster"):
     return THREADS * 2 * 2  # cols_dot (backward) is unchanged: 2-byte loads, unrolled 2x
 
 
-def lanes_for(n):
-    """cuda_plan::lanes_for: lanes (a power of two <= 32) sharing a row of n vectors."""
-    lanes = 1
-    while lanes < 32 and lanes * 4 < n:
-        lanes *= 2
-    return lanes
-
-
 def span_reduce_inflight_sm(direction, HW):
     """Issue 12 item 3 (tiles.cuh reduce_span, grad_reduce_span): NCHW rows whose length is not
     a multiple of 8 (bf16) read as one span of 16-byte vectors. A row overlaps 1 + (HW - 1) / 8
     vectors on average; L lanes share it; each lane has up to U vectors of each tensor in flight
-    (predicated loads: U = 2 forward; U = 1 backward, over dy and x). Only the row's own bytes count
+    (U = 2 forward, both loads always issued; U = 1 backward, over dy and x). Only the row's own bytes count
     (a vector straddling two rows is read by both, the second time mostly from L1)."""
     vec = 8
     per_row = 1 + (HW - 1) / vec
@@ -95,14 +179,14 @@ def stream_inflight_sm(path, direction, layout, HW, version):
         # forward NCHW with HW % 8 != 0 reduces rows with scalar loads (unroll 4 x 2 B) but
         # scales flat (16 B); the reduce reads x from HBM, so it sets the pace
         if not vec:
-            if version == "after":  # issue 12 item 3: the span reduce
+            if version in ("after", "12a"):  # issue 12 item 3: the span reduce
                 return span_reduce_inflight_sm(direction, HW)
             per_thread = 4 * 2
         return 2 * THREADS * per_thread
     # backward reduce: dy, x (and y) per step, unroll 2
     if vec:
         return 2 * THREADS * 2 * 2 * 16
-    if version == "after":  # issue 12 item 3: the span reduce
+    if version in ("after", "12a"):  # issue 12 item 3: the span reduce
         return span_reduce_inflight_sm(direction, HW)
     return 2 * THREADS * 2 * 2 * 2  # scalar 2-byte loads (23a97b5)
 
@@ -138,16 +222,25 @@ def predict(path, stage, N, layout, direction, version):
     else:
         t_stream = (2 * x if direction == "fwd" else 3 * x) / (BW * eff)
         fc_bytes = W  # forward: W1 and W2 once per group; backward: the same (dh, dz)
-        t_fc = fc_bytes / cta_l2_rate(fc_inflight_cta(version, direction, G, path))
+        if version == "12a":  # FC items spread over the grid (critical path, CTA time)
+            t_fc, t_fc_cta, nitems = fc_items_time(C, Cr, G, direction)
+        else:  # the group's FC on one CTA
+            t_fc = fc_bytes / cta_l2_rate(fc_inflight_cta(version, direction, G, path))
+            t_fc_cta = t_fc
         grid = 2 * SMS
-        t_fc_overlap = (groups - 1) * t_fc / grid
+        t_fc_overlap = (groups - 1) * t_fc_cta / grid
         t = LAUNCH["persistent"] + t_stream + t_fc + t_fc_overlap
         if direction == "bwd":
             t += 5e-6 * (N / 256) + 1e-6  # weight-gradient tail
         if N == 1:
             t = LAUNCH["persistent"] + 2 * HBM_LAT + t_stream + t_fc
             t += 2e-6 if direction == "bwd" else 0
-        note.append(f"G={G}, FC of a group on one CTA: {t_fc * 1e6:.1f} us")
+        if version == "12a":
+            note.append(f"G={G}, FC in {nitems} items a group: last group's FC "
+                        f"{t_fc * 1e6:.1f} us on the critical path, "
+                        f"{t_fc_cta * 1e6:.0f} us CTA time a group")
+        else:
+            note.append(f"G={G}, FC of a group on one CTA: {t_fc * 1e6:.1f} us")
     if eff < 1:
         note.append(f"stream {eff:.0%} of bandwidth")
     return {
@@ -194,23 +287,26 @@ def print_span_reduce_rows():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--json", help="write the 'after' rows here")
+    ap.add_argument("--json", help="write the 'after 12a' rows here")
     ap.add_argument("--span-reduce", action="store_true",
                     help="print only the rows of issue 12 item 3 (the NCHW span reduce)")
     args = ap.parse_args()
     if args.span_reduce:
         print_span_reduce_rows()
         return
-    before, after = rows("before"), rows("after")
+    before, after, after12a = rows("before"), rows("after"), rows("12a")
     print("| path | stage | N | layout | dir | MB moved | floor us | in flight KB/SM | "
-          "before us (% floor) | after us (% floor) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for b, a in zip(before, after):
+          "before us (% floor) | after us (% floor) | after 12a us (% floor) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for b, a, c in zip(before, after, after12a):
         pb = 100 * a["floor_us"] / b["predicted_us"]
         pa = 100 * a["floor_us"] / a["predicted_us"]
+        pc = 100 * c["floor_us"] / c["predicted_us"]
         print(f"| {a['path']} | {a['stage']} | {a['N']} | {a['layout']} | {a['direction']} | "
               f"{a['bytes'] / 1e6:.1f} | {a['floor_us']:.1f} | {a['in_flight_kb_per_sm']:.0f} | "
-              f"{b['predicted_us']:.1f} ({pb:.0f}%) | {a['predicted_us']:.1f} ({pa:.0f}%) |")
+              f"{b['predicted_us']:.1f} ({pb:.0f}%) | {a['predicted_us']:.1f} ({pa:.0f}%) | "
+              f"{c['predicted_us']:.1f} ({pc:.0f}%) |")
+    after = after12a
     if args.json:
         # one row per (backend, stage, N, layout, direction): the path `auto` takes on an
         # H200 in bf16 (the cluster forward fits every stage; the backward is persistent)

@@ -3,17 +3,22 @@
 // The ticket order of cuda_plan::Schedule, with these items:
 //   reduce item (sample n, tile): partials of ds = sum g x (g = dy, masked by y > 0 when the
 //       residual was fused) and, for max squeeze, of the tie counts #(x == z) -> workspace.
-//       The CTA that completes an FC group runs the FC backward of the group:
-//         dpre = ds gate'(gpre), dh = dpre W2, dhpre = dh act'(hpre), dz = dhpre W1 (the
-//         products with gate' and act' as options.h's gate_backward/activation_backward,
-//         which select 0 at flat points), coef = dz / HW (avg) or dz / count (max); keeps
-//         dpre, dhpre, h = act(hpre) per sample
-//       in the workspace, then raises the group's ready flag and counts the group done;
-//   write item (sample n, tile): waits for the flag, then dx = g s + coef (avg) or
-//       g s + [x == z] coef (max), dres = g, re-reading dy, x, y while they are in L2;
-//   tail items, after every write item: wait until every group is done, then the weight
-//       gradients as sums over the batch in a fixed order: dW2 = dpre^T h, dW1 = dhpre^T z,
-//       db2 = sum dpre, db1 = sum dhpre, tile by tile.
+//       The CTA that completes an FC group combines them: dpre = ds gate'(gpre) (options.h's
+//       gate_backward, which selects 0 at flat points) and s per sample, the tie counts into
+//       coef; then raises the group's "squeezed" flag;
+//   FC item (group, item; cuda_plan::FcItems): stage 1, a block of columns j of dh = dpre W2
+//       (dhpre = dh act'(hpre), h = act(hpre) kept in the workspace), waits for the flag and
+//       counts the group's stage-1 items; stage 2, a block of channels c of dz = dhpre W1
+//       (coef = dz / HW (avg) or dz / count (max)), waits for every stage-1 item of the
+//       group, counts the group's stage-2 items and the finished stage-2 items of all groups;
+//   write item (sample n, tile): waits until every stage-2 item of its group is done, then
+//       dx = g s + coef (avg) or g s + [x == z] coef (max), dres = g, re-reading dy, x, y
+//       while they are in L2;
+//   tail items, after every write item: wait until every stage-2 FC item is done, then the
+//       weight gradients as sums over the batch in a fixed order: dW2 = dpre^T h, dW1 =
+//       dhpre^T z, db2 = sum dpre, db1 = sum dhpre, tile by tile.
+// Deadlock-free for any grid (cuda_plan::Schedule): every item waits only for items with
+// smaller tickets; reduce items never wait; a CTA takes a ticket only when its item is done.
 // No floating-point atomics anywhere: the gradients are bitwise reproducible, so the
 // deterministic-algorithms mode needs no other path.
 #include <c10/cuda/CUDAException.h>
@@ -28,13 +33,13 @@ namespace se_kernels {
 namespace cuda {
 namespace detail {
 
+// dpre and s of the FC group [n0, n0 + G) from the npb partials of ds at
+// pds[(n npb + b) C + c]; for max squeeze the tie counts wait in coef (run by the CTA whose
+// reduce item completed the group).
 template <typename T, bool kMax>
-__device__ void backward_fc(const BackwardArgs& a, const PersistentConfig& c, int64_t n0, int G,
-                            acc_t<T>* sm) {
+__device__ void backward_squeeze(const BackwardArgs& a, const PersistentConfig& c, int64_t n0,
+                                 int G) {
   using A = acc_t<T>;
-  const T* w1 = static_cast<const T*>(a.w1);
-  const T* w2 = static_cast<const T*>(a.w2);
-  const A* hpre = static_cast<const A*>(a.hpre);
   const A* gpre = static_cast<const A*>(a.gpre);
   A* ws = static_cast<A*>(c.ws);
   const A* pds = ws + c.off.partial;
@@ -43,12 +48,7 @@ __device__ void backward_fc(const BackwardArgs& a, const PersistentConfig& c, in
   A* dpre = ws + c.off.dpre;
   A* s = ws + c.off.s;
   A* coef = ws + c.off.coef;
-  A* dhpre = ws + c.off.dhpre;
-  A* h = ws + c.off.h;
-  const int64_t C = a.C, Cr = a.Cr, npb = c.tiles.npb;
-
-  // dpre and s from the npb partials of ds at pds[(n npb + b) C + c]; the tie counts wait in
-  // coef
+  const int64_t C = a.C, npb = c.tiles.npb;
   auto partial = [&](const auto* base) {
     return [=](int64_t i) { return base + ((n0 + i / C) * npb) * C + i % C; };
   };
@@ -63,24 +63,46 @@ __device__ void backward_fc(const BackwardArgs& a, const PersistentConfig& c, in
       count_to_slot(coef + n0 * C + i, k);  // the count's bits, until dz replaces them
     });
   }
-  __syncthreads();
-  // dh[g, j] = sum_c dpre[g, c] W2[c, j]
-  cols_dot(w2, Cr, int(C), int(Cr), dpre + n0 * C, C, G, sm, [&](int g, int j, A v) {
-    const int64_t o = (n0 + g) * Cr + j;
-    const A hp = hpre[o];
-    dhpre[o] = activation_backward(a.act, hp, v);
-    h[o] = activation_fwd(a.act, hp);
-  });
-  // dz[g, c] = sum_j dhpre[g, j] W1[j, c]
-  cols_dot(w1, C, int(Cr), int(C), dhpre + n0 * Cr, Cr, G, sm, [&](int g, int ch, A v) {
-    const int64_t o = (n0 + g) * C + ch;
-    if constexpr (kMax) {
+}
+
+// FC item `item` of the group [n0, n0 + G) (cuda_plan::FcItems, column blocks):
+//   stage 1 (item < n1): columns [j0, j0 + b1) of dh = dpre W2, then dhpre = dh act'(hpre)
+//       and h = act(hpre) for them (the products with act' as options.h's
+//       activation_backward, which selects 0 at flat points);
+//   stage 2: columns [c0, c0 + b2) of dz = dhpre W1 (every column of dhpre: the group's
+//       stage-1 items), then coef = dz / HW (avg) or dz / #ties (max).
+// Each output is one column of one item: cols_dot's fixed order for the item's block width,
+// which the plan fixes (not the grid): bitwise reproducible for every grid size.
+template <typename T, bool kMax>
+__device__ __forceinline__ void backward_fc_item(const BackwardArgs& a, const PersistentConfig& c,
+                                                 int64_t n0, int G, int64_t item, acc_t<T>* sm) {
+  using A = acc_t<T>;
+  const A* hpre = static_cast<const A*>(a.hpre);
+  A* ws = static_cast<A*>(c.ws);
+  A* coef = ws + c.off.coef;
+  A* dhpre = ws + c.off.dhpre;
+  A* h = ws + c.off.h;
+  const int64_t C = a.C, Cr = a.Cr;
+  const bool stage1 = item < c.fc.n1;
+  const int64_t j0 = stage1 ? item * c.fc.b1 : (item - c.fc.n1) * c.fc.b2;  // first column
+  const int64_t cols = stage1 ? Cr : C;   // columns of the product (its outputs)
+  const int64_t rows = stage1 ? C : Cr;   // rows of the weight matrix (its inputs)
+  const int nc = int(cuda_plan::min64(stage1 ? c.fc.b1 : c.fc.b2, cols - j0));
+  const T* M = static_cast<const T*>(stage1 ? a.w2 : a.w1) + j0;
+  const A* v = (stage1 ? ws + c.off.dpre : dhpre) + n0 * rows;  // G rows of `rows`
+  cols_dot(M, cols, int(rows), nc, v, rows, G, sm, [&](int g, int j, A val) {
+    const int64_t o = (n0 + g) * cols + j0 + j;
+    if (stage1) {
+      const A hp = hpre[o];
+      dhpre[o] = activation_backward(a.act, hp, val);
+      h[o] = activation_fwd(a.act, hp);
+    } else if constexpr (kMax) {
       // dz / #ties: the count is exact (uint32); its conversion to float rounds only above
       // 2^24 ties, by at most 2^-25 relative (below the float result's own rounding). No
       // double division: its slow-path call made the max + residual kernels spill.
-      coef[o] = v / A(count_from_slot(load_cg(coef + o)));
+      coef[o] = val / A(count_from_slot(load_cg(coef + o)));
     } else {
-      coef[o] = v / A(a.HW);
+      coef[o] = val / A(a.HW);
     }
   });
 }
@@ -135,7 +157,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   T* dx = static_cast<T*>(a.dx);
   T* dres = static_cast<T*>(a.dres);
   A* ws = static_cast<A*>(c.ws);
-  const Counters cnt{c.counters, c.groups};
+  const Counters cnt{c.counters, c.counter_stride};
   const int64_t N = a.N, C = a.C, HW = a.HW, G = c.G, tiles = c.tiles.count();
   const int64_t total = c.sched.total();
   const int64_t tc = c.tiles.tc;
@@ -152,13 +174,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
     if (t >= total) break;
     const cuda_plan::Item it = c.sched.decode(t);
     if (it.kind == cuda_plan::kItemTail) {
-      cta_wait_at_least(cnt.fc_done(), counter_t(c.groups));
+      cta_wait_at_least(cnt.fc_done(), counter_t(c.groups * c.fc.n2));
       weight_grads<T>(a, c, it.index, sm);
       continue;
     }
     const int64_t n = it.sample, grp = n / G;
-    int64_t c0, nc, p0, np, pb;
-    c.tiles.get(it.index, c0, nc, p0, np, pb);
+    int64_t c0 = 0, nc = 0, p0 = 0, np = 0, pb = 0;
+    if (it.kind != cuda_plan::kItemFc) c.tiles.get(it.index, c0, nc, p0, np, pb);
     const A* zc = z + n * C + c0;
 
     if (it.kind == cuda_plan::kItemReduce) {
@@ -197,17 +219,34 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
         s_last = prev + 1 == counter_t(cuda_plan::group_size(N, G, grp) * tiles);
       }
       __syncthreads();
-      if (s_last) {  // uniform: this CTA finished the group
+      if (s_last) {  // uniform: this CTA finished the group's reduce
         __threadfence();
-        backward_fc<T, kMax>(a, c, grp * G, int(cuda_plan::group_size(N, G, grp)), sm);
+        backward_squeeze<T, kMax>(a, c, grp * G, int(cuda_plan::group_size(N, G, grp)));
         cta_release_fence();
-        if (threadIdx.x == 0) {
-          store_release(cnt.ready() + grp, 1);
+        if (threadIdx.x == 0) store_release(cnt.squeezed() + grp, 1);
+      }
+    } else if (it.kind == cuda_plan::kItemFc) {
+      // stage 1 waits for dpre, stage 2 for every stage-1 item of the group; both are earlier
+      // tickets of the same group (cuda_plan::Schedule)
+      const bool stage1 = it.index < c.fc.n1;
+      if (stage1) {
+        cta_wait_at_least(cnt.squeezed() + grp, 1);
+      } else {
+        cta_wait_at_least(cnt.fc1_done() + grp, counter_t(c.fc.n1));
+      }
+      backward_fc_item<T, kMax>(a, c, grp * G, int(cuda_plan::group_size(N, G, grp)),
+                                it.index, sm);
+      cta_release_fence();
+      if (threadIdx.x == 0) {
+        if (stage1) {
+          atomicAdd(cnt.fc1_done() + grp, counter_t(1));
+        } else {
+          atomicAdd(cnt.ready() + grp, counter_t(1));
           atomicAdd(cnt.fc_done(), counter_t(1));
         }
       }
     } else {
-      cta_wait_at_least(cnt.ready() + grp, 1);
+      cta_wait_at_least(cnt.ready() + grp, counter_t(c.fc.n2));
       const A* s = ws + c.off.s + n * C + c0;
       const A* cf = ws + c.off.coef + n * C + c0;
       for (int i = threadIdx.x; i < nc; i += kThreads) {

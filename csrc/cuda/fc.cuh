@@ -174,6 +174,100 @@ __device__ __forceinline__ void rows_dot_g(const T* M, int64_t ldm, int R, int K
   }
 }
 
+// Samples per pass (cuda_plan::kFcPass, 2) and 16-byte weight loads in flight per lane (4)
+// of the persistent kernels' FC items (rows_dot_padded): the kernels are at 64 registers
+// (two CTAs per SM); 4 samples a pass (or the 1/2/4 variants of with_group, or 2 or 3 loads
+// in flight) spilled in some half/bf16/float instantiation (ptxas -v, sm_80 / sm_90a). The
+// item's weights spread over the CTA's lanes (fc_item_lanes) and over many CTAs (FcItems).
+using cuda_plan::kFcPass;
+constexpr int kFcItemUnroll = 4;
+
+// The FC loop of the persistent kernels' FC items: out(g, r) = sum_{k < K} M[r ldm + k] *
+// v[g LDV + k] for rows r < R and the GP samples staged in v (shared memory, LDV a
+// compile-time stride: no per-sample offset registers; rows G..GP-1 of v are zeros, so no
+// `g < G` branch sits between the weight loads). L lanes share a row; rows go round the
+// groups of L lanes, and a row always belongs to the same lanes for a given L (callers that
+// accumulate over chunks of k through emit read back what the same lane wrote). emit(g, r,
+// value) for g < G, by the group's first lane. Weight loads as rows_dot_g: 16 bytes when the
+// rows are aligned (16-bit T), kFcItemUnroll of them in flight per lane; the sum order
+// depends on L, K and the alignment only (bitwise reproducible, whatever the grid).
+template <int GP, int LDV, typename T, typename A, typename Emit>
+__device__ __forceinline__ void rows_dot_padded(const T* M, int ldm, int R, int K,
+                                                const A* v, int G, int L, Emit&& emit) {
+  constexpr int VEC = kFcVec<T>;
+  constexpr int U = kFcItemUnroll;
+  const int groups = kThreads / L;
+  const int sub = threadIdx.x / L, sl = threadIdx.x % L;
+  const uintptr_t row_bytes = uintptr_t(ldm) * sizeof(T);
+  const bool vec_ok = VEC > 1 && ((reinterpret_cast<uintptr_t>(M) | row_bytes) % 16) == 0;
+  const int nv = vec_ok ? K / VEC : 0;  // full vectors per row
+  const int kv = nv * VEC;              // elements covered by them
+  for (int rb = 0; rb < R; rb += groups) {
+    const int r = rb + sub;
+    A acc[GP];
+#pragma unroll
+    for (int g = 0; g < GP; ++g) acc[g] = A(0);
+    if (r < R) {
+      const T* m = M + int64_t(r) * ldm;
+      if constexpr (VEC > 1) {
+        int j = sl;
+        for (; j + (U - 1) * L < nv; j += U * L) {  // U 16-byte loads in flight, then the FMAs
+          Pack<T, VEC> w[U];
+#pragma unroll
+          for (int u = 0; u < U; ++u) w[u] = load_pack<VEC>(m + (j + u * L) * VEC);
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            const A* vk = v + (j + u * L) * VEC;
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+              const A we = to_acc(w[u].v[e]);
+#pragma unroll
+              for (int g = 0; g < GP; ++g) acc[g] += we * vk[g * LDV + e];
+            }
+          }
+        }
+        for (; j < nv; j += L) {
+          const Pack<T, VEC> w = load_pack<VEC>(m + j * VEC);
+          const A* vk = v + j * VEC;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            const A we = to_acc(w.v[e]);
+#pragma unroll
+            for (int g = 0; g < GP; ++g) acc[g] += we * vk[g * LDV + e];
+          }
+        }
+      }
+      // the elements past the full vectors (all of them when rows are not aligned)
+#pragma unroll 2
+      for (int k = kv + sl; k < K; k += L) {
+        const A w = to_acc(m[k]);
+#pragma unroll
+        for (int g = 0; g < GP; ++g) acc[g] += w * v[g * LDV + k];
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < GP; ++g) acc[g] = group_reduce<false>(acc[g], L);
+    if (r < R && sl == 0) {
+#pragma unroll
+      for (int g = 0; g < GP; ++g)
+        if (g < G) emit(g, r, acc[g]);
+    }
+  }
+}
+
+// Lanes per row in an FC item of R rows of K (<= kFcChunk per pass) elements: enough that
+// the item's rows occupy the CTA (R L >= kThreads where the rows are long enough), at most
+// a warp and at most one lane per 16-byte vector of a row (lanes_for's ~4 vectors a lane
+// when that already fills the CTA).
+template <typename T>
+__host__ __device__ __forceinline__ int fc_item_lanes(int64_t R, int64_t K) {
+  const int64_t nv = cuda_plan::ceil_div(K < kFcChunk ? K : kFcChunk, int64_t(kFcVec<T>));
+  int l = cuda_plan::lanes_for(nv);
+  while (l > 1 && R * (l / 2) >= kThreads) l /= 2;  // the rows alone fill the CTA
+  while (l < 32 && R * l < kThreads && l < nv) l *= 2;
+  return l;
+}
+
 // The element-load product with a run-time G (per-sample branches): float's rows_dot in the
 // cluster kernel, which is at the 64-register limit of two CTAs per SM. The compile-time
 // group sizes (per-size accumulators and sample offsets) made it spill there, whatever the
@@ -230,8 +324,9 @@ __device__ __forceinline__ void rows_dot(const T* M, int64_t ldm, int R, int K, 
 // smem: G * kFcChunk + kThreads * kMaxGroup elements. emit(g, j, value), once per (g, j).
 // Unchanged by issue 12 (a run-time G, 2 rows in flight): the compile-time group sizes of
 // rows_dot, tried here, made the max-squeeze + residual backward kernels spill (ptxas -v;
-// they are at 64 registers), so the backward FC keeps this loop until its FC is split into
-// row-block work items (docs/perf-notes.md, "Issue 12: predictions").
+// they are at 64 registers). Since issue 12a the backward calls it per FC item, on a block
+// of columns (M offset to the block's first column, NC its width); 16-byte loads of the
+// block's row runs are the next step (docs/perf-notes.md, "Issue 12: FC row-block items").
 template <typename T, typename A, typename Emit>
 __device__ __forceinline__ void cols_dot(const T* M, int64_t ldm, int R, int NC, const A* v,
                                          int64_t ldv, int G, A* smem, Emit&& emit) {
@@ -280,6 +375,15 @@ __device__ __forceinline__ void cols_dot(const T* M, int64_t ldm, int R, int NC,
   }
 }
 
+// threadIdx.x read afresh (volatile: the compiler cannot hoist what is derived from it out of
+// the persistent kernels' item loop, where the staging indices of gemm_tn_tile, kept live
+// across every item, made the max-squeeze backward kernels spill; ptxas -v).
+__device__ __forceinline__ int fresh_tid() {
+  int t;
+  asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
+  return t;
+}
+
 // One kGemmTile x kGemmTile tile (mt, qt) of out (M x Q, row-major, type T):
 //   out[m, q] = sum_{n < N} Am[n, m] * Bm[n, q]
 // Am (N x M) and Bm (N x Q) are global, in the accumulation type, written earlier in this
@@ -300,7 +404,7 @@ __device__ __forceinline__ void gemm_tn_tile(const A* Am, const A* Bm, int64_t N
     for (int j = 0; j < 4; ++j) acc[i][j] = A(0);
   for (int64_t n0 = 0; n0 < N; n0 += kGemmK) {
     __syncthreads();
-    for (int i = threadIdx.x; i < kGemmK * kGemmTile; i += kThreads) {
+    for (int i = fresh_tid(); i < kGemmK * kGemmTile; i += kThreads) {
       const int k = i / kGemmTile, c = i % kGemmTile;
       const int64_t n = n0 + k;
       As[i] = (n < N && m0 + c < M) ? load_cg(Am + n * M + m0 + c) : A(0);

@@ -2,14 +2,20 @@
 //
 // CTAs take work items from a ticket counter in the order of cuda_plan::Schedule:
 //   reduce item (sample n, tile): squeeze partials of the tile -> workspace; the CTA whose
-//       item completes an FC group of G samples (per-group arrival counter) computes z, the
-//       two FCs (each weight element read once per group) and the gate s of the group, then
-//       raises the group's ready flag;
-//   apply item (sample n, tile): waits for the flag, then y = x * s (+ residual, relu),
-//       re-reading x while it is still in L2 (apply items trail the reduce items of the same
-//       sample by `lag` samples, sized so that those samples fit in L2).
-// Deadlock-free for any grid (see cuda_plan::Schedule): a CTA only waits for items that
-// earlier tickets gave to running CTAs, and reduce items never wait.
+//       item completes an FC group of G samples (per-group arrival counter) combines z of the
+//       group and raises the group's "squeezed" flag;
+//   FC item (group, item; cuda_plan::FcItems): stage 1, a block of rows of W1 (hpre for the
+//       group's G samples: each weight element read once per group), waits for the flag and
+//       counts the group's stage-1 items; stage 2, a block of rows of W2 (gpre and the gate
+//       s), waits until every stage-1 item of the group is done and counts the group's
+//       stage-2 items;
+//   apply item (sample n, tile): waits until every stage-2 item of its group is done, then
+//       y = x * s (+ residual, relu), re-reading x while it is still in L2 (apply items trail
+//       the reduce items of the same group by `lag` groups, sized so that those samples fit
+//       in L2).
+// Deadlock-free for any grid (see cuda_plan::Schedule): every item waits only for items with
+// smaller tickets, which went to running CTAs; reduce items never wait; a CTA takes a ticket
+// only when its previous item is done.
 #include <c10/cuda/CUDAException.h>
 
 #include "dispatch.cuh"
@@ -22,73 +28,82 @@ namespace se_kernels {
 namespace cuda {
 namespace detail {
 
-// The excitation of the FC group of samples [n0, n0 + G): z from the squeeze partials, then
-// hpre = W1 z + b1 and gpre = W2 act(hpre) + b2 (written to the outputs, which serve as the
-// accumulators over chunks of the input vector), and s = gate(gpre) into the workspace.
+// z of the FC group of samples [n0, n0 + G) from the squeeze partials at
+// part[(n npb + b) C + c] (run by the CTA whose reduce item completed the group).
 template <typename T, bool kMax>
-__device__ void forward_fc(const ForwardArgs& a, const PersistentConfig& c, int64_t n0, int G,
-                           acc_t<T>* sm) {
+__device__ void forward_squeeze(const ForwardArgs& a, const PersistentConfig& c, int64_t n0,
+                                int G) {
   using A = acc_t<T>;
-  const T* w1 = static_cast<const T*>(a.w1);
-  const T* w2 = static_cast<const T*>(a.w2);
-  const T* b1 = static_cast<const T*>(a.b1);
-  const T* b2 = static_cast<const T*>(a.b2);
   A* z = static_cast<A*>(a.z);
-  A* hpre = static_cast<A*>(a.hpre);
-  A* gpre = static_cast<A*>(a.gpre);
   const A* part = static_cast<const A*>(c.ws) + c.off.partial;
-  A* s = static_cast<A*>(c.ws) + c.off.s;
-  const int64_t C = a.C, Cr = a.Cr, npb = c.tiles.npb;
-  const int GR = int(cuda_plan::group_rows(G));  // staged rows (zero-padded)
-
-  // z[n, c] from the npb partials of (n, c), at part[(n npb + b) C + c]
+  const int64_t C = a.C, npb = c.tiles.npb;
   combine_strided<kMax, A>(
       G * C, npb, C, [&](int64_t i) { return part + ((n0 + i / C) * npb) * C + i % C; },
       [&](int64_t i, A v) { z[n0 * C + i] = kMax ? v : v / A(a.HW); });
-  __syncthreads();
+}
 
-  // The FCs keep the run-time-G element loop of 23a97b5 (rows_dot_runtime_g): the 16-byte,
-  // compile-time-G rows_dot made every half/bf16 variant of this kernel spill (ptxas, sm_80
-  // and sm_90a; the cluster kernel's does not). Splitting the group's FC into row-block
-  // work items is what this kernel needs (docs/perf-notes.md, "Issue 12: predictions").
-  const int L1 = cuda_plan::lanes_for(C < kFcChunk ? C : kFcChunk);
-  for (int64_t k0 = 0; k0 < C; k0 += kFcChunk) {
-    const int kc = int(C - k0 < kFcChunk ? C - k0 : kFcChunk);
+// FC item `item` of the group [n0, n0 + G) (cuda_plan::FcItems):
+//   stage 1 (item < n1): rows [j0, j0 + b1) of hpre = W1 z + b1, from z (global);
+//   stage 2: rows [c0, c0 + b2) of gpre = W2 act(hpre) + b2 and s = gate(gpre), from every
+//       row of hpre (written by the group's stage-1 items).
+// The inputs are staged in shared memory, fc_item_rows(G) rows of kFcChunk (rows G.. zero),
+// in chunks; the sums over the chunks stay in shared memory (at most kThreads rows an item,
+// FcItems), then go out with the bias (and the gate). Kept lean in registers: the item code
+// is inlined into the kernel, which is at its 64 registers (ptxas -v: 0 spills).
+template <typename T, bool kMax>
+__device__ __forceinline__ void forward_fc_item(const ForwardArgs& a, const PersistentConfig& c,
+                                             int64_t n0, int G, int64_t item, acc_t<T>* sm) {
+  using A = acc_t<T>;
+  const int64_t C = a.C, Cr = a.Cr;
+  const int GR = int(cuda_plan::fc_item_rows(G));  // staged rows, a multiple of kFcPass
+  const bool stage1 = item < c.fc.n1;
+  // this item's rows of its weight matrix, and the length K of the input vectors
+  const int64_t r0 = stage1 ? item * c.fc.b1 : (item - c.fc.n1) * c.fc.b2;
+  const int64_t rows_total = stage1 ? Cr : C;
+  const int R = int(cuda_plan::min64(stage1 ? c.fc.b1 : c.fc.b2, rows_total - r0));
+  const int64_t K = stage1 ? C : Cr;
+  const T* M = static_cast<const T*>(stage1 ? a.w1 : a.w2) + r0 * K;
+  const T* bias = static_cast<const T*>(stage1 ? a.b1 : a.b2);
+  const A* in = static_cast<const A*>(stage1 ? a.z : a.hpre);  // G rows of K
+  A* out = static_cast<A*>(stage1 ? a.hpre : a.gpre);          // G rows of rows_total
+  A* s = static_cast<A*>(c.ws) + c.off.s;
+  const int L = fc_item_lanes<T>(R, K);
+  A* sums = sm + GR * kFcChunk;  // [GR][kThreads]: the item's outputs (R <= kThreads rows)
+  for (int64_t k0 = 0; k0 < K; k0 += kFcChunk) {
+    const int kc = int(K - k0 < kFcChunk ? K - k0 : kFcChunk);
+    __syncthreads();  // the previous chunk is consumed
     for (int i = threadIdx.x; i < GR * kc; i += kThreads) {  // rows G..GR-1: zeros
       const int g = i / kc, k = i - (i / kc) * kc;
-      sm[g * kFcChunk + k] = g < G ? load_cg(z + (n0 + g) * C + k0 + k) : A(0);
-    }
-    __syncthreads();
-    const bool first = k0 == 0, last = k0 + kc >= C;
-    rows_dot_runtime_g(w1 + k0, C, int(Cr), kc, sm, kFcChunk, G, L1, [&](int g, int j, A v) {
-      A* o = hpre + (n0 + g) * Cr + j;
-      if (!first) v += *o;  // this lane wrote it for the previous chunk
-      if (last && b1 != nullptr) v += to_acc(b1[j]);
-      *o = v;
-    });
-    __syncthreads();
-  }
-
-  const int L2 = cuda_plan::lanes_for(Cr < kFcChunk ? Cr : kFcChunk);
-  for (int64_t k0 = 0; k0 < Cr; k0 += kFcChunk) {
-    const int kc = int(Cr - k0 < kFcChunk ? Cr - k0 : kFcChunk);
-    for (int i = threadIdx.x; i < GR * kc; i += kThreads) {  // rows G..GR-1: zeros
-      const int g = i / kc, k = i - (i / kc) * kc;
-      sm[g * kFcChunk + k] =
-          g < G ? activation_fwd(a.act, load_cg(hpre + (n0 + g) * Cr + k0 + k)) : A(0);
-    }
-    __syncthreads();
-    const bool first = k0 == 0, last = k0 + kc >= Cr;
-    rows_dot_runtime_g(w2 + k0, Cr, int(C), kc, sm, kFcChunk, G, L2, [&](int g, int ch, A v) {
-      const int64_t o = (n0 + g) * C + ch;
-      if (!first) v += gpre[o];
-      if (last) {
-        if (b2 != nullptr) v += to_acc(b2[ch]);
-        s[o] = gate_fwd(a.gate, v);
+      A v = A(0);
+      if (g < G) {
+        v = load_cg(in + (n0 + g) * K + k0 + k);  // written by other CTAs in this launch
+        if (!stage1) v = activation_fwd(a.act, v);
       }
-      gpre[o] = v;
-    });
+      sm[g * kFcChunk + k] = v;
+    }
     __syncthreads();
+    const bool first = k0 == 0;
+    // samples in passes of kFcPass (one instantiation of the loop; more accumulators spill):
+    // a further pass re-reads the item's weights, from L1/L2
+#pragma unroll 1
+    for (int g0 = 0; g0 < GR; g0 += kFcPass) {
+      A* sg = sums + g0 * kThreads;
+      auto emit = [&](int g, int r, A v) {  // the same lane for (g, r) in every chunk
+        A* p = sg + g * kThreads + r;
+        *p = first ? v : *p + v;
+      };
+      rows_dot_padded<kFcPass, kFcChunk>(M + k0, int(K), R, kc, sm + g0 * kFcChunk, G - g0, L,
+                                         emit);
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * R; i += kThreads) {
+    const int g = i / R, r = i - (i / R) * R;
+    A v = sums[g * kThreads + r];
+    if (bias != nullptr) v += to_acc(bias[r0 + r]);
+    const int64_t o = (n0 + g) * rows_total + r0 + r;
+    if (!stage1) s[o] = gate_fwd(a.gate, v);
+    out[o] = v;
   }
 }
 
@@ -107,12 +122,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   const T* res = static_cast<const T*>(a.residual);
   T* y = static_cast<T*>(a.y);
   A* ws = static_cast<A*>(c.ws);
-  const Counters cnt{c.counters, c.groups};
+  const Counters cnt{c.counters, c.counter_stride};
   const int64_t N = a.N, C = a.C, HW = a.HW, G = c.G, tiles = c.tiles.count();
   const int64_t total = c.sched.total();
-  // NCHW reduce items whose rows are not 16-byte multiples read their tile as one span of
-  // 16-byte vectors (tiles.cuh reduce_span) when x is 16-byte aligned
-  const bool span_vec = reinterpret_cast<uintptr_t>(x) % 16 == 0;
 
   for (;;) {
     if (threadIdx.x == 0) s_ticket = atomicAdd(cnt.ticket(), counter_t(1));
@@ -122,8 +134,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
     if (t >= total) break;
     const cuda_plan::Item it = c.sched.decode(t);
     const int64_t n = it.sample, grp = n / G;
-    int64_t c0, nc, p0, np, pb;
-    c.tiles.get(it.index, c0, nc, p0, np, pb);
+    int64_t c0 = 0, nc = 0, p0 = 0, np = 0, pb = 0;
+    if (it.kind != cuda_plan::kItemFc) c.tiles.get(it.index, c0, nc, p0, np, pb);
 
     if (it.kind == cuda_plan::kItemReduce) {
       A* part = ws + c.off.partial + (n * c.tiles.npb + pb) * C + c0;
@@ -132,7 +144,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
         const T* src = x + (n * C + c0) * HW + p0;
         if (kHasVecPath<T> && a.vec) {
           reduce_rows<kMax, V>(src, HW, int(nc), int(np), emit);
-        } else if (kHasVecPath<T> && span_vec && (np == HW || nc == 1)) {  // one span
+        } else if (kHasVecPath<T> && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                   (np == HW || nc == 1)) {
+          // rows that are not 16-byte multiples, x 16-byte aligned: the tile read as one span
+          // of 16-byte vectors (tiles.cuh reduce_span)
           reduce_span<kMax, V>(src, int(nc), int(np), emit);
         } else {
           reduce_rows<kMax, 1>(src, HW, int(nc), int(np), emit);
@@ -151,14 +166,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
         s_last = prev + 1 == counter_t(cuda_plan::group_size(N, G, grp) * tiles);
       }
       __syncthreads();
-      if (s_last) {  // uniform: this CTA finished the group
+      if (s_last) {  // uniform: this CTA finished the group's squeeze
         __threadfence();
-        forward_fc<T, kMax>(a, c, grp * G, int(cuda_plan::group_size(N, G, grp)), sm);
+        forward_squeeze<T, kMax>(a, c, grp * G, int(cuda_plan::group_size(N, G, grp)));
         cta_release_fence();
-        if (threadIdx.x == 0) store_release(cnt.ready() + grp, 1);
+        if (threadIdx.x == 0) store_release(cnt.squeezed() + grp, 1);
       }
+    } else if (it.kind == cuda_plan::kItemFc) {
+      // stage 1 waits for z, stage 2 for every stage-1 item of the group; both are earlier
+      // tickets of the same group (cuda_plan::Schedule)
+      const bool stage1 = it.index < c.fc.n1;
+      if (stage1) {
+        cta_wait_at_least(cnt.squeezed() + grp, 1);
+      } else {
+        cta_wait_at_least(cnt.fc1_done() + grp, counter_t(c.fc.n1));
+      }
+      forward_fc_item<T, kMax>(a, c, grp * G, int(cuda_plan::group_size(N, G, grp)), it.index,
+                               sm);
+      cta_release_fence();
+      if (threadIdx.x == 0) atomicAdd((stage1 ? cnt.fc1_done() : cnt.ready()) + grp, counter_t(1));
     } else {
-      cta_wait_at_least(cnt.ready() + grp, 1);
+      cta_wait_at_least(cnt.ready() + grp, counter_t(c.fc.n2));
       const A* s = ws + c.off.s + n * C + c0;
       for (int i = threadIdx.x; i < nc; i += kThreads) sm[i] = load_cg(s + i);
       __syncthreads();

@@ -61,22 +61,30 @@ struct BackwardArgs {
 using counter_t = unsigned long long;
 
 // Counters of a persistent launch, zeroed on the stream before it: the ticket dispenser, the
-// number of finished FC groups, then per FC group the finished reduce items and a ready flag.
+// number of finished last-stage FC items (all groups), then per FC group the finished reduce
+// items, the finished last-stage FC items (the apply items' flag: ready when it reaches
+// FcItems::n2), the "squeeze combined" flag (stage-1 FC items wait for it) and the finished
+// stage-1 FC items (stage-2 items wait for FcItems::n1).
 // base is 128-byte aligned (se_cuda.cu rounds it up) and each kind starts a 128-byte line (kLine
 // counters): the ticket, which every CTA takes with an atomic per item, and fc_done (atomics
-// from the FC CTAs, polled by the tail items) each have a line of their own; the arrival
-// counters (atomics from every reduce item) and the ready flags (polled by waiting CTAs,
-// written once) never share a line with each other or with the ticket.
+// from the last-stage FC items, polled by the tail items) each have a line of their own; the
+// per-group arrays (atomics from reduce and FC items; flags polled by waiting CTAs) never
+// share a line with each other or with the ticket.
+// stride is lines(groups), computed on the host (PersistentConfig::counter_stride): a kernel
+// parameter the compiler reads from the constant bank where it is used, instead of a rounded
+// value kept in registers (that cost the half/bf16 forward kernels 12-20 bytes of spills).
 struct Counters {
   static constexpr int64_t kLine = 128 / int64_t(sizeof(counter_t));
   counter_t* base;
-  int64_t groups;
+  int64_t stride;  // lines(groups)
   static SE_HOST_DEVICE int64_t lines(int64_t n) { return (n + kLine - 1) / kLine * kLine; }
   SE_HOST_DEVICE counter_t* ticket() const { return base; }
   SE_HOST_DEVICE counter_t* fc_done() const { return base + kLine; }
   SE_HOST_DEVICE counter_t* arrive() const { return base + 2 * kLine; }
-  SE_HOST_DEVICE counter_t* ready() const { return base + 2 * kLine + lines(groups); }
-  static int64_t count(int64_t groups) { return 2 * kLine + 2 * lines(groups); }
+  SE_HOST_DEVICE counter_t* ready() const { return base + 2 * kLine + stride; }
+  SE_HOST_DEVICE counter_t* squeezed() const { return base + 2 * kLine + 2 * stride; }
+  SE_HOST_DEVICE counter_t* fc1_done() const { return base + 2 * kLine + 3 * stride; }
+  static int64_t count(int64_t groups) { return 2 * kLine + 4 * lines(groups); }
 };
 
 // Workspace of a persistent launch in the accumulation type, offsets in elements.
@@ -90,12 +98,14 @@ struct Workspace {
 struct PersistentConfig {
   cuda_plan::Tiles tiles;
   cuda_plan::Schedule sched;
+  cuda_plan::FcItems fc;  // the FC items of a group (row / column blocks)
   int64_t G;          // samples per FC group
   int64_t grid;       // CTAs
   int64_t smem;       // dynamic shared memory, bytes
   void* ws;           // Workspace, accumulation type
   Workspace off;
-  counter_t* counters;  // Counters::count(groups), zeroed
+  counter_t* counters;  // Counters::count(groups), zeroed, 128-byte aligned
+  int64_t counter_stride;  // Counters::lines(groups)
   int64_t groups;
   bool flat_vec;  // NCHW: tiles of whole rows are 16-byte aligned spans (flat vector passes)
 };

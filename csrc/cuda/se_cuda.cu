@@ -19,6 +19,8 @@
 //                                 device that refuses non-portable sizes would)
 //   SE_KERNELS_CUDA_TILE=BYTES    tile size of the persistent kernels
 //   SE_KERNELS_CUDA_LAG=SAMPLES   how far apply items trail reduce items (persistent)
+//   SE_KERNELS_CUDA_FC_BYTES=BYTES  weight bytes per FC item of the persistent kernels
+//   SE_KERNELS_CUDA_GRID=CTAS     at most this many CTAs in a persistent launch
 // Backward: one persistent launch, no floating-point atomics, so bitwise reproducible and
 // valid as it is under torch.use_deterministic_algorithms(True).
 //
@@ -170,8 +172,13 @@ PersistentConfig plan_persistent(const Problem& p, int64_t esize, int64_t asize,
   const int64_t sms = prop.multiProcessorCount;
   const int64_t lag = shape.lag;
   const int64_t tail = backward ? plan::WeightGradItems{p.C, p.Cr}.count() : 0;
-  c.sched = plan::make_schedule(p.N, c.tiles.count(), c.G, lag, tail);
+  c.fc = plan::make_fc_items(p.C, p.Cr, esize, backward, env_int("SE_KERNELS_CUDA_FC_BYTES", 0));
+  c.sched = plan::make_schedule(p.N, c.tiles.count(), c.G, lag, tail, c.fc.n1, c.fc.n2);
   c.grid = plan::min64(c.sched.total(), sms * blocks);
+  // a smaller grid (tests: every item order must finish on 1, 2, 3 CTAs); never larger than
+  // what is co-resident (the deadlock-freedom argument needs every CTA running)
+  const int64_t grid_cap = env_int("SE_KERNELS_CUDA_GRID", 0);
+  if (grid_cap > 0) c.grid = plan::min64(c.grid, grid_cap);
   TORCH_CHECK(c.grid <= INT_MAX, "se_kernels: grid too large");
   c.groups = plan::ceil_div(p.N, c.G);
   // workspace
@@ -218,6 +225,7 @@ PersistentBuffers allocate(PersistentConfig& c, const at::Tensor& x, cudaStream_
   c.ws = b.ws.mutable_data_ptr();
   const uintptr_t base = reinterpret_cast<uintptr_t>(b.counters.mutable_data_ptr());
   c.counters = reinterpret_cast<counter_t*>((base + 127) / 128 * 128);
+  c.counter_stride = Counters::lines(c.groups);
   return b;
 }
 

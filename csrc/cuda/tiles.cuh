@@ -162,7 +162,7 @@ __device__ __forceinline__ void span_partials(const SpanGeom<VEC>& sg, int a0, i
 }
 
 // emit(r, v): v = sum (or max) of row r. As reduce_rows, for a span (see above): per lane,
-// U whole vectors in flight (predicated loads, no branch between them), then lane 0 adds
+// U whole vectors in flight (every load issued, no branch between them), then lane 0 adds
 // the span's partial vectors element by element.
 template <bool kMax, int VEC, typename T, typename Emit>
 __device__ __forceinline__ void reduce_span(const T* src, int rows, int len, Emit&& emit) {
@@ -184,10 +184,16 @@ __device__ __forceinline__ void reduce_span(const T* src, int rows, int len, Emi
       int lo, hi;  // its whole vectors
       cuda_plan::span_row_whole(sg.sp, a0, len, VEC, lo, hi);
       for (int k0 = lo + sl; k0 < hi; k0 += U * L) {
+        // every load is issued (an index past hi re-reads the row's last whole vector, an
+        // L1 hit, and is not used): a predicated load left v[u] undefined on one side, and
+        // ptxas kept it in a 16-byte stack slot (12-14 bytes of spills in the bf16 NCHW
+        // forward kernels once the FC items joined them)
         Pack<T, VEC> v[U];
 #pragma unroll
-        for (int u = 0; u < U; ++u)
-          if (k0 + u * L < hi) v[u] = load_pack_ro<VEC>(base + (k0 + u * L) * VEC);
+        for (int u = 0; u < U; ++u) {
+          const int k = k0 + u * L < hi ? k0 + u * L : hi - 1;
+          v[u] = load_pack_ro<VEC>(base + k * VEC);
+        }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const int i = (k0 + u * L) * VEC - a0;  // the vector's first element in the row

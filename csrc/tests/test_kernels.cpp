@@ -284,35 +284,129 @@ int plan_failure(const std::string& what) {
   return 1;
 }
 
-// Every ticket decodes to a distinct item; every apply item of sample n comes after every
-// reduce item of n's FC group (the persistent kernels' deadlock-freedom argument); tail items
-// come last.
-int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tail) {
+// The persistent kernels' ticket order (cuda_plan::Schedule), decoded ticket by ticket:
+//  * every ticket decodes to exactly one item, every item has a ticket (no gap, no repeat;
+//    the counts of reduce, FC, apply and tail items add up to total());
+//  * every item's dependencies have smaller tickets: a stage-1 FC item of group g comes after
+//    every reduce item of g, a stage-2 FC item after every stage-1 item of g, an apply item
+//    of g after every FC item of g, a tail item after every FC item (the kernels'
+//    deadlock-freedom argument rests on exactly this);
+//  * a simulation of `ctas` CTAs that take tickets one at a time and spin while an item's
+//    dependencies are not done (never holding an unstarted ticket) always finishes: at every
+//    step some CTA can complete its item.
+int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tail, int64_t n1,
+                   int64_t n2) {
   namespace P = se_kernels::cuda_plan;
-  const P::Schedule s = P::make_schedule(N, tiles, G, lag, tail);
-  std::vector<int64_t> last_reduce((N + G - 1) / G, -1);
-  std::set<std::tuple<int, int64_t, int64_t>> seen;
-  std::vector<std::pair<int64_t, int64_t>> applies;  // (ticket, sample)
-  bool tail_started = false;
+  const P::Schedule s = P::make_schedule(N, tiles, G, lag, tail, n1, n2);
+  const int64_t groups = (N + G - 1) / G;
   const std::string where = "schedule N=" + std::to_string(N) + " tiles=" + std::to_string(tiles) +
-                            " G=" + std::to_string(G) + " lag=" + std::to_string(lag);
+                            " G=" + std::to_string(G) + " lag=" + std::to_string(lag) +
+                            " fc=" + std::to_string(n1) + "+" + std::to_string(n2) +
+                            " tail=" + std::to_string(tail);
+  if (s.groups() != groups || s.lag < 1 || s.lag > groups)
+    return plan_failure(where + ": groups or lag");
+  if (s.total() != 2 * N * tiles + groups * (n1 + n2) + tail)
+    return plan_failure(where + ": total");
+  // per group: the last ticket of its reduce / stage-1 / stage-2 items, the first of its
+  // stage-1 / stage-2 / apply items
+  std::vector<int64_t> last_r(groups, -1), last_f1(groups, -1), last_f2(groups, -1);
+  std::vector<int64_t> first_f1(groups, INT64_MAX), first_f2(groups, INT64_MAX),
+      first_a(groups, INT64_MAX);
+  int64_t first_tail = INT64_MAX, last_fc = -1;
+  std::set<std::tuple<int, int64_t, int64_t>> seen;
+  int64_t counts[4] = {0, 0, 0, 0};
+  std::vector<P::Item> items;
   for (int64_t t = 0; t < s.total(); ++t) {
     const P::Item it = s.decode(t);
+    items.push_back(it);
+    if (it.kind < 0 || it.kind > 3) return plan_failure(where + ": kind");
     if (!seen.insert({it.kind, it.sample, it.index}).second) return plan_failure(where + ": repeat");
+    ++counts[it.kind];
     if (it.kind == P::kItemTail) {
       if (it.index < 0 || it.index >= tail) return plan_failure(where + ": tail index");
-      tail_started = true;
+      first_tail = std::min(first_tail, t);
       continue;
     }
-    if (tail_started) return plan_failure(where + ": work after the tail");
-    if (it.sample < 0 || it.sample >= N || it.index < 0 || it.index >= tiles)
-      return plan_failure(where + ": item out of range");
-    if (it.kind == P::kItemReduce) last_reduce[it.sample / G] = t;
-    else applies.emplace_back(t, it.sample);
+    if (it.sample < 0 || it.sample >= N) return plan_failure(where + ": sample out of range");
+    const int64_t g = it.sample / G;
+    if (it.kind == P::kItemFc) {
+      if (it.sample != g * G || it.index < 0 || it.index >= n1 + n2)
+        return plan_failure(where + ": FC item out of range");
+      last_fc = t;
+      if (it.index < n1) {
+        first_f1[g] = std::min(first_f1[g], t);
+        last_f1[g] = t;
+      } else {
+        first_f2[g] = std::min(first_f2[g], t);
+        last_f2[g] = t;
+      }
+      continue;
+    }
+    if (it.index < 0 || it.index >= tiles) return plan_failure(where + ": tile out of range");
+    if (it.kind == P::kItemReduce) {
+      last_r[g] = t;
+    } else {
+      first_a[g] = std::min(first_a[g], t);
+    }
   }
-  if (int64_t(seen.size()) != 2 * N * tiles + tail) return plan_failure(where + ": items missing");
-  for (const auto& [t, n] : applies)
-    if (last_reduce[n / G] > t) return plan_failure(where + ": apply before its group's reduce");
+  if (counts[P::kItemReduce] != N * tiles || counts[P::kItemApply] != N * tiles ||
+      counts[P::kItemFc] != groups * (n1 + n2) || counts[P::kItemTail] != tail)
+    return plan_failure(where + ": item counts");
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t f1 = n1 > 0 ? first_f1[g] : INT64_MAX, l1 = n1 > 0 ? last_f1[g] : last_r[g];
+    if (f1 != INT64_MAX && f1 < last_r[g]) return plan_failure(where + ": FC1 before its reduce");
+    if (n2 > 0 && first_f2[g] < l1) return plan_failure(where + ": FC2 before its FC1");
+    const int64_t lf = std::max(last_f1[g], last_f2[g]);
+    if (first_a[g] < std::max(lf, last_r[g])) return plan_failure(where + ": apply before its FC");
+  }
+  if (tail > 0 && first_tail < last_fc) return plan_failure(where + ": tail before an FC item");
+
+  // the simulation: item t is done when its CTA completes it; a CTA can complete its item
+  // when every item it depends on is done
+  const int64_t total = s.total();
+  std::vector<int64_t> done_r(groups, 0), done_f1(groups, 0), done_f2(groups, 0);
+  int64_t done_fc2 = 0;
+  auto ready = [&](const P::Item& it) {
+    if (it.kind == P::kItemReduce) return true;
+    if (it.kind == P::kItemTail) return done_fc2 == groups * n2;
+    const int64_t g = it.sample / G;
+    const bool squeezed = done_r[g] == P::group_size(N, G, g) * tiles;
+    if (it.kind == P::kItemFc)
+      return it.index < n1 ? squeezed : (squeezed && done_f1[g] == n1);
+    return squeezed && done_f1[g] == n1 && done_f2[g] == n2;  // apply
+  };
+  for (int64_t ctas : {int64_t(1), int64_t(2), int64_t(3), int64_t(7)}) {
+    std::fill(done_r.begin(), done_r.end(), 0);
+    std::fill(done_f1.begin(), done_f1.end(), 0);
+    std::fill(done_f2.begin(), done_f2.end(), 0);
+    done_fc2 = 0;
+    int64_t next = 0, finished = 0;
+    std::vector<int64_t> held;  // the ticket each CTA runs (or -1: exited)
+    for (int64_t c = 0; c < ctas; ++c) held.push_back(next < total ? next++ : -1);
+    uint64_t rng = uint64_t(N * 131 + tiles * 17 + G * 7 + ctas);
+    while (finished < total) {
+      // the CTAs that can complete; complete one of them, chosen pseudo-randomly
+      std::vector<int64_t> can;
+      for (int64_t c = 0; c < ctas; ++c)
+        if (held[c] >= 0 && ready(items[held[c]])) can.push_back(c);
+      if (can.empty())
+        return plan_failure(where + ": deadlock with " + std::to_string(ctas) + " CTAs");
+      rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+      const int64_t c = can[(rng >> 33) % can.size()];
+      const P::Item& it = items[held[c]];
+      if (it.kind == P::kItemReduce) ++done_r[it.sample / G];
+      if (it.kind == P::kItemFc) {
+        if (it.index < n1) {
+          ++done_f1[it.sample / G];
+        } else {
+          ++done_f2[it.sample / G];
+          ++done_fc2;
+        }
+      }
+      ++finished;
+      held[c] = next < total ? next++ : -1;
+    }
+  }
   return 0;
 }
 
@@ -501,12 +595,41 @@ int check_persistent_smem(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t 
 }
 
 int check_plans() {
+  namespace P = se_kernels::cuda_plan;
   int f = 0;
-  for (int64_t N : {1, 2, 3, 5, 17})
+  for (int64_t N : {1, 2, 3, 5, 17, 64})
     for (int64_t tiles : {1, 2, 7})
       for (int64_t G : {1, 2, 3, 8})
         for (int64_t lag : {1, 2, 4, 9, 40})
-          for (int64_t tail : {0, 5}) f += check_schedule(N, tiles, G, lag, tail);
+          for (const auto& [n1, n2] : std::vector<std::pair<int64_t, int64_t>>{
+                   {1, 1}, {1, 3}, {4, 1}, {5, 16}})
+            for (int64_t tail : {0, 5}) f += check_schedule(N, tiles, G, lag, tail, n1, n2);
+  // the FC items of the SE-ResNet-50 stages (bf16, float): a conv2_x FC is one item a stage;
+  // conv5_x's 1 MiB of weights spread over tens of items of at most kFcItemBytes each
+  for (int64_t esize : {2, 4})
+    for (bool backward : {false, true})
+      for (const auto& [C, Cr] : std::vector<std::pair<int64_t, int64_t>>{
+               {256, 16}, {512, 32}, {1024, 64}, {2048, 128}, {2048, 1024}, {3, 1}, {4104, 257}}) {
+        const P::FcItems fc = P::make_fc_items(C, Cr, esize, backward);
+        const std::string w = "fc items C=" + std::to_string(C) + " Cr=" + std::to_string(Cr) +
+                              " esize=" + std::to_string(esize) + (backward ? " bwd" : " fwd");
+        if (fc.n1 < 1 || fc.n2 < 1 || fc.b1 < 1 || fc.b2 < 1 || fc.b1 > P::kThreads ||
+            fc.b2 > P::kThreads || (fc.n1 - 1) * fc.b1 >= Cr || fc.n1 * fc.b1 < Cr ||
+            (fc.n2 - 1) * fc.b2 >= C || fc.n2 * fc.b2 < C)
+          f += plan_failure(w + ": blocks do not cover the outputs once");
+        // items stream about kFcItemBytes: at most that many outputs' weights (or one
+        // output's), rounded up to the backward's 16-byte column runs
+        const int64_t align = backward ? 16 / esize : 1;
+        auto cap = [&](int64_t K) {
+          return P::round_up(std::max<int64_t>(1, P::kFcItemBytes / (K * esize)), align);
+        };
+        if (fc.b1 > cap(C)) f += plan_failure(w + ": stage-1 item too large");
+        if (fc.b2 > cap(Cr)) f += plan_failure(w + ": stage-2 item too large");
+        if (C == 256 && esize == 2 && !backward && fc.count() != 2)
+          f += plan_failure(w + ": conv2_x should be one item per FC");
+        if (C == 2048 && Cr == 128 && esize == 2 && fc.count() < 16)
+          f += plan_failure(w + ": conv5_x FC not spread");
+      }
   for (bool nhwc : {false, true})
     for (int64_t vec : {1, 2, 4, 8})
       for (const auto& [C, HW] : std::vector<std::pair<int64_t, int64_t>>{

@@ -41,6 +41,11 @@ SE_HOST_DEVICE int64_t group_rows(int64_t G) {
   return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : kMaxGroup;
 }
 
+// Samples per pass of the FC loop in the persistent kernels' FC items (fc.cuh), and the rows
+// those items stage: group_rows(G) rounded up to whole passes (rows G.. zero-filled).
+constexpr int kFcPass = 2;
+SE_HOST_DEVICE int64_t fc_item_rows(int64_t G) { return round_up(group_rows(G), kFcPass); }
+
 // Lanes (a power of two <= 32) that share one row of `n` vectors: about 4 vectors per lane.
 SE_HOST_DEVICE int lanes_for(int64_t n) {
   int l = 1;
@@ -154,57 +159,151 @@ inline Tiles make_tiles(int64_t C, int64_t HW, bool nhwc, int64_t target, int64_
 
 // ---- the ticket order of the persistent kernels --------------------------------------------
 
-enum ItemKind : int { kItemReduce = 0, kItemApply = 1, kItemTail = 2 };
+enum ItemKind : int { kItemReduce = 0, kItemApply = 1, kItemTail = 2, kItemFc = 3 };
 
 struct Item {
   int kind;
-  int64_t sample;  // reduce / apply: the sample
-  int64_t index;   // reduce / apply: the tile; tail: the index among the tail items
+  int64_t sample;  // reduce / apply: the sample; FC: the first sample of the FC group
+  int64_t index;   // reduce / apply: the tile; FC: the item of the group (FcItems); tail:
+                   // the index among the tail items
 };
-
-// Work items of a persistent kernel, in the order tickets hand them out. Every sample has
-// `tiles` reduce items and `tiles` apply items; the apply items of sample n come `lag`
-// samples after its reduce items:
-//   R(0) .. R(lag-1) | R(lag) A(0) | R(lag+1) A(1) | ... | A(N-lag) .. A(N-1) | tail
-// then `tail` items (the weight gradients of the backward kernel) that need every sample.
-// An apply item of sample n waits for the FC of its group of G samples, computed by the last
-// reduce item of the group to finish. With lag >= G - 1 every reduce item of that group has
-// an earlier ticket, so it was handed to a running CTA that never waits on anything: no
-// deadlock, whatever the grid size and however many CTAs are resident.
-struct Schedule {
-  int64_t N, tiles, lag, tail;
-
-  SE_HOST_DEVICE int64_t total() const { return 2 * N * tiles + tail; }
-
-  SE_HOST_DEVICE Item decode(int64_t t) const {
-    const int64_t T = tiles;
-    const int64_t head = lag * T;
-    const int64_t mid = (N - lag) * 2 * T;
-    if (t < head) return Item{kItemReduce, t / T, t % T};
-    t -= head;
-    if (t < mid) {
-      const int64_t b = lag + t / (2 * T), r = t % (2 * T);
-      return r < T ? Item{kItemReduce, b, r} : Item{kItemApply, b - lag, r - T};
-    }
-    t -= mid;
-    if (t < lag * T) return Item{kItemApply, N - lag + t / T, t % T};
-    t -= lag * T;
-    return Item{kItemTail, 0, t};
-  }
-};
-
-// lag >= G (and >= 1), at most N.
-inline Schedule make_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tail) {
-  Schedule s{};
-  s.N = N;
-  s.tiles = tiles;
-  s.lag = clamp64(max64(lag, G), 1, max64(N, 1));
-  s.tail = tail;
-  return s;
-}
 
 // Samples of FC group g (groups of G samples; the last may be short).
 SE_HOST_DEVICE int64_t group_size(int64_t N, int64_t G, int64_t g) { return min64(G, N - g * G); }
+
+// Work items of a persistent kernel, in the order tickets hand them out, by FC group of G
+// samples (group g: samples [g G, g G + G), the last group may be short). Every sample has
+// `tiles` reduce items and `tiles` apply items; every group has fc = fc1 + fc2 FC items (the
+// group's excitation cut into blocks, FcItems: fc1 of stage 1, fc2 of stage 2). Group g's
+// block of tickets is
+//   R(g) FC1(g) A(g - lag) FC2(g)
+// (A(g - lag) only for g >= lag: the apply items of an older group, which do not wait, sit
+// between the stages so that the stage-2 items spin less for stage 1), then the apply items
+// of the last `lag` groups, then `tail` items (the weight gradients of the backward kernel)
+// that need every sample. `lag` counts groups (>= 1). R(g): sample-major, tile-minor; A(g):
+// the same.
+//
+// Dependencies (what an item waits for): a stage-1 FC item of group g waits for the reduce
+// items of g (through the "squeezed" flag the last of them raises), a stage-2 item for every
+// stage-1 item of g; an apply item of g waits for every stage-2 item of g; a tail item for
+// every stage-2 item. Each of them has a smaller ticket: R(g), FC1(g), FC2(g) come in that
+// order in block g, and A(g) comes later (block g + lag, or after every block).
+// Deadlock-free for any grid whose CTAs are all resident: tickets are handed out in order,
+// and a CTA takes its next ticket only when its item is done (it never holds an unstarted
+// ticket while it spins). So the smallest ticket whose item is not done has been handed to a
+// running CTA, and everything it waits for has a smaller ticket, so is done: it completes.
+// By induction every item completes. (Reduce items never wait.)
+struct Schedule {
+  int64_t N, tiles, G, lag, tail, fc;
+  int64_t fc1;      // stage-1 FC items of a group (the first fc1 of the fc)
+  int64_t ngroups;  // ceil(N / G), kept (a kernel parameter, not a register)
+
+  SE_HOST_DEVICE int64_t groups() const { return ngroups; }
+  SE_HOST_DEVICE int64_t total() const { return 2 * N * tiles + groups() * fc + tail; }
+  // Tickets of group g's reduce items (equally, of its apply items).
+  SE_HOST_DEVICE int64_t group_items(int64_t g) const { return group_size(N, G, g) * tiles; }
+
+  SE_HOST_DEVICE Item decode(int64_t t) const {
+    const int64_t T = tiles, ng = groups();
+    const int64_t full = G * T;  // reduce (or apply) items of a full group
+    // every group but the last is full; the last group's block is decoded apart
+    const int64_t head = min64(lag, ng - 1);     // full blocks R FC1 FC2
+    const int64_t mid = max64(ng - 1 - lag, 0);  // full blocks R FC1 A FC2 (A: a full group)
+    int64_t g;
+    if (t < head * (full + fc)) {
+      g = t / (full + fc);
+      t -= g * (full + fc);
+    } else {
+      t -= head * (full + fc);
+      if (t < mid * (2 * full + fc)) {
+        const int64_t b = t / (2 * full + fc);
+        g = head + b;
+        t -= b * (2 * full + fc);
+      } else {
+        t -= mid * (2 * full + fc);
+        g = ng - 1;  // the last block: R(ng - 1) FC1(ng - 1) [A(ng - 1 - lag)] FC2(ng - 1)
+        const int64_t last = group_items(g) + fc + (g >= lag ? full : 0);
+        if (t >= last) {
+          t -= last;
+          // the apply items of the last min(lag, ng) groups
+          const int64_t first = max64(ng - lag, 0);
+          const int64_t rest = (N - first * G) * T;
+          if (t < rest) return Item{kItemApply, first * G + t / T, t % T};
+          return Item{kItemTail, 0, t - rest};
+        }
+      }
+    }
+    // t is inside block g: R(g), FC1(g), A(g - lag) when g >= lag (a full group), FC2(g)
+    const int64_t r = group_items(g);
+    if (t < r) return Item{kItemReduce, g * G + t / T, t % T};
+    t -= r;
+    if (t < fc1) return Item{kItemFc, g * G, t};
+    t -= fc1;
+    if (g >= lag) {
+      if (t < full) return Item{kItemApply, (g - lag) * G + t / T, t % T};
+      t -= full;
+    }
+    return Item{kItemFc, g * G, fc1 + t};
+  }
+};
+
+// lag: in samples (the planner's unit); rounded up to whole groups, at least 1 group and at
+// most every group. fc1, fc2: FC items per group of each stage (FcItems::n1, n2).
+inline Schedule make_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tail,
+                              int64_t fc1, int64_t fc2) {
+  Schedule s{};
+  s.N = N;
+  s.tiles = tiles;
+  s.G = max64(G, 1);
+  s.ngroups = ceil_div(N, s.G);
+  s.lag = clamp64(ceil_div(max64(lag, 1), s.G), 1, max64(s.groups(), 1));
+  s.tail = tail;
+  s.fc1 = fc1;
+  s.fc = fc1 + fc2;
+  return s;
+}
+
+// ---- FC row-block items of the persistent kernels ------------------------------------------
+
+// Weight bytes one FC item streams (a target): large enough that an item is worth a ticket
+// and a wait, small enough that a conv5_x FC (1 MiB in bf16) spreads over tens of CTAs.
+constexpr int64_t kFcItemBytes = 32 << 10;
+
+// A group's excitation cut into items of two stages: stage 1 (n1 items of b1 outputs each,
+// the last may be short) waits for the group's squeeze; stage 2 (n2 items of b2 outputs)
+// waits for every stage-1 item of the group. Forward: stage 1 = rows j of W1 (hpre, out1 =
+// Cr outputs of C inputs), stage 2 = rows c of W2 (gpre and s, C outputs of Cr inputs).
+// Backward: stage 1 = columns j of W2 (dh, Cr outputs of C inputs), stage 2 = columns c of
+// W1 (dz, C outputs of Cr inputs). Each output is computed by one item: its sum order does
+// not depend on the grid.
+struct FcItems {
+  int64_t b1, n1, b2, n2;
+  SE_HOST_DEVICE int64_t count() const { return n1 + n2; }
+};
+
+// Outputs per item: about kFcItemBytes of weights (K inputs each), rounded to a multiple of
+// `align` outputs where there are more (the backward's column blocks stay 16-byte wide runs),
+// at most kThreads (the forward item keeps its sums in shared memory, one row per thread),
+// at least one item per stage.
+SE_HOST_DEVICE int64_t fc_block(int64_t outputs, int64_t K, int64_t esize, int64_t align,
+                                int64_t item_bytes = kFcItemBytes) {
+  int64_t b = max64(1, item_bytes / max64(K * esize, 1));
+  if (b < outputs) b = round_up(b, align);
+  return min64(min64(b, kThreads), max64(outputs, 1));
+}
+
+// item_bytes: an override (tests), or 0 for kFcItemBytes.
+inline FcItems make_fc_items(int64_t C, int64_t Cr, int64_t esize, bool backward,
+                             int64_t item_bytes = 0) {
+  const int64_t align = backward ? max64(1, 16 / esize) : 1;
+  if (item_bytes <= 0) item_bytes = kFcItemBytes;
+  FcItems f{};
+  f.b1 = fc_block(Cr, C, esize, align, item_bytes);
+  f.n1 = ceil_div(Cr, f.b1);
+  f.b2 = fc_block(C, Cr, esize, align, item_bytes);
+  f.n2 = ceil_div(C, f.b2);
+  return f;
+}
 
 // The tail items of the backward kernel: output tiles of dW2 (C x Cr), then of dW1 (Cr x C),
 // then blocks of kGemmTile columns of db2 (C), then of db1 (Cr).
@@ -360,7 +459,8 @@ inline int64_t nhwc_tile_scratch(const Tiles& t, int64_t vec) {
 inline int64_t persistent_forward_smem_elems(const Tiles& t, int64_t G, int64_t vec) {
   int64_t e = t.tc;                              // the gate of an apply tile
   e = max64(e, nhwc_tile_scratch(t, vec));       // the NHWC reduction
-  e = max64(e, group_rows(G) * kFcChunk);        // FC input staging (zero-padded rows)
+  // FC items: input staging (zero-padded rows) and the item's sums (<= kThreads rows)
+  e = max64(e, fc_item_rows(G) * (kFcChunk + kThreads));
   return e;
 }
 
