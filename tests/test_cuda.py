@@ -380,8 +380,12 @@ def test_cuda_nhwc_short_last_channel_tile(path, poison):
 # 8 + 1), its FC spread over 16 + 16 items (bf16) or more (float); conv2_x-like with G = 1
 # (one item per FC, and with 2 KiB items several); Cr = 520 > 512 (the chunked second FC and
 # dz over two chunks of rows) with tiny items (a block of 1..4 rows/columns each)
+# (n, c, h, w, cr, SE_KERNELS_CUDA_FC_BYTES). (5, 104, 5, 5, 56, 8192): a short last block in
+# all four stages (forward and backward, bf16 and float), rows 16-byte aligned; (3, 37, 5, 5,
+# 13, 256): odd C and Cr, so the element-load path, over several blocks (review of 12a).
 FC_ITEM_SHAPES = [(9, 2048, 7, 7, 128, None), (3, 256, 28, 28, 16, None),
-                  (3, 256, 28, 28, 16, 2048), (5, 1040, 3, 3, 520, 4096)]
+                  (3, 256, 28, 28, 16, 2048), (5, 1040, 3, 3, 520, 4096),
+                  (5, 104, 5, 5, 56, 8192), (3, 37, 5, 5, 13, 256)]
 
 
 def _fc_env(monkeypatch, grid, item_bytes):

@@ -83,7 +83,7 @@ def fc_item_lanes(rows, k):
     lanes = lanes_for(nv)
     while lanes > 1 and rows * (lanes // 2) >= THREADS:
         lanes //= 2
-    while lanes < 32 and rows * lanes < THREADS and lanes < nv:
+    while lanes < 32 and rows * lanes < THREADS and 2 * lanes * 4 <= nv:  # kFcItemUnroll
         lanes *= 2
     return lanes
 

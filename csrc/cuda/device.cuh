@@ -173,10 +173,14 @@ __device__ __forceinline__ void cta_wait_at_least(const counter_t* p, counter_t 
   __syncthreads();
 }
 
-// Makes every global write of this CTA so far visible GPU-wide before what thread 0 does next.
+// Makes every global write of this CTA so far visible GPU-wide before what thread 0 does next
+// (its atomic or release store): the barrier orders every thread's writes before thread 0's
+// fence, and the fence then orders them, cumulatively, before thread 0's next write (the
+// pattern of cooperative groups' grid sync: formally a release in the PTX memory model, and
+// one MEMBAR a CTA instead of one a thread).
 __device__ __forceinline__ void cta_release_fence() {
-  __threadfence();
   __syncthreads();
+  if (threadIdx.x == 0) __threadfence();
 }
 
 // Reads data another CTA of this launch wrote: from L2, never a stale L1 line.

@@ -257,14 +257,17 @@ __device__ __forceinline__ void rows_dot_padded(const T* M, int ldm, int R, int 
 
 // Lanes per row in an FC item of R rows of K (<= kFcChunk per pass) elements: enough that
 // the item's rows occupy the CTA (R L >= kThreads where the rows are long enough), at most
-// a warp and at most one lane per 16-byte vector of a row (lanes_for's ~4 vectors a lane
-// when that already fills the CTA).
+// a warp, and no more than keep kFcItemUnroll 16-byte vectors a lane (lanes_for's ~4
+// vectors a lane when that already fills the CTA).
 template <typename T>
 __host__ __device__ __forceinline__ int fc_item_lanes(int64_t R, int64_t K) {
   const int64_t nv = cuda_plan::ceil_div(K < kFcChunk ? K : kFcChunk, int64_t(kFcVec<T>));
   int l = cuda_plan::lanes_for(nv);
   while (l > 1 && R * (l / 2) >= kThreads) l /= 2;  // the rows alone fill the CTA
-  while (l < 32 && R * l < kThreads && l < nv) l *= 2;
+  // more lanes only while each keeps kFcItemUnroll vectors: with fewer, rows_dot_padded's
+  // unrolled loop never runs and its remainder loop has one load in flight (R = 8 rows of 64
+  // vectors: 32 lanes of 2 vectors were 2 serial L2 round trips a chunk; 16 lanes of 4 are one)
+  while (l < 32 && R * l < kThreads && 2 * l * kFcItemUnroll <= nv) l *= 2;
   return l;
 }
 

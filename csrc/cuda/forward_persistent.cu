@@ -72,14 +72,23 @@ __device__ __forceinline__ void forward_fc_item(const ForwardArgs& a, const Pers
   for (int64_t k0 = 0; k0 < K; k0 += kFcChunk) {
     const int kc = int(K - k0 < kFcChunk ? K - k0 : kFcChunk);
     __syncthreads();  // the previous chunk is consumed
-    for (int i = threadIdx.x; i < GR * kc; i += kThreads) {  // rows G..GR-1: zeros
-      const int g = i / kc, k = i - (i / kc) * kc;
-      A v = A(0);
-      if (g < G) {
-        v = load_cg(in + (n0 + g) * K + k0 + k);  // written by other CTAs in this launch
-        if (!stage1) v = activation_fwd(a.act, v);
+    // column k = threadIdx.x of the chunk (kFcChunk == kThreads): the thread's G loads are
+    // all issued before any store (one at a time, each a dependent L2 round trip, they were
+    // most of a stage-1 item's time); rows G..GR-1 are zeros
+    static_assert(kFcChunk == kThreads, "one staged column per thread");
+    const int k = threadIdx.x;
+    if (k < kc) {
+      A v[cuda_plan::kMaxGroup];
+#pragma unroll
+      for (int g = 0; g < cuda_plan::kMaxGroup; ++g)  // written by other CTAs in this launch
+        v[g] = g < G ? load_cg(in + (n0 + g) * K + k0 + k) : A(0);
+#pragma unroll
+      for (int g = 0; g < cuda_plan::kMaxGroup; ++g)
+        if (g < GR) sm[g * kFcChunk + k] = v[g];
+      if (!stage1) {
+#pragma unroll 1
+        for (int g = 0; g < G; ++g) sm[g * kFcChunk + k] = activation_fwd(a.act, sm[g * kFcChunk + k]);
       }
-      sm[g * kFcChunk + k] = v;
     }
     __syncthreads();
     const bool first = k0 == 0;

@@ -176,7 +176,8 @@ PersistentConfig plan_persistent(const Problem& p, int64_t esize, int64_t asize,
   c.sched = plan::make_schedule(p.N, c.tiles.count(), c.G, lag, tail, c.fc.n1, c.fc.n2);
   c.grid = plan::min64(c.sched.total(), sms * blocks);
   // a smaller grid (tests: every item order must finish on 1, 2, 3 CTAs); never larger than
-  // what is co-resident (the deadlock-freedom argument needs every CTA running)
+  // what is co-resident (not needed for deadlock freedom, cuda_plan::Schedule: CTAs that wait
+  // for a slot would only take their tickets late)
   const int64_t grid_cap = env_int("SE_KERNELS_CUDA_GRID", 0);
   if (grid_cap > 0) c.grid = plan::min64(c.grid, grid_cap);
   TORCH_CHECK(c.grid <= INT_MAX, "se_kernels: grid too large");

@@ -42,9 +42,10 @@ SE_HOST_DEVICE int64_t group_rows(int64_t G) {
 }
 
 // Samples per pass of the FC loop in the persistent kernels' FC items (fc.cuh), and the rows
-// those items stage: group_rows(G) rounded up to whole passes (rows G.. zero-filled).
+// those items stage: G rounded up to whole passes (rows G.. zero-filled; G = 5 stages 6 rows
+// in 3 passes, not group_rows' 8 in 4).
 constexpr int kFcPass = 2;
-SE_HOST_DEVICE int64_t fc_item_rows(int64_t G) { return round_up(group_rows(G), kFcPass); }
+SE_HOST_DEVICE int64_t fc_item_rows(int64_t G) { return round_up(G < 1 ? 1 : G, kFcPass); }
 
 // Lanes (a power of two <= 32) that share one row of `n` vectors: about 4 vectors per lane.
 SE_HOST_DEVICE int lanes_for(int64_t n) {
@@ -188,11 +189,12 @@ SE_HOST_DEVICE int64_t group_size(int64_t N, int64_t G, int64_t g) { return min6
 // stage-1 item of g; an apply item of g waits for every stage-2 item of g; a tail item for
 // every stage-2 item. Each of them has a smaller ticket: R(g), FC1(g), FC2(g) come in that
 // order in block g, and A(g) comes later (block g + lag, or after every block).
-// Deadlock-free for any grid whose CTAs are all resident: tickets are handed out in order,
+// Deadlock-free for any grid: tickets are handed out in order, only running CTAs take them,
 // and a CTA takes its next ticket only when its item is done (it never holds an unstarted
 // ticket while it spins). So the smallest ticket whose item is not done has been handed to a
 // running CTA, and everything it waits for has a smaller ticket, so is done: it completes.
-// By induction every item completes. (Reduce items never wait.)
+// By induction every item completes. (Reduce items never wait.) The grid is still capped at
+// what is co-resident: CTAs that wait for a slot would only take tickets late.
 struct Schedule {
   int64_t N, tiles, G, lag, tail, fc;
   int64_t fc1;      // stage-1 FC items of a group (the first fc1 of the fc)
