@@ -226,14 +226,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
         if (threadIdx.x == 0) store_release(cnt.squeezed() + grp, 1);
       }
     } else if (it.kind == cuda_plan::kItemFc) {
-      // stage 1 waits for dpre, stage 2 for every stage-1 item of the group; both are earlier
-      // tickets of the same group (cuda_plan::Schedule)
       const bool stage1 = it.index < c.fc.n1;
-      if (stage1) {
-        cta_wait_at_least(cnt.squeezed() + grp, 1);
-      } else {
-        cta_wait_at_least(cnt.fc1_done() + grp, counter_t(c.fc.n1));
-      }
+      fc_item_wait(cnt, grp, stage1, c.fc.n1);  // stage 1: dpre; stage 2: the stage-1 items
       backward_fc_item<T, kMax>(a, c, grp * G, int(cuda_plan::group_size(N, G, grp)),
                                 it.index, sm);
       cta_release_fence();

@@ -173,6 +173,18 @@ __device__ __forceinline__ void cta_wait_at_least(const counter_t* p, counter_t 
   __syncthreads();
 }
 
+// An FC item's wait (cuda_plan::Schedule): stage 1 for the group's "squeezed" flag, stage 2
+// for every stage-1 item of the group; both are earlier tickets of the same group.
+template <typename Counters>
+__device__ __forceinline__ void fc_item_wait(const Counters& cnt, int64_t grp, bool stage1,
+                                             int64_t n1) {
+  if (stage1) {
+    cta_wait_at_least(cnt.squeezed() + grp, 1);
+  } else {
+    cta_wait_at_least(cnt.fc1_done() + grp, counter_t(n1));
+  }
+}
+
 // Makes every global write of this CTA so far visible GPU-wide before what thread 0 does next
 // (its atomic or release store): the barrier orders every thread's writes before thread 0's
 // fence, and the fence then orders them, cumulatively, before thread 0's next write (the
