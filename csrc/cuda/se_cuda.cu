@@ -17,7 +17,7 @@
 //   SE_KERNELS_CUDA_CLUSTER=K,G   cluster shape (CTAs per cluster, samples per cluster)
 //   SE_KERNELS_CUDA_MAX_CLUSTER=K largest cluster the planner may pick (1..16; 8 plans as a
 //                                 device that refuses non-portable sizes would)
-//   SE_KERNELS_CUDA_TILE=BYTES    tile size of the persistent kernels
+//   SE_KERNELS_CUDA_TILE=BYTES    tile size of the persistent kernels (at most 16 MiB)
 //   SE_KERNELS_CUDA_LAG=SAMPLES   how far apply items trail reduce items (persistent)
 //   SE_KERNELS_CUDA_FC_BYTES=BYTES  weight bytes per FC item of the persistent kernels
 //   SE_KERNELS_CUDA_GRID=CTAS     at most this many CTAs in a persistent launch
