@@ -218,3 +218,31 @@ def test_plan_tiles_fit_the_pipeline_buffers(elem):
     with config.forced(BC=32, BHW=128):
         p = config.make_plan(1, 1024, 196, 64, elem, False, GPU)
         assert p.BC * p.BHW * elem <= config.TILE_BYTES, p
+
+
+@pytest.mark.parametrize("c,cr", [(1 << 15, 1 << 15), (1 << 30, 1)])
+def test_weights_beyond_int32_offsets_are_refused(c, cr):
+    """The weights are addressed with int32 offsets (js * C + ks, and rows of 2*C*Cr + Cr + C
+    in the weight gradients' partial sums): both ops refuse larger weights with a
+    ValueError naming them, before any kernel runs (zero-stride views: nothing allocated)."""
+    assert 2 * c * cr + c + cr >= 2**31
+    x = torch.zeros(1, device=DEVICE, dtype=torch.bfloat16).expand(1, c, 1, 1)
+    w1 = torch.zeros(1, device=DEVICE, dtype=torch.bfloat16).expand(cr, c)
+    w2 = torch.zeros(1, device=DEVICE, dtype=torch.bfloat16).expand(c, cr)
+    with pytest.raises(ValueError, match=r"weights w1 \(\d+, \d+\) and w2 .* 32-bit offsets"):
+        torch.ops.se_kernels.triton_se_forward(x, w1, w2, None, None, None, 0, 0, 0)
+    z = torch.zeros(1, device=DEVICE).expand(1, c)
+    h = torch.zeros(1, device=DEVICE).expand(1, cr)
+    with pytest.raises(ValueError, match=r"weights w1 .* and w2 .* 32-bit offsets"):
+        torch.ops.se_kernels.triton_se_backward(x, x, w1, w2, None, z, h, z, 0, 0, 0)
+
+
+def test_weights_just_inside_int32_offsets_are_accepted():
+    """The bound is exact: weights just inside it pass the check, one more hidden unit
+    does not."""
+    from se_kernels.triton import ops
+    c, cr = 46340, 23170                  # 2*C*Cr + C + Cr = 2,147,363,110 < 2^31
+    assert 2 * c * cr + c + cr < 2**31
+    ops._check_weight_size(c, cr)
+    with pytest.raises(ValueError):
+        ops._check_weight_size(c, cr + 1)

@@ -106,6 +106,19 @@ def _device_guard(x: torch.Tensor):
 
 _KEY_TYPES = (int, bool, Device)
 
+INT32_MAX = 2**31 - 1
+
+
+def _check_weight_size(c, cr) -> None:
+    """The kernels address the weights (js * C + ks) and the weight gradients' per-slice
+    partial sums (rows of 2*C*Cr + Cr + C) with int32 offsets: refuse weights beyond that
+    (over 1G elements per matrix) with an error naming them, not a wrapped address."""
+    if 2 * c * cr + cr + c > INT32_MAX:
+        raise ValueError(
+            f"triton backend: the weights w1 ({cr}, {c}) and w2 ({c}, {cr}) are too large: "
+            f"its kernels address them with 32-bit offsets, which needs 2*C*Cr + C + Cr < "
+            f"2^31 (here {2 * c * cr + cr + c}); use another backend")
+
 
 def _launch_config(fn):
     """Caches fn's result by its (hashable) arguments, the shape key, except while a test
@@ -178,6 +191,7 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     x, cl = _layout(x)
     n, c, h, w = x.shape
     cr = w1.shape[0]
+    _check_weight_size(c, cr)
     acc = acc_dtype(x.dtype)
     y = torch.empty_like(x)
     z = x.new_empty((n, c), dtype=acc)
@@ -230,6 +244,7 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     x, cl = _layout(x)
     n, c, h, w = x.shape
     cr = w1.shape[0]
+    _check_weight_size(c, cr)
     acc = acc_dtype(x.dtype)
     has_res = y is not None
     dx = torch.empty_like(x)
