@@ -50,7 +50,7 @@ import torch
 from torch.library import triton_op
 
 from se_kernels._options import acc_dtype
-from se_kernels.triton.config import _CACHES, _FORCED_STATE, Device, device_of, make_plan
+from se_kernels.triton.config import _CACHES, _FORCED_STATE, device_of, make_plan
 from se_kernels.triton.kernels import (se_bwd_finish_kernel, se_bwd_reduce_kernel,
                                        se_bwd_wsum_kernel, se_fwd_excite_kernel,
                                        se_fwd_fused_kernel, se_fwd_pool_kernel)
@@ -104,7 +104,6 @@ def _device_guard(x: torch.Tensor):
     return contextlib.nullcontext()
 
 
-_KEY_TYPES = (int, bool, Device)
 
 INT32_MAX = 2**31 - 1
 
@@ -129,8 +128,12 @@ def _launch_config(fn):
 
     @functools.wraps(fn)
     def get(*key):
-        if _FORCED_STATE.fields or not all(type(k) in _KEY_TYPES for k in key):
-            return fn(*key)   # forced plans; symbolic sizes (torch.compile, dynamic shapes)
+        # key = (n, c, hw, cr, elem, ...): only the sizes can be symbolic (SymInts under
+        # torch.compile with dynamic shapes); the rest are ints, bools and a Device
+        n, c, hw, cr = key[:4]
+        if (_FORCED_STATE.fields or type(n) is not int or type(c) is not int
+                or type(hw) is not int or type(cr) is not int):
+            return fn(*key)   # forced plans; symbolic sizes
         return cached(*key)
     return get
 
@@ -138,7 +141,8 @@ def _launch_config(fn):
 @_launch_config
 def _forward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_b1, has_b2, has_res):
     """(plan, fused launch or None, pool launch or None, excite launch or None): each launch
-    a (grid, constexpr kwargs)."""
+    a (grid, constexpr kwargs). Checks the weights' size (once per shape key)."""
+    _check_weight_size(c, cr)
     # pixel splits only for the mean: FC1 is linear in the partial means, not in a max
     plan = make_plan(n, c, hw, cr, elem, cl, dev, hw_split=squeeze != 1)
     groups = plan.groups(n)
@@ -158,7 +162,8 @@ def _forward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_b1, has
 @_launch_config
 def _backward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_res):
     """(plan, reduce launch, finish launch, NW, (WS, WSN), wsum launch or None): each
-    launch a (grid, kwargs)."""
+    launch a (grid, kwargs). Checks the weights' size (once per shape key)."""
+    _check_weight_size(c, cr)
     plan = make_plan(n, c, hw, cr, elem, cl, dev)
     groups = plan.groups(n)
     nw = -(-c // plan.BCW) * -(-cr // plan.BJW)         # weight-gradient blocks per slice
@@ -191,7 +196,6 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     x, cl = _layout(x)
     n, c, h, w = x.shape
     cr = w1.shape[0]
-    _check_weight_size(c, cr)
     acc = acc_dtype(x.dtype)
     y = torch.empty_like(x)
     z = x.new_empty((n, c), dtype=acc)
@@ -244,7 +248,6 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     x, cl = _layout(x)
     n, c, h, w = x.shape
     cr = w1.shape[0]
-    _check_weight_size(c, cr)
     acc = acc_dtype(x.dtype)
     has_res = y is not None
     dx = torch.empty_like(x)
@@ -265,14 +268,16 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
         n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate, has_res)
     S = plan.S                                          # pixel splits (partial rows)
     dpre = x.new_empty((n, S, c), dtype=acc)            # dL/dgpre (S partial rows)
-    cnt = x.new_empty((n, S, c) if squeeze == 1 else (1,), dtype=acc)   # tie counts (max)
+    # tie counts (max); for the mean a dummy pointer, never accessed (SQUEEZE constexpr)
+    cnt = x.new_empty((n, S, c), dtype=acc) if squeeze == 1 else dpre
     dpart = x.new_empty((n, plan.Q, cr), dtype=acc)     # FC2-backward shares per program
     dres_ = dres if has_res else x.new_empty((1,))      # dummy pointer, never written
     dhs = x.new_empty((n, plan.Q, cr), dtype=acc)       # dL/dhpre, one copy per program
     dzs = x.new_empty((n, S, c), dtype=acc)             # dL/dz (/ HW or / ties), per split
     hwc = plan.HWC if S > 1 else hw
-    # per-slice weight-gradient partial sums (WS > 1), [dW2 | dW1 | db1 | db2] per row
-    pw = x.new_empty((ws, 2 * c * cr + cr + c) if ws > 1 else (1,), dtype=acc)
+    # per-slice weight-gradient partial sums (WS > 1), [dW2 | dW1 | db1 | db2] per row; with
+    # one slice a dummy pointer, never accessed (PARTIAL constexpr)
+    pw = x.new_empty((ws, 2 * c * cr + cr + c), dtype=acc) if ws > 1 else dpre
     if not _launches(x):
         return dx, dw1, dw2, db1, db2, dres
     with _device_guard(x):
