@@ -36,11 +36,14 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 H200 = config.Device(sms=132, tile=4096, fc_tile=4096, min_group=1, interpret=False)
 
 # Forced split plans: tiny pixel tiles so that every split has several tiles and a partial
-# last one; "s5-g2" also groups 2 samples per program and splits the weight gradients into
-# 2 sample slices (the summing launch); "s2" sets only S (split follows from S > 1).
+# last one; "s5-g2" also groups 2 samples per program, sums the split rows 2 at a time
+# (SB = 2 < S: several [.., SB, ..] tiles and a partial last one) and splits the weight
+# gradients into 2 sample slices (the summing launch); "s2" sets only S (split follows
+# from S > 1).
 PLANS = {
     "s3": dict(split=True, S=3, BHW=16, chunk=2, BC=2, BJH=1, BC2=2),
-    "s5-g2": dict(split=True, S=5, G=2, BHW=16, chunk=4, BC=4, BN=1, WS=2, BJW=1, BCW=2),
+    "s5-g2": dict(split=True, S=5, SB=2, G=2, BHW=16, chunk=4, BC=4, BN=1, WS=2, BJW=1,
+                  BCW=2),
     "s2": dict(S=2, BHW=32),
 }
 FACTORS = {

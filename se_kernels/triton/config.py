@@ -124,6 +124,7 @@ class Plan:
     num_warps: int
     S: int = 1         # pixel splits per (group, chunk) (split path only; issue 13, item 4)
     HWC: int = 0       # pixels per split, a multiple of BHW (0: all of HW, S = 1)
+    SB: int = 1        # split rows summed per tile load ([G, SB, BC2], [BN, SB, BCW])
 
     @property
     def G_PAD(self) -> int:
@@ -323,17 +324,23 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
             plan = dataclasses.replace(plan, num_warps=8 if plan.BC * plan.BHW >= 4096 else 4)
     if not dev.interpret:
         plan = _smem_tiles(plan, elem)
-    return _pixel_splits(_int32_tiles(plan, c, hw, channels_last), hw)
+    return _pixel_splits(_int32_tiles(plan, c, hw, channels_last), hw, dev.fc_tile)
 
 
-def _pixel_splits(plan: Plan, hw: int) -> Plan:
+def _pixel_splits(plan: Plan, hw: int, fc_tile: int) -> Plan:
     """The final pixel split, after the tile is settled: HWC pixels per split, a whole
     number of BHW tiles (so the pipelined tiles never straddle two programs), and S =
-    cdiv(HW, HWC) <= the S asked for (P_PAD and the tile caps made from it stay valid)."""
+    cdiv(HW, HWC) <= the S asked for (P_PAD and the tile caps made from it stay valid).
+    SB: the split rows (partial means, dpre, tie counts) summed per tile load, the
+    [G_PAD, SB, BC2] and [BN, SB, BCW] tiles within fc_tile."""
     if plan.S <= 1:
-        return plan if plan.S == 1 else dataclasses.replace(plan, S=1)
+        return plan if (plan.S, plan.SB) == (1, 1) else dataclasses.replace(plan, S=1, SB=1)
     hwc = _cdiv(_cdiv(hw, plan.S), plan.BHW) * plan.BHW
-    return dataclasses.replace(plan, S=_cdiv(hw, hwc), HWC=hwc)
+    s = _cdiv(hw, hwc)
+    sb = max(1, min(_pow2(s), fc_tile // (plan.G_PAD * plan.BC2),
+                    fc_tile // (plan.BN * plan.BCW)))
+    sb = _FORCED_STATE.fields.get("SB", sb) if _FORCED_STATE.fields else sb
+    return dataclasses.replace(plan, S=s, HWC=hwc, SB=sb)
 
 
 TILE_BYTES = 16384   # the most bytes of one streamed tensor's tile (rule 5 above)

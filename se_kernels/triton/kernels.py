@@ -193,6 +193,23 @@ def _sum_parts(part_ptr, n0, gs, gm, js, jm, P, CR, P_PAD: tl.constexpr):
                   axis=1)
 
 
+@triton.jit
+def _sum_splits(ptr, base, rs, rm, cs, cm, S, C, SB: tl.constexpr):
+    """sum_k ptr[base + (rs * S + k) * C + cs] over the S pixel-split rows -> [R, BX]
+    (rs: R rows, cs: BX channels; base int64): one [R, SB, BX] tile load per SB splits and
+    a tl.sum over them (a fixed order, so deterministic), not S dependent loads."""
+    ks = tl.arange(0, SB)
+    m = rm[:, None, None] & cm[None, None, :]
+    off = rs[:, None, None] * (S * C) + cs[None, None, :]
+    acc = tl.sum(tl.load(ptr + base + off + ks[None, :, None] * C,
+                         mask=m & (ks < S)[None, :, None], other=0.0), axis=1)
+    for k0 in range(SB, S, SB):
+        kk = k0 + ks
+        acc += tl.sum(tl.load(ptr + base + off + kk[None, :, None] * C,
+                              mask=m & (kk < S)[None, :, None], other=0.0), axis=1)
+    return acc
+
+
 # ---- forward phases -------------------------------------------------------------------------
 
 
@@ -266,7 +283,7 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
                   sp, S, hw_lo, hw_hi,
                   G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
                   BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
-                  ACT: tl.constexpr, GATE: tl.constexpr, HAS_B1: tl.constexpr,
+                  SB: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, HAS_B1: tl.constexpr,
                   HAS_B2: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """hpre (stored by the chunk-0 program), gpre for the chunk, and y for the chunk's
     channels of the group's samples. Three steps, each once per program: (a) act(hpre) for
@@ -293,13 +310,10 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
     if (S > 1) & (sp == 0):  # z = sum of the partial means, in split order
         for c0 in range(c_lo, c_hi, BC2):
             cs = c0 + tl.arange(0, BC2)
-            gc = gm[:, None] & (cs < c_hi)[None, :]
-            zacc = tl.zeros([G_PAD, BC2], ACC)
-            for k in range(0, S):
-                zacc += tl.load(zp_ptr + _row_offset(n0, QR) + gs[:, None] * QR + k * C
-                                + cs[None, :], mask=gc, other=0.0)
+            cm = cs < c_hi
+            zacc = _sum_splits(zp_ptr, _row_offset(n0, QR), gs, gm, cs, cm, S, C, SB)
             tl.store(z_ptr + _row_offset(n0, C) + gs[:, None] * C + cs[None, :], zacc,
-                     mask=gc)
+                     mask=gm[:, None] & cm[None, :])
     hrow = _row_offset(n0, P * CR) + (gs[:, None] * P + p) * CR     # this program's hs rows
     for j0 in range(0, CR, BJH):
         js = j0 + tl.arange(0, BJH)
@@ -434,8 +448,8 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
                  dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
                  sp, S, hw_lo, hw_hi, G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
                  BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
-                 SQUEEZE: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
-                 HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+                 SB: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
+                 GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """dz for the chunk from the full dpart, then dx for the chunk's channels of the group's
     samples (g from dres, which the reduce phase stored, when the residual was fused). As
     in the excite phase, each step once per program: (a) dhpre for the group from
@@ -484,11 +498,11 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
             acc += tl.sum(dh[:, :, None] * wt[None, :, :], axis=1)
         qrows = gs[:, None] * QR + cs[None, :]              # int32; + qrow0 (int64)
         if SQUEEZE == 1:  # shared evenly by the tied maxima, as amax's gradient is
-            ties = tl.load(cnt_ptr + _row_offset(n0, QR) + qrows, mask=gc, other=1.0)
-            for k in range(1, S):  # the splits' tie counts (exact small integers)
-                ties += tl.load(cnt_ptr + _row_offset(n0, QR) + k * C + qrows, mask=gc,
-                                other=0.0)
-            coef = acc / ties
+            if S == 1:
+                coef = acc / tl.load(cnt_ptr + row0 + rows, mask=gc, other=1.0)
+            else:  # the splits' tie counts (exact small integers); 1 in masked lanes
+                ties = _sum_splits(cnt_ptr, _row_offset(n0, QR), gs, gm, cs, cm, S, C, SB)
+                coef = acc / tl.where(gc, ties, 1.0)
         else:
             coef = acc / HW
         tl.store(dzs_ptr + qrow0 + qrows, coef, mask=gc)
@@ -530,7 +544,7 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
 def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
                  pw_ptr, wpid, jb, ws, n_lo, n_hi, C, CR, P, S,
                  BCW: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, P_PAD: tl.constexpr,
-                 ACT: tl.constexpr, PARTIAL: tl.constexpr):
+                 SB: tl.constexpr, ACT: tl.constexpr, PARTIAL: tl.constexpr):
     """For channels cs = block wpid, hidden units js = block jb and samples [n_lo, n_hi)
     (slice ws): dW2[cs, js] = sum_n dpre[n, cs]^T act(hpre[n, js]),
     dW1[js, cs] = sum_n dhpre[n, js]^T z[n, cs]; hidden block 0 also writes
@@ -539,8 +553,8 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
     (one slice) it writes the outputs; with PARTIAL it writes row ws of pw (WS, L), laid out
     [dW2 (C*CR) | dW1 (CR*C) | db1 (CR) | db2 (C)], which se_bwd_wsum_kernel sums over the
     slices in order: deterministic without atomics, and no zero-initialised outputs.
-    dpre is (N, S, C): with pixel splits (S > 1) dpre[n] is the sum of its S partial rows,
-    added here in split order."""
+    dpre is (N, S, C): with pixel splits (S > 1) dpre[n] is the sum of its S partial rows
+    (_sum_splits, SB at a time)."""
     ACC = z_ptr.dtype.element_ty
     if PARTIAL:
         L = 2 * C * CR + CR + C
@@ -561,10 +575,12 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
         db2 = tl.zeros([BCW], ACC)
         for nb in range(n_lo, n_hi, BN):
             ns = nb + bl
-            dp = tl.zeros([BN, BCW], ACC)
-            for k in range(0, S):
-                dp += tl.load(dpre_ptr + _row_offset(nb, S * C) + bl[:, None] * (S * C) + k * C
-                              + cs[None, :], mask=(ns < n_hi)[:, None] & cm[None, :], other=0.0)
+            if S == 1:
+                dp = tl.load(dpre_ptr + _row_offset(nb, C) + bl[:, None] * C + cs[None, :],
+                             mask=(ns < n_hi)[:, None] & cm[None, :], other=0.0)
+            else:  # the splits' partial dpre
+                dp = _sum_splits(dpre_ptr, _row_offset(nb, S * C), bl, ns < n_hi, cs, cm, S,
+                                 C, SB)
             db2 += tl.sum(dp, axis=0)
         tl.store(o_db2 + cs, db2.to(o_db2.dtype.element_ty), mask=cm)
     # one hidden block per program (the blocks were a loop of one program before)
@@ -580,10 +596,10 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
         nj = nm[:, None] & jm[None, :]
         rb = _row_offset(nb, C)                             # int64 block base
         rc = bl[:, None] * C + cs[None, :]                  # int32, inside the block
-        dp = tl.zeros([BN, BCW], ACC)
-        for k in range(0, S):  # the splits' partial dpre, in split order
-            dp += tl.load(dpre_ptr + _row_offset(nb, S * C) + bl[:, None] * (S * C) + k * C
-                          + cs[None, :], mask=nc, other=0.0)
+        if S == 1:
+            dp = tl.load(dpre_ptr + rb + rc, mask=nc, other=0.0)
+        else:  # the splits' partial dpre
+            dp = _sum_splits(dpre_ptr, _row_offset(nb, S * C), bl, nm, cs, cm, S, C, SB)
         zt = tl.load(z_ptr + rb + rc, mask=nc, other=0.0)
         hp = tl.load(hpre_ptr + _row_offset(nb, CR) + bl[:, None] * CR + js[None, :],
                      mask=nj, other=0.0)
@@ -624,7 +640,7 @@ def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z
     tl.debug_barrier()  # part is read back by other threads
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
                   hs_ptr, z_ptr, z_ptr, gpre_ptr, n0, 0, 0, C, N, C, HW, CR, 1, 0, 1, 0, HW,
-                  G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2,
+                  G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2, 1,
                   ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
 
 
@@ -653,9 +669,10 @@ def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr
                          part_ptr, hs_ptr, zp_ptr, z_ptr, gq_ptr, N, C, HW, CR, CHUNK, S, HWC,
                          G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
                          BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
-                         BJ2: tl.constexpr, BC2: tl.constexpr, ACT: tl.constexpr,
-                         GATE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
-                         HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+                         BJ2: tl.constexpr, BC2: tl.constexpr, SB: tl.constexpr,
+                         ACT: tl.constexpr, GATE: tl.constexpr, HAS_B1: tl.constexpr,
+                         HAS_B2: tl.constexpr, HAS_RES: tl.constexpr,
+                         CHANNELS_LAST: tl.constexpr):
     """Split forward, launch 2: same grid; program (i, q) finishes FC1 from all P*S shares,
     computes the gate of its channels and writes their y for its pixels. S > 1: zp is the
     (N, S, C) scratch of partial means (z written from it by the sp = 0 programs), gq an
@@ -669,7 +686,7 @@ def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
                   hs_ptr, zp_ptr, z_ptr, gq_ptr, n0, q, c_lo, tl.minimum(c_lo + CHUNK, C), N,
                   C, HW, CR, tl.num_programs(1), sp, S, hw_lo, tl.minimum(hw_lo + HWC, HW),
-                  G, G_PAD, P_PAD, BC, BHW, BJH, BJ2, BC2, ACT, GATE,
+                  G, G_PAD, P_PAD, BC, BHW, BJH, BJ2, BC2, SB, ACT, GATE,
                   HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST)
 
 
@@ -704,7 +721,7 @@ def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, 
         tl.debug_barrier()  # dpart and cnt are read back by other threads
         _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
                      dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, n0, 0, c_lo, c_hi, N, C,
-                     HW, CR, 1, 0, 1, 0, HW, G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2, SQUEEZE,
+                     HW, CR, 1, 0, 1, 0, HW, G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2, 1, SQUEEZE,
                      ACT, GATE, HAS_RES, CHANNELS_LAST)
 
 
@@ -716,10 +733,10 @@ def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr
                          G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
                          BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
                          BJ2: tl.constexpr, BC2: tl.constexpr, BCW: tl.constexpr,
-                         BN: tl.constexpr, BJW: tl.constexpr, SQUEEZE: tl.constexpr,
-                         ACT: tl.constexpr, GATE: tl.constexpr, HAS_RES: tl.constexpr,
-                         CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr,
-                         PARTIAL: tl.constexpr):
+                         BN: tl.constexpr, BJW: tl.constexpr, SB: tl.constexpr,
+                         SQUEEZE: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
+                         HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                         WRITE_DX: tl.constexpr, PARTIAL: tl.constexpr):
     """Backward, launch 2: 1-D grid. Programs [0, NW * WS) compute the weight and bias
     gradients, one (BCW channels, BJW hidden units) block over one slice of WSN samples
     each: NW = cdiv(C, BCW) * cdiv(CR, BJW) blocks per slice, (slice, channel block, hidden
@@ -734,7 +751,7 @@ def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr
         n_lo = ws * WSN
         _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
                      pw_ptr, (pid % NW) // nj, (pid % NW) % nj, ws, n_lo,
-                     tl.minimum(n_lo + WSN, N), C, CR, P, S, BCW, BN, BJW, P_PAD, ACT,
+                     tl.minimum(n_lo + WSN, N), C, CR, P, S, BCW, BN, BJW, P_PAD, SB, ACT,
                      PARTIAL)
     elif WRITE_DX:
         i = (pid - NW * WS) // P
@@ -746,7 +763,7 @@ def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr
                      dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, i * G, q, c_lo,
                      tl.minimum(c_lo + CHUNK, C), N, C, HW, CR, P, sp, S, hw_lo,
                      tl.minimum(hw_lo + HWC, HW), G, G_PAD, P_PAD, BC, BHW,
-                     BJH, BJ2, BC2, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST)
+                     BJH, BJ2, BC2, SB, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST)
 
 
 @triton.jit

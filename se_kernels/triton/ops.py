@@ -156,7 +156,7 @@ def _forward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_b1, has
     return (plan, None,
             ((groups, plan.Q), dict(BJ=plan.BJ, BK=plan.BK, SQUEEZE=squeeze, **common)),
             ((groups, plan.Q), dict(P_PAD=plan.P_PAD, BJH=plan.BJH, BJ2=plan.BJ2,
-                                    BC2=plan.BC2, **opts, **common)))
+                                    BC2=plan.BC2, SB=plan.SB, **opts, **common)))
 
 
 @_launch_config
@@ -175,7 +175,7 @@ def _backward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_res):
                                      **fc, **common))
     ws, wsn = plan.wslices(n)
     finish = ((nw * ws + (groups * plan.Q if plan.split else 0),),
-              dict(P_PAD=plan.P_PAD, BCW=plan.BCW, BN=plan.BN, BJW=plan.BJW,
+              dict(P_PAD=plan.P_PAD, BCW=plan.BCW, BN=plan.BN, BJW=plan.BJW, SB=plan.SB,
                    WRITE_DX=plan.split, PARTIAL=ws > 1, **fc, **common))
     wsum = None
     if ws > 1:
