@@ -446,7 +446,8 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
 @triton.jit
 def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr, dpart_ptr,
                  dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
-                 sp, S, hw_lo, hw_hi, G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
+                 sp, S, hw_lo, hw_hi,
+                 G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
                  BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
                  SB: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
                  GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr):
