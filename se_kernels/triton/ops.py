@@ -203,14 +203,14 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     gpre = x.new_empty((n, c), dtype=acc)
     if n == 0:
         return y, z, hpre, gpre
+    hw = h * w
+    plan, fused, pool, excite = _forward_config(     # first: it checks the weights' size
+        n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate,
+        b1 is not None, b2 is not None, residual is not None)
     w1, w2 = w1.contiguous(), w2.contiguous()
     b1_ = w1 if b1 is None else b1.contiguous()       # dummy pointers when absent
     b2_ = w2 if b2 is None else b2.contiguous()
     res = x if residual is None else _like(residual, cl)
-    hw = h * w
-    plan, fused, pool, excite = _forward_config(
-        n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate,
-        b1 is not None, b2 is not None, residual is not None)
     part = x.new_empty((n, plan.Q, cr), dtype=acc)     # FC1 shares, one per program
     hs = x.new_empty((n, plan.Q, cr), dtype=acc)       # act(hpre), one copy per program
     if plan.S > 1:  # pixel splits: partial means and a gate row per split
@@ -255,6 +255,9 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     if n == 0:  # sums over an empty batch
         return (dx, torch.zeros_like(w1), torch.zeros_like(w2), w1.new_zeros((cr,)),
                 w2.new_zeros((c,)), dres)
+    hw = h * w
+    plan, reduce, finish, nw, (ws, wsn), wsum = _backward_config(   # checks the weights
+        n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate, has_res)
     dw1 = torch.empty_like(w1, memory_format=torch.contiguous_format)
     dw2 = torch.empty_like(w2, memory_format=torch.contiguous_format)
     db1 = w1.new_empty((cr,))
@@ -263,9 +266,6 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     y_ = _like(y, cl) if has_res else x                 # dummy pointer when absent
     w1, w2 = w1.contiguous(), w2.contiguous()
     z, hpre, gpre = z.contiguous(), hpre.contiguous(), gpre.contiguous()
-    hw = h * w
-    plan, reduce, finish, nw, (ws, wsn), wsum = _backward_config(
-        n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate, has_res)
     S = plan.S                                          # pixel splits (partial rows)
     dpre = x.new_empty((n, S, c), dtype=acc)            # dL/dgpre (S partial rows)
     # tie counts (max); for the mean a dummy pointer, never accessed (SQUEEZE constexpr)
