@@ -243,7 +243,7 @@ SE_RESNET50 = [(256, 56 * 56, 16), (512, 28 * 28, 32), (1024, 14 * 14, 64), (204
 def test_plan_is_consistent(n, c, hw, cr, channels_last):
     p = config.make_plan(n, c, hw, cr, 2, channels_last, H100)
     assert 1 <= p.G <= 16 and p.P * p.chunk >= c > (p.P - 1) * p.chunk
-    assert p.split == (p.P > 1)
+    assert p.split == (p.Q > 1)   # channel chunks x pixel splits
     for v in (p.BC, p.BHW, p.BJ, p.BK, p.BJH, p.BJ2, p.BC2, p.BCW, p.BN, p.BJW):
         assert v >= 1 and v & (v - 1) == 0, p
     assert p.BC * p.BHW <= H100.tile
