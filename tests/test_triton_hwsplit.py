@@ -178,6 +178,20 @@ def test_plan_splits_pixels_for_few_huge_channels(channels_last):
     assert pm.S == 1 and pm.HWC == 0
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("side", [46340, 46000, 40000])
+def test_plan_pixel_split_bounds_stay_int32(side, channels_last):
+    """Review 13b #1: at 1 x 1 x 46340 x 46340 (H*W < 2^31) the plan had S = 528, HWC =
+    4,067,328, S * HWC = 2^31 + 65536: the last split's int32 `hw_lo + HWC` wrapped and its
+    pixel loop was empty. Now S * HWC <= INT32_MAX and the splits still cover H*W."""
+    hw = side * side
+    for hw_split in (True, False):
+        p = config.make_plan(1, 1, hw, 1, 2, channels_last, H200, hw_split=hw_split)
+        if p.S > 1:
+            assert p.S * p.HWC <= config.INT32_MAX, p
+            assert p.HWC % p.BHW == 0 and (p.S - 1) * p.HWC < hw <= p.S * p.HWC, p
+
+
 @pytest.mark.parametrize("n,c,hw,cr,channels_last,programs", [
     (1, 256, 3136, 16, True, 64),      # conv2_x N = 1 NHWC: 16 chunks x 4 splits (was 16)
     (1, 64, 112 * 112, 4, True, 64),   # a stem-sized SE block at N = 1 (was 4)

@@ -358,6 +358,12 @@ def _pixel_splits(plan: Plan, hw: int, fc_tile: int) -> Plan:
         return plan if (plan.S, plan.SB) == (1, 1) else dataclasses.replace(plan, S=1, SB=1)
     hwc = _cdiv(_cdiv(hw, plan.S), plan.BHW) * plan.BHW
     s = _cdiv(hw, hwc)
+    # S * HWC must stay an int32 (review 13b #1: the kernels' sp * HWC and pixel bounds are
+    # int32; at H*W = 46340^2, S = 528 gave S * HWC = 2^31 + 65536): fewer, longer splits
+    # until it fits (S = 1 if none does)
+    while s > 1 and s * hwc > INT32_MAX:
+        hwc = _cdiv(_cdiv(hw, s - 1), plan.BHW) * plan.BHW
+        s = _cdiv(hw, hwc)
     if s <= 1:
         return dataclasses.replace(plan, S=1, SB=1)
     sb = max(1, min(_pow2(s), fc_tile // (plan.G_PAD * plan.BC2),

@@ -800,7 +800,7 @@ def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, part_ptr, N, C, HW, CR, CHUNK, S, H
     c_lo = p * CHUNK
     hw_lo = sp * HWC
     _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, q, c_lo, tl.minimum(c_lo + CHUNK, C),
-                N, C, HW, CR, tl.num_programs(1), sp, S, hw_lo, tl.minimum(hw_lo + HWC, HW),
+                N, C, HW, CR, tl.num_programs(1), sp, S, hw_lo, hw_lo + tl.minimum(HWC, HW - hw_lo),
                 G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT)
 
 
@@ -825,7 +825,7 @@ def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr
     hw_lo = sp * HWC
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
                   hs_ptr, zp_ptr, z_ptr, gq_ptr, n0, q, c_lo, tl.minimum(c_lo + CHUNK, C), N,
-                  C, HW, CR, tl.num_programs(1), sp, S, hw_lo, tl.minimum(hw_lo + HWC, HW),
+                  C, HW, CR, tl.num_programs(1), sp, S, hw_lo, hw_lo + tl.minimum(HWC, HW - hw_lo),
                   G, G_PAD, P_PAD, BC, BHW, BJH, BJ2, BC2, SB, ACT, GATE,
                   HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT)
 
@@ -856,7 +856,7 @@ def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, 
     P = tl.num_programs(1)
     _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_ptr, dpart_ptr,
                   dres_ptr, n0, q, c_lo, c_hi, N, C, HW, CR, P, sp, S, hw_lo,
-                  tl.minimum(hw_lo + HWC, HW), G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
+                  hw_lo + tl.minimum(HWC, HW - hw_lo), G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
                   GATE, HAS_RES, CHANNELS_LAST, FLAT)
     if WRITE_DX:
         tl.debug_barrier()  # dpart and cnt are read back by other threads
@@ -904,7 +904,7 @@ def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr
         _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
                      dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, i * G, q, c_lo,
                      tl.minimum(c_lo + CHUNK, C), N, C, HW, CR, P, sp, S, hw_lo,
-                     tl.minimum(hw_lo + HWC, HW), G, G_PAD, P_PAD, BC, BHW,
+                     hw_lo + tl.minimum(HWC, HW - hw_lo), G, G_PAD, P_PAD, BC, BHW,
                      BJH, BJ2, BC2, SB, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST,
                      FLAT)
 
