@@ -208,6 +208,28 @@ def test_triton_flat_tiles(hw, squeeze, dtype, poison):
             check_backend("triton", inp, squeeze, "silu", "tanh")
 
 
+@pytest.mark.skipif(not INTERPRET, reason="tl.device_assert runs under the interpreter "
+                    "(on a GPU only with TRITON_DEBUG=1)")
+def test_triton_flat_alignment_is_asserted(monkeypatch):
+    """The flat tiles' tl.multiple_of(t, FLAT) / (span, FLAT) hints are checked by a
+    tl.device_assert on every tile (review 13a #1): a plan with a FLAT that C*HW does not
+    allow (C = 37, HW = 49: FLAT must be 1; forced 2) fails instead of loading misaligned."""
+    real = config._flat_tiles
+
+    def wrong(plan, c, hw, elem, channels_last):
+        plan = real(plan, c, hw, elem, channels_last)
+        return plan if not plan.flat else config.dataclasses.replace(plan, flat=2 * plan.flat)
+
+    inp = make_inputs(2, 37, 7, 7, 3, dtype=torch.float32, device=DEVICE)
+    y_ok = se_kernels.fused_se(*inp.args(), backend="triton")   # the true FLAT passes
+    monkeypatch.setattr(config, "_flat_tiles", wrong)
+    with config.forced(**FLAT_PLANS["split"], BHW=64):
+        assert config.make_plan(2, 37, 49, 3, 4, False, config.device_of(inp.x)).flat == 2
+        with pytest.raises(BaseException, match="multiple of FLAT"):
+            se_kernels.fused_se(*inp.args(), backend="triton")
+    assert y_ok.isfinite().all()
+
+
 def test_triton_flat_tiles_bitwise_reproducible():
     """The flat path (gathers through shared memory on a GPU) is deterministic too."""
     inp = make_inputs(6, 40, 7, 7, 4, dtype=torch.float32, bias=True, residual=True,

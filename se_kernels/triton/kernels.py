@@ -228,8 +228,15 @@ def _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC: tl.constexpr, FLAT: tl
     c0 = c_lo + (it - g * nb) * BC
     cs = c0 + cc
     cm = cs < c_hi
-    span = tl.minimum(c_hi - c0, BC) * HW
-    t = tl.multiple_of(_tile_base(n0 + g, c0, 0, C, HW, False), FLAT)
+    # the hints written on the expressions themselves (review 13a #1: a tl.multiple_of on
+    # the result of a helper call, _tile_base, was dropped by the inliner, so only C and CHUNK
+    # specialised as multiples of 16 gave 16-byte loads). Both are sound: t = (n*C + c0)*HW
+    # and span = (chunk or C - p*chunk - k*BC or BC)*HW are multiples of FLAT by rule 6;
+    # the device_assert checks that on every tile (the interpreter, or TRITON_DEBUG=1)
+    span = tl.multiple_of(tl.minimum(c_hi - c0, BC) * HW, FLAT)
+    t = tl.multiple_of((tl.cast(n0 + g, tl.int64) * C + c0) * HW, FLAT)
+    tl.device_assert((t % FLAT == 0) & (span % FLAT == 0),
+                     "flat tile start/span not a multiple of FLAT (config rule 6)")
     return g, cs, cm, cm[:, None] & hv[None, :], span, t
 
 
