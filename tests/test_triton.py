@@ -114,15 +114,42 @@ def test_triton_odd_sizes(poison):
         check_backend("triton", inp, squeeze, "silu", "hardsigmoid")
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+# the backward's pixel splits (review 13b #2): S = 4 splits of 2 pixels over a 2 x 4 image,
+# two split rows summed per tile load, so the tie counts of three splits must be summed
+TIE_SPLIT = dict(split=True, S=4, SB=2, BHW=2, chunk=1, BC=1)
+
+
+@pytest.mark.parametrize("path", list(PATHS) + ["split-s4"])
 def test_triton_max_ties_split_evenly(path):
-    """With tied maxima the gradient is shared between them, as torch.amax's is."""
+    """With tied maxima the gradient is shared between them, as torch.amax's is; on the
+    split-s4 path the three maxima lie in three different pixel splits (the summed tie
+    count: 1 per split instead would give each tie the whole gradient)."""
+    forced = TIE_SPLIT if path == "split-s4" else PATHS[path]
+    if path == "split-s4":
+        x = torch.tensor([[[[3.0, 1.0, 3.0, 2.0], [0.0, 3.0, 1.0, 2.0]]]], device=DEVICE,
+                         requires_grad=True)
+        with config.forced(**forced):
+            plan = config.make_plan(1, 1, 8, 1, 4, False, config.device_of(x))
+        assert plan.S == 4 and plan.HWC == 2, plan
+        w1 = torch.tensor([[0.5]], device=DEVICE)
+        w2 = torch.tensor([[0.25]], device=DEVICE)
+        grads = {}
+        for backend in ("triton", "reference"):
+            with config.forced(**forced):
+                y = se_kernels.fused_se(x, w1, w2, squeeze="max", backend=backend)
+                (grads[backend],) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(grads["triton"], grads["reference"])
+        pooled = (grads["triton"] - grads["triton"][0, 0, 0, 1]).flatten()  # x = 1: no tie
+        ties = pooled[[0, 2, 5]]
+        assert (ties == ties[0]).all() and ties[0] != 0, pooled
+        assert (pooled[[1, 3, 4, 6, 7]] == 0).all(), pooled
+        return
     x = torch.tensor([[[[1.0, 3.0], [3.0, 2.0]]]], device=DEVICE, requires_grad=True)
     w1 = torch.tensor([[0.5]], device=DEVICE)
     w2 = torch.tensor([[0.25]], device=DEVICE)
     grads = {}
     for backend in ("triton", "reference"):
-        with config.forced(**PATHS[path]):
+        with config.forced(**forced):
             y = se_kernels.fused_se(x, w1, w2, squeeze="max", backend=backend)
             (grads[backend],) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(grads["triton"], grads["reference"])
