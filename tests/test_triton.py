@@ -235,6 +235,29 @@ def test_triton_flat_tiles(hw, squeeze, dtype, poison):
             check_backend("triton", inp, squeeze, "silu", "tanh")
 
 
+@pytest.mark.parametrize("path,dtype", [("split", torch.float32), ("fused-g3", torch.float32),
+                                        ("split", torch.bfloat16)])
+def test_triton_flat_tiles_max_of_zero_or_negative_channels(path, dtype, poison):
+    """Max squeeze on flat tiles with HW = 49 < BHW = 64 (review 13a #3): channels that are
+    all 0 (the max 0 equals the 15 padded lanes' value, should the tie count drop its `m &`),
+    all negative (a padded lane's `other` must be -inf, not 0) and relu(randn) (max >= 0
+    with many zeros), in both layouts' worth of channel blocks, against the float64 oracle."""
+    n, c, h, w, cr = 3, 12, 7, 7, 3
+    gen = torch.Generator().manual_seed(1313)
+    inp = make_inputs(n, c, h, w, cr, dtype=dtype, bias=True, residual=True,
+                      requires_grad=True, generator=gen, device=DEVICE)
+    with torch.no_grad():
+        x = inp.x
+        x[:, 0::3] = 0.0
+        x[:, 1::3] = -(x[:, 1::3].abs() + 0.25)
+        x[:, 2::3] = x[:, 2::3].relu()
+    with config.forced(**FLAT_PLANS[path], BHW=64):
+        plan = config.make_plan(n, c, h * w, cr, x.element_size(), False,
+                                config.device_of(x))
+        assert plan.flat > 0 and plan.BHW == 64, plan
+        check_backend("triton", inp, "max", "silu", "tanh")
+
+
 @pytest.mark.skipif(not INTERPRET, reason="tl.device_assert runs under the interpreter "
                     "(on a GPU only with TRITON_DEBUG=1)")
 def test_triton_flat_alignment_is_asserted(monkeypatch):
