@@ -63,6 +63,13 @@ def test_kernels_compile_for_sm90(tmp_path):
     assert len(hot) >= 8, [r["kernel"] for r in results]
     _assert_pipelined(hot)
     _assert_flat_pipelined(results, 12)
+    # no register spills in bf16, fp32, and the fp64 pixel-split plans (review 13a #5,
+    # review 13b #3: fp64 SB x BC2 and BC x BHW tiles spilled at 255 registers)
+    checked = [r for r in results if r["case"][5] in ("bf16", "fp32")
+               or (r["case"][5] == "fp64" and r["case"][2] * r["case"][3] == 4096 * 4096)]
+    assert any(r["case"][5] == "fp64" for r in checked), [r["case"] for r in results]
+    assert all(r["spill_stores"] == 0 for r in checked), [
+        (r["kernel"], r["case"][:7], r["spill_stores"]) for r in checked if r["spill_stores"]]
 
 
 def _assert_pipelined(hot):

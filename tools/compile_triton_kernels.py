@@ -236,6 +236,9 @@ def smoke_cases():
     # 16 gives the compiler no alignment, so no vector loads, with or without splits)
     yield (1, 8, 512, 512, 1, "bf16", False, (0,) + HEAVY[1:], {})
     yield (1, 16, 512, 512, 1, "bf16", True, (0,) + HEAVY[1:], {})
+    # fp64 / fp32 pixel-split plans (review 13b #3: fp64 SB and BC x BHW tiles spilled)
+    yield (1, 8, 4096, 4096, 1, "fp64", True, (0,) + HEAVY[1:], {})
+    yield (1, 8, 512, 512, 1, "fp32", False, (0,) + HEAVY[1:], {})
     for path in T.PATHS.values():
         yield (8, 100, 7, 7, 7, "fp32", False, HEAVY, path)
 

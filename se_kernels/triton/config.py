@@ -338,7 +338,7 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
             plan = dataclasses.replace(plan, num_warps=8 if plan.BC * plan.BHW >= 4096 else 4)
     if not dev.interpret:
         plan = _smem_tiles(plan, elem, 0 if channels_last else hw)
-    plan = _pixel_splits(_int32_tiles(plan, c, hw, channels_last), hw, dev.fc_tile)
+    plan = _pixel_splits(_int32_tiles(plan, c, hw, channels_last), hw, dev.fc_tile, elem)
     if not (_FORCED and not _FORCED.get("flat", True)):
         plan = _flat_tiles(plan, c, hw, elem, channels_last)
     # a flat tile covers all of HW, a pixel split only part of it: never both (the kernels'
@@ -347,7 +347,7 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
     return plan
 
 
-def _pixel_splits(plan: Plan, hw: int, fc_tile: int) -> Plan:
+def _pixel_splits(plan: Plan, hw: int, fc_tile: int, elem: int = 4) -> Plan:
     """The final pixel split, after the tile is settled: HWC pixels per split, a whole
     number of BHW tiles (so the pipelined tiles never straddle two programs), and S =
     cdiv(HW, HWC) <= the S asked for (P_PAD and the tile caps made from it stay valid).
@@ -366,8 +366,10 @@ def _pixel_splits(plan: Plan, hw: int, fc_tile: int) -> Plan:
         s = _cdiv(hw, hwc)
     if s <= 1:
         return dataclasses.replace(plan, S=1, SB=1)
-    sb = max(1, min(_pow2(s), fc_tile // (plan.G_PAD * plan.BC2),
-                    fc_tile // (plan.BN * plan.BCW)))
+    # in fp32 elements' bytes: the fp64 kernels sum the split rows in fp64 (review 13b #3:
+    # SB = 512 x BC2 = 8 fp64 spilled in the excite kernel on sm_80)
+    fc = fc_tile * 4 // max(4, elem)
+    sb = max(1, min(_pow2(s), fc // (plan.G_PAD * plan.BC2), fc // (plan.BN * plan.BCW)))
     sb = _FORCED_STATE.fields.get("SB", sb) if _FORCED_STATE.fields else sb
     return dataclasses.replace(plan, S=s, HWC=hwc, SB=sb)
 
@@ -392,7 +394,10 @@ def _smem_tiles(plan: Plan, elem: int, nchw_hw: int = 0) -> Plan:
     backward's reduce (above an A100's 163 KB). Where one NCHW pixel tile covers all
     nchw_hw pixels, channels go first, so that the tile stays flat (rule 6)."""
     bc, bhw = plan.BC, plan.BHW
-    while bc * bhw * elem > TILE_BYTES:
+    # fp64 tiles at half the bytes (1024 elements): the fp64 backward's reduce at 2048
+    # elements (BC = 8 x BHW = 256) needed 255 registers and spilled (review 13b #3)
+    limit = TILE_BYTES // 2 if elem >= 8 else TILE_BYTES
+    while bc * bhw * elem > limit:
         if bhw > 1 and not (bc > 1 and bhw >= nchw_hw > 0):
             bhw //= 2
         else:
