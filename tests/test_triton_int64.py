@@ -236,6 +236,13 @@ def test_weights_beyond_int32_offsets_are_refused():
     h = torch.zeros(1, device=DEVICE).expand(1, cr)
     with pytest.raises(ValueError, match=r"weights w1 .* and w2 .* 32-bit offsets"):
         torch.ops.se_kernels.triton_se_backward(x, x, w1, w2, None, z, h, z, 0, 0, 0)
+    # an empty batch too (review 13b #4: N = 0 returned before the check)
+    x0 = x[:0]
+    with pytest.raises(ValueError, match=r"weights w1 .* and w2 .* 32-bit offsets"):
+        torch.ops.se_kernels.triton_se_forward(x0, w1, w2, None, None, None, 0, 0, 0)
+    with pytest.raises(ValueError, match=r"weights w1 .* and w2 .* 32-bit offsets"):
+        torch.ops.se_kernels.triton_se_backward(x0, x0, w1, w2, None, z[:0], h[:0], z[:0],
+                                                0, 0, 0)
 
 
 def test_weights_just_inside_int32_offsets_are_accepted():

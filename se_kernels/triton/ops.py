@@ -201,6 +201,7 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     z = x.new_empty((n, c), dtype=acc)
     hpre = x.new_empty((n, cr), dtype=acc)
     gpre = x.new_empty((n, c), dtype=acc)
+    _check_weight_size(c, cr)   # also for N = 0 (review 13b #4)
     if n == 0:
         return y, z, hpre, gpre
     hw = h * w
@@ -252,6 +253,7 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     has_res = y is not None
     dx = torch.empty_like(x)
     dres = torch.empty_like(x) if has_res else x.new_empty((0,))
+    _check_weight_size(c, cr)   # also for N = 0 (review 13b #4), before zeros_like(w1)
     if n == 0:  # sums over an empty batch
         return (dx, torch.zeros_like(w1), torch.zeros_like(w2), w1.new_zeros((cr,)),
                 w2.new_zeros((c,)), dres)
@@ -268,7 +270,9 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     z, hpre, gpre = z.contiguous(), hpre.contiguous(), gpre.contiguous()
     S = plan.S                                          # pixel splits (partial rows)
     dpre = x.new_empty((n, S, c), dtype=acc)            # dL/dgpre (S partial rows)
-    # tie counts (max); for the mean a dummy pointer, never accessed (SQUEEZE constexpr)
+    # tie counts (max); for the mean a dummy pointer that aliases dpre (real scratch the
+    # kernels write): it must stay unaccessed, which the SQUEEZE constexpr guarantees (every
+    # cnt access is under SQUEEZE == 1); never read or write cnt on the mean path
     cnt = x.new_empty((n, S, c), dtype=acc) if squeeze == 1 else dpre
     dpart = x.new_empty((n, plan.Q, cr), dtype=acc)     # FC2-backward shares per program
     dres_ = dres if has_res else x.new_empty((1,))      # dummy pointer, never written
@@ -276,7 +280,8 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     dzs = x.new_empty((n, S, c), dtype=acc)             # dL/dz (/ HW or / ties), per split
     hwc = plan.HWC if S > 1 else hw
     # per-slice weight-gradient partial sums (WS > 1), [dW2 | dW1 | db1 | db2] per row; with
-    # one slice a dummy pointer, never accessed (PARTIAL constexpr)
+    # one slice a dummy pointer aliasing dpre (real scratch): it must stay unaccessed, which
+    # the PARTIAL constexpr guarantees (every pw access is under PARTIAL, i.e. WS > 1)
     pw = x.new_empty((ws, 2 * c * cr + cr + c), dtype=acc) if ws > 1 else dpre
     if not _launches(x):
         return dx, dw1, dw2, db1, db2, dres
