@@ -52,7 +52,38 @@ LAT = 1.0e-6           # s, HBM latency under load
 SMS = 132
 LAUNCH_US = 2.0
 L2_ROUND_US = 0.5      # one dependent L2 round trip inside an FC loop step
-RESIDENT = 2           # programs per SM (registers of the 8-warp programs)
+RESIDENT = 2           # programs per SM at most (the plans' 8-warp programs)
+# registers and shared memory of the compiled streaming kernels (sm_90, bf16, heaviest
+# options: upper bounds), from tools/compile_triton_kernels.py --set smoke (review 13a #6):
+# the programs resident per SM are min(RESIDENT, 64 K registers / (regs x threads),
+# 228 KB / shared memory) of the launch's tightest kernel; RESIDENT where not compiled
+COMPILE_REPORT = ROOT / "benchmarks" / "predictions" / "triton_compile_sm90.json"
+REGS_PER_SM = 65536
+SMEM_PER_SM = 233472
+KERNELS = {"fwd": ("se_fwd_fused_kernel", "se_fwd_pool_kernel", "se_fwd_excite_kernel"),
+           "bwd": ("se_bwd_reduce_kernel", "se_bwd_finish_kernel")}
+_REPORT = None
+
+
+def resident(n, c, hw, channels_last, direction):
+    """(programs per SM, why) for one row, from the compile report."""
+    global _REPORT
+    if _REPORT is None:
+        _REPORT = json.loads(COMPILE_REPORT.read_text())["rows"] if COMPILE_REPORT.exists() else []
+    layout = "nhwc" if channels_last else "nchw"
+    rows = [r for r in _REPORT if (r["N"], r["C"], r["HW"], r["layout"]) == (n, c, hw, layout)
+            and r["kernel"] in KERNELS[direction]]
+    if not rows:
+        return RESIDENT, "not compiled"
+    best = (RESIDENT, "")
+    for r in rows:
+        regs = _cdiv(r["regs"], 8) * 8
+        k = min(RESIDENT, REGS_PER_SM // (regs * 32 * r["num_warps"]),
+                SMEM_PER_SM // max(1, r["shared"] + 1024))
+        if k < best[0] or not best[1]:
+            best = (max(1, k), f"{r['kernel'][3:-7]} {r['regs']} regs x {32 * r['num_warps']}"
+                               f" threads, {r['shared'] // 1024} KB smem")
+    return best
 STAGES = [("conv2_x", 256, 56 * 56, 16), ("conv3_x", 512, 28 * 28, 32),
           ("conv4_x", 1024, 14 * 14, 64), ("conv5_x", 2048, 7 * 7, 128)]
 
@@ -86,7 +117,8 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
         trips = _cdiv(hw, p.BHW)
         tile_bytes = p.BC * p.BHW * 2
     ahead = max(1, min(int(_STAGES) - 1, trips - 1))
-    per_sm = min(RESIDENT, programs / SMS) if programs < SMS * RESIDENT else RESIDENT
+    res, why = resident(n, c, hw, channels_last, direction)
+    per_sm = min(res, programs / SMS) if programs < SMS * res else res
     busy = min(SMS, programs)
     # the two streaming phases, each moving about half the activation bytes
     t = 0.0
@@ -106,7 +138,7 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
     t += fc2
     note = [f"plan: {'split' if p.split else 'fused'} G={p.G} P={p.P} BC={p.BC} BHW={p.BHW} "
             f"{'flat ' if p.flat else ''}"
-            f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, {programs} programs"]
+            f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, {programs} programs, {res}/SM ({why})"]
     if direction == "bwd":
         ws, wsn = p.wslices(n)
         wgrad = _cdiv(wsn, p.BN) * L2_ROUND_US * 1e-6
@@ -174,7 +206,8 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
         trips = _cdiv(hwc, p.BHW)
         tile_bytes = p.BC * p.BHW * 2
     ahead = max(1, min(int(_STAGES) - 1, trips - 1))
-    per_sm = min(RESIDENT, programs / SMS)
+    res, why = resident(n, c, hw, channels_last, direction)
+    per_sm = min(res, programs / SMS)
     busy = min(SMS, programs)
     t = 0.0
     inflight = []
@@ -197,7 +230,7 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
     note = [f"plan: {'split' if p.split else 'fused'} G={p.G} P={p.P} S={p.S} "
             f"HWC={hwc} SB={p.SB} BC={p.BC} BHW={p.BHW} {'flat ' if p.flat else ''}"
             f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, "
-            f"{programs} programs",
+            f"{programs} programs, {res}/SM ({why})",
             f"partial sums + FC ~{fc * 1e6:.1f} us, split sums ~{split_sum * 1e6:.1f} us "
             f"per program",
             f"host ~{host:.0f} us per call (body {HOST_BODY_US[direction]:.0f} + dispatch "
