@@ -14,6 +14,19 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+if os.environ.get("TRITON_INTERPRET") == "1":
+    # The interpreter's options have debug=False, so its tl.device_assert calls are dropped:
+    # turn them on, so that the kernels' alignment claims (the flat tiles' tl.multiple_of
+    # hints, review 13a #1) run on every interpreted test. Not Triton's int32 overflow checks,
+    # which debug would turn on too: test_triton_int64.py shows the old addressing wrapping
+    # on purpose.
+    import dataclasses as _dc
+
+    from triton.runtime import interpreter as _interp
+
+    _interp.interpreter_builder.options = _dc.replace(_interp.interpreter_builder.options,
+                                                      debug=True, sanitize_overflow=False)
+
 import pytest  # noqa: E402
 
 import se_kernels  # noqa: E402,F401

@@ -114,15 +114,42 @@ def test_triton_odd_sizes(poison):
         check_backend("triton", inp, squeeze, "silu", "hardsigmoid")
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+# the backward's pixel splits (review 13b #2): S = 4 splits of 2 pixels over a 2 x 4 image,
+# two split rows summed per tile load, so the tie counts of three splits must be summed
+TIE_SPLIT = dict(split=True, S=4, SB=2, BHW=2, chunk=1, BC=1)
+
+
+@pytest.mark.parametrize("path", list(PATHS) + ["split-s4"])
 def test_triton_max_ties_split_evenly(path):
-    """With tied maxima the gradient is shared between them, as torch.amax's is."""
+    """With tied maxima the gradient is shared between them, as torch.amax's is; on the
+    split-s4 path the three maxima lie in three different pixel splits (the summed tie
+    count: 1 per split instead would give each tie the whole gradient)."""
+    forced = TIE_SPLIT if path == "split-s4" else PATHS[path]
+    if path == "split-s4":
+        x = torch.tensor([[[[3.0, 1.0, 3.0, 2.0], [0.0, 3.0, 1.0, 2.0]]]], device=DEVICE,
+                         requires_grad=True)
+        with config.forced(**forced):
+            plan = config.make_plan(1, 1, 8, 1, 4, False, config.device_of(x))
+        assert plan.S == 4 and plan.HWC == 2, plan
+        w1 = torch.tensor([[0.5]], device=DEVICE)
+        w2 = torch.tensor([[0.25]], device=DEVICE)
+        grads = {}
+        for backend in ("triton", "reference"):
+            with config.forced(**forced):
+                y = se_kernels.fused_se(x, w1, w2, squeeze="max", backend=backend)
+                (grads[backend],) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(grads["triton"], grads["reference"])
+        pooled = (grads["triton"] - grads["triton"][0, 0, 0, 1]).flatten()  # x = 1: no tie
+        ties = pooled[[0, 2, 5]]
+        assert (ties == ties[0]).all() and ties[0] != 0, pooled
+        assert (pooled[[1, 3, 4, 6, 7]] == 0).all(), pooled
+        return
     x = torch.tensor([[[[1.0, 3.0], [3.0, 2.0]]]], device=DEVICE, requires_grad=True)
     w1 = torch.tensor([[0.5]], device=DEVICE)
     w2 = torch.tensor([[0.25]], device=DEVICE)
     grads = {}
     for backend in ("triton", "reference"):
-        with config.forced(**PATHS[path]):
+        with config.forced(**forced):
             y = se_kernels.fused_se(x, w1, w2, squeeze="max", backend=backend)
             (grads[backend],) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(grads["triton"], grads["reference"])
@@ -208,6 +235,51 @@ def test_triton_flat_tiles(hw, squeeze, dtype, poison):
             check_backend("triton", inp, squeeze, "silu", "tanh")
 
 
+@pytest.mark.parametrize("path,dtype", [("split", torch.float32), ("fused-g3", torch.float32),
+                                        ("split", torch.bfloat16)])
+def test_triton_flat_tiles_max_of_zero_or_negative_channels(path, dtype, poison):
+    """Max squeeze on flat tiles with HW = 49 < BHW = 64 (review 13a #3): channels that are
+    all 0 (the max 0 equals the 15 padded lanes' value, should the tie count drop its `m &`),
+    all negative (a padded lane's `other` must be -inf, not 0) and relu(randn) (max >= 0
+    with many zeros), in both layouts' worth of channel blocks, against the float64 oracle."""
+    n, c, h, w, cr = 3, 12, 7, 7, 3
+    gen = torch.Generator().manual_seed(1313)
+    inp = make_inputs(n, c, h, w, cr, dtype=dtype, bias=True, residual=True,
+                      requires_grad=True, generator=gen, device=DEVICE)
+    with torch.no_grad():
+        x = inp.x
+        x[:, 0::3] = 0.0
+        x[:, 1::3] = -(x[:, 1::3].abs() + 0.25)
+        x[:, 2::3] = x[:, 2::3].relu()
+    with config.forced(**FLAT_PLANS[path], BHW=64):
+        plan = config.make_plan(n, c, h * w, cr, x.element_size(), False,
+                                config.device_of(x))
+        assert plan.flat > 0 and plan.BHW == 64, plan
+        check_backend("triton", inp, "max", "silu", "tanh")
+
+
+@pytest.mark.skipif(not INTERPRET, reason="tl.device_assert runs under the interpreter "
+                    "(on a GPU only with TRITON_DEBUG=1)")
+def test_triton_flat_alignment_is_asserted(monkeypatch):
+    """The flat tiles' tl.multiple_of(t, FLAT) / (span, FLAT) hints are checked by a
+    tl.device_assert on every tile (review 13a #1): a plan with a FLAT that C*HW does not
+    allow (C = 37, HW = 49: FLAT must be 1; forced 2) fails instead of loading misaligned."""
+    real = config._flat_tiles
+
+    def wrong(plan, c, hw, elem, channels_last):
+        plan = real(plan, c, hw, elem, channels_last)
+        return plan if not plan.flat else config.dataclasses.replace(plan, flat=2 * plan.flat)
+
+    inp = make_inputs(2, 37, 7, 7, 3, dtype=torch.float32, device=DEVICE)
+    y_ok = se_kernels.fused_se(*inp.args(), backend="triton")   # the true FLAT passes
+    monkeypatch.setattr(config, "_flat_tiles", wrong)
+    with config.forced(**FLAT_PLANS["split"], BHW=64):
+        assert config.make_plan(2, 37, 49, 3, 4, False, config.device_of(inp.x)).flat == 2
+        with pytest.raises(BaseException, match="multiple of FLAT"):
+            se_kernels.fused_se(*inp.args(), backend="triton")
+    assert y_ok.isfinite().all()
+
+
 def test_triton_flat_tiles_bitwise_reproducible():
     """The flat path (gathers through shared memory on a GPU) is deterministic too."""
     inp = make_inputs(6, 40, 7, 7, 4, dtype=torch.float32, bias=True, residual=True,
@@ -243,7 +315,7 @@ SE_RESNET50 = [(256, 56 * 56, 16), (512, 28 * 28, 32), (1024, 14 * 14, 64), (204
 def test_plan_is_consistent(n, c, hw, cr, channels_last):
     p = config.make_plan(n, c, hw, cr, 2, channels_last, H100)
     assert 1 <= p.G <= 16 and p.P * p.chunk >= c > (p.P - 1) * p.chunk
-    assert p.split == (p.P > 1)
+    assert p.split == (p.Q > 1)   # channel chunks x pixel splits
     for v in (p.BC, p.BHW, p.BJ, p.BK, p.BJH, p.BJ2, p.BC2, p.BCW, p.BN, p.BJW):
         assert v >= 1 and v & (v - 1) == 0, p
     assert p.BC * p.BHW <= H100.tile

@@ -63,6 +63,13 @@ def test_kernels_compile_for_sm90(tmp_path):
     assert len(hot) >= 8, [r["kernel"] for r in results]
     _assert_pipelined(hot)
     _assert_flat_pipelined(results, 12)
+    # no register spills in bf16, fp32, and the fp64 pixel-split plans (review 13a #5,
+    # review 13b #3: fp64 SB x BC2 and BC x BHW tiles spilled at 255 registers)
+    checked = [r for r in results if r["case"][5] in ("bf16", "fp32")
+               or (r["case"][5] == "fp64" and r["case"][2] * r["case"][3] == 4096 * 4096)]
+    assert any(r["case"][5] == "fp64" for r in checked), [r["case"] for r in results]
+    assert all(r["spill_stores"] == 0 for r in checked), [
+        (r["kernel"], r["case"][:7], r["spill_stores"]) for r in checked if r["spill_stores"]]
 
 
 def _assert_pipelined(hot):
@@ -82,7 +89,21 @@ def _assert_flat_pipelined(results, at_least):
             and (r["kernel"] in STREAMING or r["constexprs"].get("WRITE_DX") is True)]
     assert len(flat) >= at_least, [(r["kernel"], r["case"]) for r in results]
     assert {r["case"][2] * r["case"][3] for r in flat} == {196, 49}
-    _assert_pipelined(flat)
+    # every streaming kernel pipelined, with copies as wide as the plan's FLAT alignment
+    # (FLAT bf16 elements; 16 bytes at FLAT = 8)
+    for r in flat:
+        what = f"{r['kernel']} {r['case'][:5]} {r['constexprs']}: cp.async {r['cp_async_bytes']}"
+        assert r["cp_async"] > 0, "flat loop not pipelined: " + what
+        assert max(int(k) for k in r["cp_async_bytes"]) == 2 * r["constexprs"]["FLAT"], what
+    # se_fwd_pool_kernel's only pipelined loop is the flat one (the FC2 weight tiles of the
+    # other kernels issue 16-byte copies of their own: review 13a #2), so its copies are the
+    # flat tile's: FLAT * 2 bytes, also where C % 16 != 0 (C = 100: FLAT = 4, 8-byte copies;
+    # C = 72), which only the kernels' tl.multiple_of hints vectorise (review 13a #1)
+    pool = [r for r in flat if r["kernel"] == "se_fwd_pool_kernel"]
+    assert any(r["case"][1] % 16 for r in pool), [r["case"] for r in pool]
+    for r in pool:
+        assert set(r["cp_async_bytes"]) == {str(2 * r["constexprs"]["FLAT"])}, (
+            r["case"][:5], r["constexprs"]["FLAT"], r["cp_async_bytes"])
     assert all(r["spill_stores"] == 0 for r in flat), [(r["kernel"], r["spill_stores"])
                                                        for r in flat]
 

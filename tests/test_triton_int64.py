@@ -3,7 +3,7 @@
 Triton's index arithmetic is int32 (the shapes arrive as i32), so offsets such as
 c * H*W + hw wrap once a sample holds >= 2^31 elements (N = 1, C = 64, 5800 x 5800 fits on
 an H200), and row offsets n * C once N*C >= 2^31. The kernels compute an int64 base per
-tile (kernels._act_offset, kernels._row_offset) and keep only the offsets inside a tile
+tile (kernels._tile_base, kernels._row_offset) and keep only the offsets inside a tile
 int32, bounded by config.make_plan.
 
 On CPU a full-size run is out of reach (the interpreter would need 4+ GB per tensor and
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from se_kernels.triton.kernels import _act_offset, _row_offset  # noqa: E402
+from se_kernels.triton.kernels import _row_offset, _tile_base  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GPU = config.Device(sms=132, tile=4096, fc_tile=4096, min_group=1, interpret=False)
@@ -52,7 +52,7 @@ def _addresses_kernel(out_ptr, n, c0, k, C, HW, BC: tl.constexpr, BHW: tl.conste
     cl = tl.arange(0, BC)
     hl = tl.arange(0, BHW)
     off = cl[:, None] * SC + hl[None, :] * SH
-    t = _act_offset(n, c0, C, HW, CHANNELS_LAST)
+    t = _tile_base(n, c0, 0, C, HW, CHANNELS_LAST)
     for _ in range(0, k):
         t += STEP * SH
     tl.store(out_ptr + cl[:, None] * BHW + hl[None, :], t + off)
@@ -202,7 +202,7 @@ def test_forced_plans_never_stay_cached():
     args = (64, 256, 3136, 16, 2, False, GPU)
     want = config._make_plan(*args)
     with config.forced(split=True, chunk=16, BHW=32):
-        config._cached_plan(*args)   # what a racing thread's unforced call would cache
+        config._cached_plan(*args, True)   # what a racing thread's unforced call would cache
         assert config.make_plan(*args).BHW == 32
     assert config.make_plan(*args) == want
 
@@ -218,3 +218,39 @@ def test_plan_tiles_fit_the_pipeline_buffers(elem):
     with config.forced(BC=32, BHW=128):
         p = config.make_plan(1, 1024, 196, 64, elem, False, GPU)
         assert p.BC * p.BHW * elem <= config.TILE_BYTES, p
+
+
+def test_weights_beyond_int32_offsets_are_refused():
+    """The weights are addressed with int32 offsets (js * C + ks, and rows of 2*C*Cr + Cr + C
+    in the weight gradients' partial sums): both ops refuse larger weights with a
+    ValueError naming them, before any kernel runs or any weight is copied (zero-stride
+    weight views of 2^30 elements: nothing large is allocated)."""
+    c, cr = 1 << 15, 1 << 15
+    assert 2 * c * cr + c + cr >= 2**31
+    x = torch.zeros(1, device=DEVICE, dtype=torch.bfloat16).expand(1, c, 1, 1)
+    w1 = torch.zeros(1, device=DEVICE, dtype=torch.bfloat16).expand(cr, c)
+    w2 = torch.zeros(1, device=DEVICE, dtype=torch.bfloat16).expand(c, cr)
+    with pytest.raises(ValueError, match=r"weights w1 \(\d+, \d+\) and w2 .* 32-bit offsets"):
+        torch.ops.se_kernels.triton_se_forward(x, w1, w2, None, None, None, 0, 0, 0)
+    z = torch.zeros(1, device=DEVICE).expand(1, c)
+    h = torch.zeros(1, device=DEVICE).expand(1, cr)
+    with pytest.raises(ValueError, match=r"weights w1 .* and w2 .* 32-bit offsets"):
+        torch.ops.se_kernels.triton_se_backward(x, x, w1, w2, None, z, h, z, 0, 0, 0)
+    # an empty batch too (review 13b #4: N = 0 returned before the check)
+    x0 = x[:0]
+    with pytest.raises(ValueError, match=r"weights w1 .* and w2 .* 32-bit offsets"):
+        torch.ops.se_kernels.triton_se_forward(x0, w1, w2, None, None, None, 0, 0, 0)
+    with pytest.raises(ValueError, match=r"weights w1 .* and w2 .* 32-bit offsets"):
+        torch.ops.se_kernels.triton_se_backward(x0, x0, w1, w2, None, z[:0], h[:0], z[:0],
+                                                0, 0, 0)
+
+
+def test_weights_just_inside_int32_offsets_are_accepted():
+    """The bound is exact: weights just inside it pass the check, one more hidden unit
+    does not."""
+    from se_kernels.triton import ops
+    c, cr = 46340, 23170                  # 2*C*Cr + C + Cr = 2,147,363,110 < 2^31
+    assert 2 * c * cr + c + cr < 2**31
+    ops._check_weight_size(c, cr)
+    with pytest.raises(ValueError):
+        ops._check_weight_size(c, cr + 1)

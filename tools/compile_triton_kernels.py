@@ -231,6 +231,14 @@ def smoke_cases():
     yield from flat_cases(("bf16",))
     yield (256, 256, 56, 56, 16, "fp32", False, HEAVY, {})
     yield (1, 1024, 14, 14, 64, "fp64", False, HEAVY, {})
+    # pixel splits (issue 13, item 4): the heuristic splits the forward (mean) and the
+    # backward at N = 1, 512 x 512 (NHWC with C = 16: a channel count that is no multiple of
+    # 16 gives the compiler no alignment, so no vector loads, with or without splits)
+    yield (1, 8, 512, 512, 1, "bf16", False, (0,) + HEAVY[1:], {})
+    yield (1, 16, 512, 512, 1, "bf16", True, (0,) + HEAVY[1:], {})
+    # fp64 / fp32 pixel-split plans (review 13b #3: fp64 SB and BC x BHW tiles spilled)
+    yield (1, 8, 4096, 4096, 1, "fp64", True, (0,) + HEAVY[1:], {})
+    yield (1, 8, 512, 512, 1, "fp32", False, (0,) + HEAVY[1:], {})
     for path in T.PATHS.values():
         yield (8, 100, 7, 7, 7, "fp32", False, HEAVY, path)
 
@@ -241,6 +249,12 @@ def flat_cases(dts=("bf16", "fp32")):
     cp.async (tests/test_triton_compile.py, sm_90 in the smoke set and sm_80 here)."""
     for (c, h, w, cr), n, dt in itertools.product(SE_RESNET50[2:], (1, 256), dts):
         yield (n, c, h, w, cr, dt, False, HEAVY, {})
+    # channel counts that are no multiple of 16 (review 13a #1/#2: there only the kernels'
+    # tl.multiple_of hints give vector loads): C = 100 (FLAT = 4: 8-byte copies) and
+    # MobileNetV3's C = 72 at 7 x 7
+    if "bf16" in dts:
+        yield (8, 100, 7, 7, 25, "bf16", False, HEAVY, {})
+        yield (8, 72, 7, 7, 18, "bf16", False, HEAVY, {})
 
 
 def wide_cases():

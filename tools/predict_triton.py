@@ -52,7 +52,38 @@ LAT = 1.0e-6           # s, HBM latency under load
 SMS = 132
 LAUNCH_US = 2.0
 L2_ROUND_US = 0.5      # one dependent L2 round trip inside an FC loop step
-RESIDENT = 2           # programs per SM (registers of the 8-warp programs)
+RESIDENT = 2           # programs per SM at most (the plans' 8-warp programs)
+# registers and shared memory of the compiled streaming kernels (sm_90, bf16, heaviest
+# options: upper bounds), from tools/compile_triton_kernels.py --set smoke (review 13a #6):
+# the programs resident per SM are min(RESIDENT, 64 K registers / (regs x threads),
+# 228 KB / shared memory) of the launch's tightest kernel; RESIDENT where not compiled
+COMPILE_REPORT = ROOT / "benchmarks" / "predictions" / "triton_compile_sm90.json"
+REGS_PER_SM = 65536
+SMEM_PER_SM = 233472
+KERNELS = {"fwd": ("se_fwd_fused_kernel", "se_fwd_pool_kernel", "se_fwd_excite_kernel"),
+           "bwd": ("se_bwd_reduce_kernel", "se_bwd_finish_kernel")}
+_REPORT = None
+
+
+def resident(n, c, hw, channels_last, direction):
+    """(programs per SM, why) for one row, from the compile report."""
+    global _REPORT
+    if _REPORT is None:
+        _REPORT = json.loads(COMPILE_REPORT.read_text())["rows"] if COMPILE_REPORT.exists() else []
+    layout = "nhwc" if channels_last else "nchw"
+    rows = [r for r in _REPORT if (r["N"], r["C"], r["HW"], r["layout"]) == (n, c, hw, layout)
+            and r["kernel"] in KERNELS[direction]]
+    if not rows:
+        return RESIDENT, "not compiled"
+    best = (RESIDENT, "")
+    for r in rows:
+        regs = _cdiv(r["regs"], 8) * 8
+        k = min(RESIDENT, REGS_PER_SM // (regs * 32 * r["num_warps"]),
+                SMEM_PER_SM // max(1, r["shared"] + 1024))
+        if k < best[0] or not best[1]:
+            best = (max(1, k), f"{r['kernel'][3:-7]} {r['regs']} regs x {32 * r['num_warps']}"
+                               f" threads, {r['shared'] // 1024} KB smem")
+    return best
 STAGES = [("conv2_x", 256, 56 * 56, 16), ("conv3_x", 512, 28 * 28, 32),
           ("conv4_x", 1024, 14 * 14, 64), ("conv5_x", 2048, 7 * 7, 128)]
 
@@ -78,7 +109,7 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
         nbytes = (3 if in_l2 else 4) * x + 2 * w
         streams = [2, 1]                      # reduce: x, dy; dx phase: dy
         launches = 2
-    programs = p.groups(n) * p.P
+    programs = p.groups(n) * p.Q
     if p.flat:   # the pipelined loop walks (sample, channel block) pairs of whole channels
         trips = min(p.G, n) * _cdiv(p.chunk, p.BC)
         tile_bytes = min(p.BC, p.chunk) * hw * 2
@@ -86,7 +117,8 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
         trips = _cdiv(hw, p.BHW)
         tile_bytes = p.BC * p.BHW * 2
     ahead = max(1, min(int(_STAGES) - 1, trips - 1))
-    per_sm = min(RESIDENT, programs / SMS) if programs < SMS * RESIDENT else RESIDENT
+    res, why = resident(n, c, hw, channels_last, direction)
+    per_sm = min(res, programs / SMS) if programs < SMS * res else res
     busy = min(SMS, programs)
     # the two streaming phases, each moving about half the activation bytes
     t = 0.0
@@ -106,7 +138,7 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
     t += fc2
     note = [f"plan: {'split' if p.split else 'fused'} G={p.G} P={p.P} BC={p.BC} BHW={p.BHW} "
             f"{'flat ' if p.flat else ''}"
-            f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, {programs} programs"]
+            f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, {programs} programs, {res}/SM ({why})"]
     if direction == "bwd":
         ws, wsn = p.wslices(n)
         wgrad = _cdiv(wsn, p.BN) * L2_ROUND_US * 1e-6
@@ -128,13 +160,99 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
                 note="; ".join(note))
 
 
+# Host time per call at N = 1 (issue 13, item 7), us: the ops' Python bodies as
+# tools/host_time_triton.py measures them on this CPU with the launches patched out
+# (forward ~17-21, backward ~23), torch's custom-op dispatch on top (~13-15), and Triton's
+# launcher per kernel launch on a GPU (argument binding and the cache lookup; an estimate,
+# ~8 us in Triton 3.x, not measurable without a GPU).
+HOST_BODY_US = {"fwd": 19.0, "bwd": 23.0}
+HOST_DISPATCH_US = 14.0
+HOST_LAUNCH_US = 8.0
+
+
+def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
+    """The N = 1 rows (issue 13, item 4's pixel splits; item 7's host time): the same
+    bytes and Little's-law model as predict(), with the plan's pixel splits -- P*S
+    programs, each streaming cdiv(HWC, BHW) tiles of its split, or, unsplit with flat NCHW
+    tiles, its (sample, channel block) pairs -- and the serial costs the
+    splits add: the partial-sum reduction over P_PAD = pow2(P*S) shares, and the sum of the
+    S partial rows (z in the forward's split-0 programs, dpre in the weight-gradient
+    programs), one dependent L2 round trip per SB rows. x (and dy) stay in L2 between the
+    two passes. The note adds the host time per call, which at N = 1 exceeds the GPU time:
+    back-to-back calls run at the host's pace unless captured in a CUDA graph."""
+    from se_kernels.triton import config
+    from se_kernels.triton.kernels import _STAGES
+
+    dev = config.Device(sms=SMS, tile=4096, fc_tile=4096, min_group=1, interpret=False)
+    p = config.make_plan(n, c, hw, cr, 2, channels_last, dev, hw_split=True)
+    x = n * c * hw * 2
+    w = 2 * c * cr * 2
+    wb = w if direction == "fwd" else 2 * w
+    if direction == "fwd":
+        nbytes = 2 * x + w
+        streams = [1, 1]                      # pool: x; rescale: x (y is a store)
+        launches = 1 if not p.split else 2
+    else:
+        nbytes = 3 * x + 2 * w
+        streams = [2, 1]                      # reduce: x, dy; dx phase: dy
+        launches = 2
+    programs = p.groups(n) * p.Q
+    hwc = p.HWC if p.S > 1 else hw
+    chunk = p.chunk if p.split else c
+    if p.flat:   # flat NCHW tiles (S = 1 there): (sample, channel block) pairs, as predict()
+        trips = min(p.G, n) * _cdiv(chunk, p.BC)
+        tile_bytes = min(p.BC, chunk) * hw * 2
+    else:        # the pixel tiles of one channel block within the program's split
+        trips = _cdiv(hwc, p.BHW)
+        tile_bytes = p.BC * p.BHW * 2
+    ahead = max(1, min(int(_STAGES) - 1, trips - 1))
+    res, why = resident(n, c, hw, channels_last, direction)
+    per_sm = min(res, programs / SMS)
+    busy = min(SMS, programs)
+    t = 0.0
+    inflight = []
+    for s in streams:
+        fl = tile_bytes * s * ahead * max(1.0, per_sm)
+        inflight.append(fl)
+        bw = min(BW, busy * fl / LAT)
+        t += (nbytes - wb) * (s / sum(streams)) / bw
+    t += wb * p.S / BW / max(1, busy / 8)     # weights: read once per split, from L2 mostly
+    # the FC2 (FC1-backward) steps in one loop pipelined STAGES - 1 steps ahead, as predict()
+    fc = (_cdiv(cr, p.BJH) + _cdiv(chunk, p.BC2) * _cdiv(cr, p.BJ2) / (int(_STAGES) - 1)
+          ) * L2_ROUND_US * 1e-6
+    split_sum = (_cdiv(p.S, p.SB) if p.S > 1 else 0) * L2_ROUND_US * 1e-6 * _cdiv(chunk, p.BC2)
+    t += fc + split_sum
+    if direction == "bwd":
+        ws, wsn = p.wslices(n)
+        t += _cdiv(wsn, p.BN) * _cdiv(p.S, p.SB) * L2_ROUND_US * 1e-6   # dpre split rows
+    t += launches * LAUNCH_US * 1e-6
+    host = HOST_BODY_US[direction] + HOST_DISPATCH_US + HOST_LAUNCH_US * launches
+    note = [f"plan: {'split' if p.split else 'fused'} G={p.G} P={p.P} S={p.S} "
+            f"HWC={hwc} SB={p.SB} BC={p.BC} BHW={p.BHW} {'flat ' if p.flat else ''}"
+            f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, "
+            f"{programs} programs, {res}/SM ({why})",
+            f"partial sums + FC ~{fc * 1e6:.1f} us, split sums ~{split_sum * 1e6:.1f} us "
+            f"per program",
+            f"host ~{host:.0f} us per call (body {HOST_BODY_US[direction]:.0f} + dispatch "
+            f"{HOST_DISPATCH_US:.0f} + {launches} x {HOST_LAUNCH_US:.0f} launcher): "
+            f"host-bound unless graph-captured"]
+    floor = nbytes / BW
+    return dict(backend="triton", path="split" if p.split else "fused", stage=stage, N=n,
+                layout="nhwc" if channels_last else "nchw", direction=direction,
+                dtype="bf16", bytes=int(nbytes), floor_us=round(floor * 1e6, 2),
+                predicted_us=round(t * 1e6, 1),
+                in_flight_kb_per_sm=round(max(inflight) / 1024, 1),
+                note="; ".join(note))
+
+
 def rows():
     out = []
     for (stage, c, hw, cr) in STAGES:
         for n in (1, 256):
             for cl in (False, True):
                 for d in ("fwd", "bwd"):
-                    out.append(predict(stage, c, hw, cr, n, cl, d))
+                    model = predict_small_n if n == 1 else predict
+                    out.append(model(stage, c, hw, cr, n, cl, d))
     return out
 
 

@@ -15,8 +15,14 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    each of the P programs), so P is capped where those re-reads reach ~1/4 of the bytes a
    sample costs, its slab plus its share of the weights: P^2 * Cr * 4 <= (slab + |W|/G) / 4.
    NCHW chunks go down to 1 channel where one channel's row is >= 4 KB (NHWC: 16 channels,
-   32-byte rows). The pixels of one sample are not split across programs (issue 13 item 4's
-   HW split is not done: N = 1 with few huge channels still runs as few programs).
+   32-byte rows). Where the (group, chunk) programs are still at most half of those wanted
+   (N = 1 with few, huge channels), the pixels of each chunk are split S ways too: a
+   program per (group, chunk, pixel split), P*S shares of FC1 per sample under the same
+   cap as P, each split >= MIN_SPLIT_BYTES of activations, and the S-fold weight reads
+   within 1/4 of the activation bytes. Mean squeeze only in the forward (FC1 is linear in
+   the partial means, not in a max over splits; the max forward keeps S = 1); the backward
+   splits for both squeezes (its pixel reduction is a sum). N = 1, C = 8, 4096 x 4096:
+   528 programs (8 chunks x 66 splits; 1 before issue 13).
 3. Tiles. The activation tile [BC channels, BHW pixels] has ~TILE = 4096 elements (16 per
    thread at 8 warps), its long side along the contiguous dimension (pixels in NCHW, up to
    1024, the power of two >= 128 that pads HW least; channels in NHWC, up to 128). The FC
@@ -45,6 +51,8 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    alignment, in elements, that every such span's start has (the largest power of two
    <= 16 bytes dividing C*HW, chunk*HW and BC*HW), which the kernels assert to the compiler
    (tl.multiple_of) so that the loads become 16-byte vectors. flat = 0: the pixel loop.
+   Flat tiles and pixel splits (rule 2) never meet: a split's HWC pixels are whole BHW
+   tiles, so HW <= BHW leaves S = 1, and flat stays 0 wherever S > 1 (asserted).
 
 On CUDA the device's SM count is read from its properties; under TRITON_INTERPRET=1 (CPU
 tensors) the plan is made for a virtual one-SM device with large tiles and G = 16: the
@@ -125,7 +133,11 @@ class Plan:
     BJW: int           # weight-gradient tile: hidden units
     WS: int            # weight-gradient sample slices (partial sums, then a fixed-order sum)
     num_warps: int
-    flat: int = 0      # NCHW with HW <= BHW: alignment (elements) of the flat tiles; 0 = off
+    S: int = 1         # pixel splits per (group, chunk) (split path only; issue 13, item 4)
+    HWC: int = 0       # pixels per split, a multiple of BHW (0: all of HW, S = 1)
+    SB: int = 1        # split rows summed per tile load ([G, SB, BC2], [BN, SB, BCW])
+    flat: int = 0      # NCHW with HW <= BHW, S = 1: alignment (elements) of the flat tiles;
+                       # 0 = off (always 0 with pixel splits: a flat tile covers all of HW)
 
     @property
     def G_PAD(self) -> int:
@@ -133,7 +145,14 @@ class Plan:
 
     @property
     def P_PAD(self) -> int:
-        return _pow2(self.P)
+        """Padded count of FC shares per sample: one per (channel chunk, pixel split)."""
+        return _pow2(self.P * self.S)
+
+    @property
+    def Q(self) -> int:
+        """Programs per sample group on the split path, (chunk, pixel split) pairs; the FC
+        shares per sample (part, dpart, hs, dhs rows)."""
+        return self.P * self.S
 
     def groups(self, n: int) -> int:
         return _cdiv(n, self.G)
@@ -186,24 +205,31 @@ def _pow2_floor(v: int) -> int:
 
 
 def make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
-              dev: Device) -> Plan:
+              dev: Device, hw_split: bool = True) -> Plan:
     """The plan for one call; cached by its shape key (the arguments), except while a test
-    forces fields (``forced``), so that the host cost per call is a dict lookup."""
+    forces fields (``forced``), so that the host cost per call is a dict lookup.
+    hw_split=False keeps S = 1 (the max-squeeze forward: FC1 is not linear in a max over
+    pixel splits)."""
     if _FORCED_STATE.fields or not all(type(v) is int for v in (n, c, hw, cr, elem)):
-        return _make_plan(n, c, hw, cr, elem, channels_last, dev)   # forced, or SymInts
-    return _cached_plan(n, c, hw, cr, elem, channels_last, dev)
+        return _make_plan(n, c, hw, cr, elem, channels_last, dev, hw_split)  # forced/SymInts
+    return _cached_plan(n, c, hw, cr, elem, channels_last, dev, hw_split)
 
 
 @functools.lru_cache(maxsize=4096)
-def _cached_plan(n, c, hw, cr, elem, channels_last, dev):
-    return _make_plan(n, c, hw, cr, elem, channels_last, dev)
+def _cached_plan(n, c, hw, cr, elem, channels_last, dev, hw_split):
+    return _make_plan(n, c, hw, cr, elem, channels_last, dev, hw_split)
 
 
 _CACHES.append(_cached_plan.cache_clear)
 
 
+# Smallest activation bytes one pixel split streams (issue 13, item 4): below that a
+# program's fixed costs (its FC share, the sum over the shares) outweigh its loads.
+MIN_SPLIT_BYTES = 16384
+
+
 def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
-               dev: Device) -> Plan:
+               dev: Device, hw_split: bool = True) -> Plan:
     slab = max(1, c * hw * elem)
     wbytes = 2 * c * cr * elem
     g = dev.min_group
@@ -219,22 +245,37 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
     c_pow2 = _pow2(c)
     split = groups < wave
     chunk = c
+    s_split = 1
     if split:
         p_target = _cdiv(wave, groups)
         # P^2 * Cr * 4 <= (slab + |W| / G) / 4
         p_cap = max(1, int(((slab + wbytes / g) / (16 * cr)) ** 0.5))
         p_want = max(1, min(p_target, p_cap))
         chunk = min(c_pow2, max(min_chunk, _pow2(_cdiv(c, p_want))))
-        if chunk >= c:
+        if hw_split:
+            # Pixel splits where the chunks leave the device short of programs (at most
+            # half of those wanted; at N = 256, 512 programs for 528 stay unsplit): the
+            # Q = P*S shares obey the same cap as P (each program re-reads all Q shares),
+            # each split streams >= MIN_SPLIT_BYTES, and the S-fold weight reads stay within
+            # 1/4 of the group's activation bytes: (S - 1) |W| <= G slab / 4.
+            p0 = _cdiv(c, chunk)
+            s_split = max(1, min(wave // (groups * p0), p_cap // p0,
+                                 hw // max(1, _cdiv(MIN_SPLIT_BYTES, min(chunk, c) * elem)),
+                                 1 + (g * slab) // (4 * max(1, wbytes))))
+        if chunk >= c and s_split == 1:
             split, chunk = False, c
+        chunk = min(chunk, c)
 
     _FORCED = _FORCED_STATE.fields
     if _FORCED:
-        split = _FORCED.get("split", split)
+        s_split = _FORCED.get("S", s_split)
+        split = _FORCED.get("split", split or s_split > 1)
         g = _FORCED.get("G", g)
         chunk = _FORCED.get("chunk", chunk if split else c)
         if not split:
             chunk = c
+    if not split or not hw_split:
+        s_split = 1
     p = _cdiv(c, chunk) if split else 1
 
     # activation tile
@@ -264,7 +305,7 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
     # program in [G, P_PAD, BJH] tiles; the FC2 (and FC1-backward) products [G, BJ2, BC2]
     # are sized apart from the activation tile: a square-ish split of the FC budget with
     # BJ2 >= 16, so that each W2 row segment is >= 32 bytes (a whole sector in bf16).
-    p_pad = _pow2(p)
+    p_pad = _pow2(p * s_split)   # the FC shares per sample: (chunk, pixel split) pairs
     bjh = max(1, min(cr_pow2, dev.fc_tile // (g_pad * p_pad)))
     side = _pow2_floor(max(1, math.isqrt(dev.fc_tile // g_pad)))
     bj2 = min(cr_pow2, max(16, side))
@@ -286,7 +327,8 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
     warps = 8 if bc * bhw >= 4096 else 4
 
     plan = Plan(split=split, G=g, chunk=chunk, P=p, BC=bc, BHW=bhw, BJ=bj, BK=bk, BJH=bjh,
-                BJ2=bj2, BC2=bc2, BCW=bcw, BN=bn, BJW=bjw, WS=ws, num_warps=warps)
+                BJ2=bj2, BC2=bc2, BCW=bcw, BN=bn, BJW=bjw, WS=ws, num_warps=warps,
+                S=s_split)
     if _FORCED:
         tiles = {k: v for k, v in _FORCED.items() if k in ("BC", "BHW", "BJ", "BK", "BJH", "BJ2",
                                                            "BC2", "BCW", "BN", "BJW",
@@ -296,15 +338,46 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
             plan = dataclasses.replace(plan, num_warps=8 if plan.BC * plan.BHW >= 4096 else 4)
     if not dev.interpret:
         plan = _smem_tiles(plan, elem, 0 if channels_last else hw)
-    plan = _int32_tiles(plan, c, hw, channels_last)
-    if _FORCED and not _FORCED.get("flat", True):
-        return plan
-    return _flat_tiles(plan, c, hw, elem, channels_last)
+    plan = _pixel_splits(_int32_tiles(plan, c, hw, channels_last), hw, dev.fc_tile, elem)
+    if not (_FORCED and not _FORCED.get("flat", True)):
+        plan = _flat_tiles(plan, c, hw, elem, channels_last)
+    # a flat tile covers all of HW, a pixel split only part of it: never both (the kernels'
+    # flat branch ignores the split's pixel range)
+    assert not (plan.flat and plan.S > 1), plan
+    return plan
+
+
+def _pixel_splits(plan: Plan, hw: int, fc_tile: int, elem: int = 4) -> Plan:
+    """The final pixel split, after the tile is settled: HWC pixels per split, a whole
+    number of BHW tiles (so the pipelined tiles never straddle two programs), and S =
+    cdiv(HW, HWC) <= the S asked for (P_PAD and the tile caps made from it stay valid).
+    SB: the split rows (partial means, dpre, tie counts) summed per tile load, the
+    [G_PAD, SB, BC2] and [BN, SB, BCW] tiles within fc_tile. Where one pixel tile covers
+    HW (HW <= BHW) this leaves S = 1, which is where rule 6's flat tiles apply."""
+    if plan.S <= 1:
+        return plan if (plan.S, plan.SB) == (1, 1) else dataclasses.replace(plan, S=1, SB=1)
+    hwc = _cdiv(_cdiv(hw, plan.S), plan.BHW) * plan.BHW
+    s = _cdiv(hw, hwc)
+    # S * HWC must stay an int32 (review 13b #1: the kernels' sp * HWC and pixel bounds are
+    # int32; at H*W = 46340^2, S = 528 gave S * HWC = 2^31 + 65536): fewer, longer splits
+    # until it fits (S = 1 if none does)
+    while s > 1 and s * hwc > INT32_MAX:
+        hwc = _cdiv(_cdiv(hw, s - 1), plan.BHW) * plan.BHW
+        s = _cdiv(hw, hwc)
+    if s <= 1:
+        return dataclasses.replace(plan, S=1, SB=1)
+    # in fp32 elements' bytes: the fp64 kernels sum the split rows in fp64 (review 13b #3:
+    # SB = 512 x BC2 = 8 fp64 spilled in the excite kernel on sm_80)
+    fc = fc_tile * 4 // max(4, elem)
+    sb = max(1, min(_pow2(s), fc // (plan.G_PAD * plan.BC2), fc // (plan.BN * plan.BCW)))
+    sb = _FORCED_STATE.fields.get("SB", sb) if _FORCED_STATE.fields else sb
+    return dataclasses.replace(plan, S=s, HWC=hwc, SB=sb)
 
 
 def _flat_tiles(plan: Plan, c: int, hw: int, elem: int, channels_last: bool) -> Plan:
-    """Rule 6: plan.flat = the alignment of the flat NCHW tiles where one tile covers HW."""
-    if channels_last or hw > plan.BHW:
+    """Rule 6: plan.flat = the alignment of the flat NCHW tiles where one tile covers HW
+    (never with pixel splits, S > 1: a split covers only part of HW)."""
+    if channels_last or hw > plan.BHW or plan.S > 1:
         return plan
     align = max(1, 16 // elem)
     while align > 1 and any(v % align for v in (c * hw, plan.chunk * hw, plan.BC * hw)):
@@ -321,7 +394,10 @@ def _smem_tiles(plan: Plan, elem: int, nchw_hw: int = 0) -> Plan:
     backward's reduce (above an A100's 163 KB). Where one NCHW pixel tile covers all
     nchw_hw pixels, channels go first, so that the tile stays flat (rule 6)."""
     bc, bhw = plan.BC, plan.BHW
-    while bc * bhw * elem > TILE_BYTES:
+    # fp64 tiles at half the bytes (1024 elements): the fp64 backward's reduce at 2048
+    # elements (BC = 8 x BHW = 256) needed 255 registers and spilled (review 13b #3)
+    limit = TILE_BYTES // 2 if elem >= 8 else TILE_BYTES
+    while bc * bhw * elem > limit:
         if bhw > 1 and not (bc > 1 and bhw >= nchw_hw > 0):
             bhw //= 2
         else:

@@ -147,8 +147,9 @@ def _gate_backward(v, g, GATE: tl.constexpr):
 # 64-bit safety: an activation tensor can hold >= 2^31 elements per sample (N = 1, C = 64,
 # 5800 x 5800) and N * C can reach 2^31, while Triton's index arithmetic is int32 (the
 # shapes are passed as i32). So every tile's base is an int64 element offset t (a scalar:
-# _act_offset once per sample x channel block, then t += BHW * SH per pixel tile;
-# _row_offset for scratch rows), and only the offsets *inside* a tile are int32:
+# _tile_base once per sample x channel block, at the first pixel of the program's pixel
+# split, then t += BHW * SH per pixel tile; the flat tiles' span starts are _tile_base at
+# pixel 0; _row_offset for scratch rows), and only the offsets *inside* a tile are int32:
 # arange(BC) * SC + arange(BHW) * SH, bounded by BC * HW (NCHW) or BHW * C (NHWC), which
 # config.make_plan keeps below 2^31. The tile's offsets are formed as t + (int32 offsets)
 # once per tile and shared by every tensor of that layout: forming ptr + t + offsets per
@@ -156,14 +157,16 @@ def _gate_backward(v, g, GATE: tl.constexpr):
 
 
 @triton.jit
-def _act_offset(n, c0, C, HW, CHANNELS_LAST: tl.constexpr):
-    """int64 element offset of x[n, c0, 0, 0], x NCHW- or NHWC-contiguous. The pixel loops
-    then step the tile pointer by BHW * SH (< 2^31, config.make_plan) per tile."""
+def _tile_base(n, c0, hw0, C, HW, CHANNELS_LAST: tl.constexpr):
+    """int64 element offset of x[n, c0, hw0] (hw0: the first pixel of a pixel split), x
+    NCHW- or NHWC-contiguous, all in int64. The pixel loops then step the tile pointer by
+    BHW * SH (< 2^31, config.make_plan) per tile."""
     n64 = tl.cast(n, tl.int64)
+    h64 = tl.cast(hw0, tl.int64)
     if CHANNELS_LAST:
-        return n64 * HW * C + c0
+        return (n64 * HW + h64) * C + c0
     else:
-        return (n64 * C + c0) * HW
+        return (n64 * C + c0) * HW + h64
 
 
 @triton.jit
@@ -216,15 +219,42 @@ def _flat_index(HW, BC: tl.constexpr, BHW: tl.constexpr):
 def _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC: tl.constexpr, FLAT: tl.constexpr):
     """Step it of a flat (sample, channel block) loop, nb channel blocks per sample: sample
     g (of the group at n0), its channels cs and their mask cm, the tile mask m, the span
-    (channels x HW elements) and the span's int64 start t, a multiple of FLAT elements
-    (config rule 6), which tl.multiple_of tells the compiler (16-byte vectors)."""
+    (channels x HW elements) and the span's int64 start t (_tile_base at pixel 0), a
+    multiple of FLAT elements (config rule 6), which tl.multiple_of tells the compiler
+    (16-byte vectors). A flat tile covers all of HW, so the flat loops run only where the
+    program has no pixel split (S = 1, hw_lo = 0: config asserts flat == 0 wherever S > 1);
+    their scratch rows (z, gq, dpre, cnt, dzs) are still addressed per split, n*S + sp."""
     g = it // nb
     c0 = c_lo + (it - g * nb) * BC
     cs = c0 + cc
     cm = cs < c_hi
-    span = tl.minimum(c_hi - c0, BC) * HW
-    t = tl.multiple_of(_act_offset(n0 + g, c0, C, HW, False), FLAT)
+    # the hints written on the expressions themselves (review 13a #1: a tl.multiple_of on
+    # the result of a helper call, _tile_base, was dropped by the inliner, so only C and CHUNK
+    # specialised as multiples of 16 gave 16-byte loads). Both are sound: t = (n*C + c0)*HW
+    # and span = (chunk or C - p*chunk - k*BC or BC)*HW are multiples of FLAT by rule 6;
+    # the device_assert checks that on every tile (the interpreter, or TRITON_DEBUG=1)
+    span = tl.multiple_of(tl.minimum(c_hi - c0, BC) * HW, FLAT)
+    t = tl.multiple_of((tl.cast(n0 + g, tl.int64) * C + c0) * HW, FLAT)
+    tl.device_assert((t % FLAT == 0) & (span % FLAT == 0),
+                     "flat tile start/span not a multiple of FLAT (config rule 6)")
     return g, cs, cm, cm[:, None] & hv[None, :], span, t
+
+
+@triton.jit
+def _sum_splits(ptr, base, rs, rm, cs, cm, S, C, SB: tl.constexpr):
+    """sum_k ptr[base + (rs * S + k) * C + cs] over the S pixel-split rows -> [R, BX]
+    (rs: R rows, cs: BX channels; base int64): one [R, SB, BX] tile load per SB splits and
+    a tl.sum over them (a fixed order, so deterministic), not S dependent loads."""
+    ks = tl.arange(0, SB)
+    m = rm[:, None, None] & cm[None, None, :]
+    off = rs[:, None, None] * (S * C) + cs[None, None, :]
+    acc = tl.sum(tl.load(ptr + base + off + ks[None, :, None] * C,
+                         mask=m & (ks < S)[None, :, None], other=0.0), axis=1)
+    for k0 in range(SB, S, SB):
+        kk = k0 + ks
+        acc += tl.sum(tl.load(ptr + base + off + kk[None, :, None] * C,
+                              mask=m & (kk < S)[None, :, None], other=0.0), axis=1)
+    return acc
 
 
 # ---- forward phases -------------------------------------------------------------------------
@@ -232,11 +262,15 @@ def _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC: tl.constexpr, FLAT: tl
 
 @triton.jit
 def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                sp, S, hw_lo, hw_hi,
                 G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
                 BJ: tl.constexpr, BK: tl.constexpr, SQUEEZE: tl.constexpr,
                 CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr):
     """z[n, c] for the group's samples and the chunk's channels, then the chunk's share of FC1:
-    part[n, p, :] = sum_{c in chunk} W1[:, c] z[n, c]."""
+    part[n, p, :] = sum_{c in chunk} W1[:, c] z[n, c]. With pixel splits (S > 1, mean only)
+    the program pools pixels [hw_lo, hw_hi): z_ptr is then the (N, S, C) scratch of partial
+    means, this program's rows n*S + sp, and p its share index (chunk, split): FC1 is linear
+    in z, so the shares of the partial means add up to W1 z."""
     ACC = z_ptr.dtype.element_ty
     if CHANNELS_LAST:  # tile offsets: c * SC + hw * SH
         SC = 1
@@ -245,7 +279,8 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         SC = HW
         SH = 1
     g_count = tl.minimum(N - n0, G)
-    zs = z_ptr + _row_offset(n0, C)                         # the group's rows of z
+    ZR = S * C                                              # z row stride per sample
+    zs = z_ptr + _row_offset(n0, ZR) + sp * C               # the group's rows of z
     if FLAT > 0:
         # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
         # the pipelined one, each tile a contiguous span of whole channels
@@ -260,19 +295,19 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
             else:
                 z = tl.sum(_flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC),
                            axis=1) / HW
-            tl.store(zs + g * C + cs, z, mask=cm)
+            tl.store(zs + g * ZR + cs, z, mask=cm)
     else:
         for g in range(0, g_count):
             for c0 in range(c_lo, c_hi, BC):
                 cs = c0 + tl.arange(0, BC)
                 cm = cs < c_hi
-                t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
+                t = _tile_base(n0 + g, c0, hw_lo, C, HW, CHANNELS_LAST)    # int64 tile base
                 if SQUEEZE == 1:
                     acc = tl.full([BC, BHW], float("-inf"), ACC)
                 else:
                     acc = tl.zeros([BC, BHW], ACC)
-                for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=_STAGES):
+                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < hw_hi)[None, :]
                     off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                     if SQUEEZE == 1:  # max that propagates NaN, as torch.amax does
                         v = tl.load(x_ptr + off, mask=m, other=float("-inf")).to(ACC)
@@ -285,7 +320,7 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
                     z = tl.where(nans > 0, float("nan"), tl.max(acc, axis=1))
                 else:
                     z = tl.sum(acc, axis=1) / HW
-                tl.store(zs + g * C + cs, z, mask=cm)
+                tl.store(zs + g * ZR + cs, z, mask=cm)
     tl.debug_barrier()  # z is read back below by other threads of this program
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
@@ -296,7 +331,7 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         for k0 in range(c_lo, c_hi, BK):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
-            zt = tl.load(zs + gs[:, None] * C + ks[None, :],
+            zt = tl.load(zs + gs[:, None] * ZR + ks[None, :],
                          mask=gm[:, None] & km[None, :], other=0.0)                # [G, BK]
             wt = tl.load(w1_ptr + js[:, None] * C + ks[None, :],
                          mask=jm[:, None] & km[None, :], other=0.0).to(ACC)        # [BJ, BK]
@@ -307,17 +342,23 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
 
 @triton.jit
 def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
-                  hs_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                  hs_ptr, zp_ptr, z_ptr, gq_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                  sp, S, hw_lo, hw_hi,
                   G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
                   BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
-                  ACT: tl.constexpr, GATE: tl.constexpr, HAS_B1: tl.constexpr,
-                  HAS_B2: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                  FLAT: tl.constexpr):
+                  SB: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
+                  HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_RES: tl.constexpr,
+                  CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr):
     """hpre (stored by the chunk-0 program), gpre for the chunk, and y for the chunk's
     channels of the group's samples. Three steps, each once per program: (a) act(hpre) for
     the group from [G_PAD, P_PAD, BJH] tiles of part, into this program's rows of hs
     (N, P, CR); (b) gpre for the chunk in [G_PAD, BJ2, BC2] FC2 sub-tiles (BJ2 >= 16: whole
-    sectors of W2 rows), stored; (c) the rescale, its gate read back from gpre."""
+    sectors of W2 rows), stored; (c) the rescale, its gate read back from gpre.
+    With pixel splits (S > 1) p is the share index (chunk, split sp), the rescale covers
+    pixels [hw_lo, hw_hi), the split-0 program also writes z (the sum of the S partial
+    means in zp (N, S, C), in split order) and gpre, and each program keeps its gate in
+    its own rows n*S + sp of gq (N, S, C), so no two programs write the same address
+    (S = 1: gq is gpre, zp and z are z)."""
     ACC = hpre_ptr.dtype.element_ty
     if CHANNELS_LAST:
         SC = 1
@@ -328,6 +369,15 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
     g_count = tl.minimum(N - n0, G)
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
+    QR = S * C                                              # gq / zp row stride per sample
+    qrow0 = _row_offset(n0, QR) + sp * C                    # this program's gq rows
+    if (S > 1) & (sp == 0):  # z = sum of the partial means, in split order
+        for c0 in range(c_lo, c_hi, BC2):
+            cs = c0 + tl.arange(0, BC2)
+            cm = cs < c_hi
+            zacc = _sum_splits(zp_ptr, _row_offset(n0, QR), gs, gm, cs, cm, S, C, SB)
+            tl.store(z_ptr + _row_offset(n0, C) + gs[:, None] * C + cs[None, :], zacc,
+                     mask=gm[:, None] & cm[None, :])
     hrow = _row_offset(n0, P * CR) + (gs[:, None] * P + p) * CR     # this program's hs rows
     for j0 in range(0, CR, BJH):
         js = j0 + tl.arange(0, BJH)
@@ -364,9 +414,12 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
         out = acc
         if HAS_B2:
             out += tl.load(b2_ptr + cs, mask=cm & last, other=0.0).to(ACC)[None, :]
-        tl.store(gpre_ptr + row0 + gs[:, None] * C + cs[None, :], out,
+        tl.store(gq_ptr + qrow0 + gs[:, None] * QR + cs[None, :], out,
                  mask=gm[:, None] & cm[None, :] & last)
-    tl.debug_barrier()  # gpre is read back below by other threads of this program
+        if (S > 1) & (sp == 0):
+            tl.store(gpre_ptr + row0 + gs[:, None] * C + cs[None, :], out,
+                     mask=gm[:, None] & cm[None, :] & last)
+    tl.debug_barrier()  # gq is read back below by other threads of this program
     if FLAT > 0:
         # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
         # the pipelined one, each tile a contiguous span of whole channels
@@ -374,7 +427,7 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
         nb = tl.cdiv(c_hi - c_lo, BC)
         for it in tl.range(0, g_count * nb, num_stages=_STAGES):
             g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
-            s = _gate_fwd(tl.load(gpre_ptr + row0 + g * C + cs, mask=cm, other=0.0),
+            s = _gate_fwd(tl.load(gq_ptr + qrow0 + g * QR + cs, mask=cm, other=0.0),
                           GATE)[:, None]                                           # [BC, 1]
             v = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC) * s
             if HAS_RES:  # relu(y + residual), NaN passing
@@ -385,14 +438,14 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
         for c0 in range(c_lo, c_hi, BC):
             cs = c0 + tl.arange(0, BC)
             cm = cs < c_hi
-            s = _gate_fwd(tl.load(gpre_ptr + row0 + gs[:, None] * C + cs[None, :],
+            s = _gate_fwd(tl.load(gq_ptr + qrow0 + gs[:, None] * QR + cs[None, :],
                                   mask=gm[:, None] & cm[None, :], other=0.0), GATE)   # [G, BC]
             for g in range(0, g_count):
                 # row g of s (a select, so that other rows' NaNs stay out)
                 s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]
-                t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
-                for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                t = _tile_base(n0 + g, c0, hw_lo, C, HW, CHANNELS_LAST)    # int64 tile base
+                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=_STAGES):
+                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < hw_hi)[None, :]
                     off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                     v = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC) * s_g
                     if HAS_RES:  # relu(y + residual), NaN passing
@@ -407,7 +460,7 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
 
 @triton.jit
 def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_ptr, dpart_ptr,
-                  dres_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                  dres_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P, sp, S, hw_lo, hw_hi,
                   G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
                   BJ: tl.constexpr, BK: tl.constexpr, SQUEEZE: tl.constexpr,
                   GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
@@ -415,7 +468,12 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
     """dpre = (sum_hw g x) gate'(gpre) and the tie counts (max) for the chunk, then the chunk's
     share of the FC2 backward: dpart[n, p, :] = sum_{c in chunk} dpre[n, c] W2[c, :]. With
     the residual fused, g (dy masked by y > 0) is also dres, stored here so that the dx
-    phase reads dres instead of dy and y (6|x| of traffic instead of 7|x|)."""
+    phase reads dres instead of dy and y (6|x| of traffic instead of 7|x|).
+    With pixel splits (S > 1) the program reduces pixels [hw_lo, hw_hi) and p is its share
+    index (chunk, split sp): dpre and cnt are then (N, S, C) partial rows n*S + sp. The
+    gate derivative is linear in the pixel sum for every gate (a product, or a select that
+    does not depend on it), so the shares of the partial dpre add up to the FC2 backward;
+    the weight gradients and the dx phase sum the S partial rows in split order."""
     ACC = z_ptr.dtype.element_ty
     if CHANNELS_LAST:
         SC = 1
@@ -425,6 +483,8 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         SH = 1
     g_count = tl.minimum(N - n0, G)
     row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
+    QR = S * C                                              # dpre / cnt row stride
+    qrow0 = _row_offset(n0, QR) + sp * C                    # this program's dpre/cnt rows
     if FLAT > 0:
         # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
         # the pipelined one, each tile a contiguous span of whole channels
@@ -439,12 +499,13 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
                 gv = tl.where(yv <= 0.0, 0.0, gv)
                 tl.store(dres_ptr + t + offs, gv.to(dres_ptr.dtype.element_ty), mask=m)
             rows = row0 + g * C + cs
+            qrows = qrow0 + g * QR + cs                     # this split's dpre/cnt row
             gp = tl.load(gpre_ptr + rows, mask=cm, other=0.0)
-            tl.store(dpre_ptr + rows, _gate_backward(gp, tl.sum(gv * xv, axis=1), GATE),
+            tl.store(dpre_ptr + qrows, _gate_backward(gp, tl.sum(gv * xv, axis=1), GATE),
                      mask=cm)
             if SQUEEZE == 1:
                 zc = tl.load(z_ptr + rows, mask=cm, other=0.0)[:, None]
-                tl.store(cnt_ptr + rows,
+                tl.store(cnt_ptr + qrows,
                          tl.sum(tl.where(m & (xv == zc), 1.0, 0.0).to(ACC), axis=1), mask=cm)
     else:
         for g in range(0, g_count):
@@ -455,9 +516,9 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
                 ties = tl.zeros([BC, BHW], ACC)
                 if SQUEEZE == 1:
                     zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
-                t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
-                for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                t = _tile_base(n0 + g, c0, hw_lo, C, HW, CHANNELS_LAST)    # int64 tile base
+                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=_STAGES):
+                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < hw_hi)[None, :]
                     off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                     xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
                     gv = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
@@ -470,10 +531,10 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
                         ties += tl.where(m & (xv == zc), 1.0, 0.0)
                     t += BHW * SH
                 gp = tl.load(gpre_ptr + row0 + g * C + cs, mask=cm, other=0.0)
-                tl.store(dpre_ptr + row0 + g * C + cs,
+                tl.store(dpre_ptr + qrow0 + g * QR + cs,
                          _gate_backward(gp, tl.sum(acc, axis=1), GATE), mask=cm)
                 if SQUEEZE == 1:
-                    tl.store(cnt_ptr + row0 + g * C + cs, tl.sum(ties, axis=1), mask=cm)
+                    tl.store(cnt_ptr + qrow0 + g * QR + cs, tl.sum(ties, axis=1), mask=cm)
     tl.debug_barrier()  # dpre is read back below by other threads of this program
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
@@ -484,7 +545,7 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         for k0 in range(c_lo, c_hi, BK):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
-            dp = tl.load(dpre_ptr + row0 + gs[:, None] * C + ks[None, :],
+            dp = tl.load(dpre_ptr + qrow0 + gs[:, None] * QR + ks[None, :],
                          mask=gm[:, None] & km[None, :], other=0.0)                # [G, BK]
             wt = tl.load(w2_ptr + ks[None, :] * CR + js[:, None],
                          mask=jm[:, None] & km[None, :], other=0.0).to(ACC)        # [BJ, BK]
@@ -496,16 +557,21 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
 @triton.jit
 def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr, dpart_ptr,
                  dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P,
+                 sp, S, hw_lo, hw_hi,
                  G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, BC: tl.constexpr,
                  BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
-                 SQUEEZE: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
-                 HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr):
+                 SB: tl.constexpr, SQUEEZE: tl.constexpr, ACT: tl.constexpr,
+                 GATE: tl.constexpr, HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                 FLAT: tl.constexpr):
     """dz for the chunk from the full dpart, then dx for the chunk's channels of the group's
     samples (g from dres, which the reduce phase stored, when the residual was fused). As
     in the excite phase, each step once per program: (a) dhpre for the group from
     [G_PAD, P_PAD, BJH] tiles of dpart into this program's rows of dhs (N, P, CR); (b) the
     chunk's dz coefficient (dz / HW, or / ties) in [G_PAD, BJ2, BC2] sub-tiles into dzs
-    (N, C); (c) dx, reading the coefficient and the gate back."""
+    (N, C); (c) dx, reading the coefficient and the gate back. With pixel splits (S > 1)
+    p is the share index (chunk, split sp), dx covers pixels [hw_lo, hw_hi), the tie counts
+    are the sum of the S partial rows of cnt (N, S, C), and dzs (N, S, C) has a row per
+    split, n*S + sp, so no two programs write the same address."""
     ACC = z_ptr.dtype.element_ty
     if CHANNELS_LAST:
         SC = 1
@@ -517,6 +583,8 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
     row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
+    QR = S * C                                              # cnt / dzs row stride
+    qrow0 = _row_offset(n0, QR) + sp * C                    # this program's dzs rows
     hrow = _row_offset(n0, P * CR) + (gs[:, None] * P + p) * CR     # this program's dhs rows
     for j0 in range(0, CR, BJH):
         js = j0 + tl.arange(0, BJH)
@@ -545,11 +613,18 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
         last = j0 + BJ2 >= CR
         gc = gm[:, None] & cm[None, :] & last
         rows = gs[:, None] * C + cs[None, :]                # int32; + row0 (int64) below
+        qrows = gs[:, None] * QR + cs[None, :]              # int32; + qrow0 (int64)
         if SQUEEZE == 1:  # shared evenly by the tied maxima, as amax's gradient is
-            coef = acc / tl.load(cnt_ptr + row0 + rows, mask=gc, other=1.0)
+            if S == 1:
+                coef = acc / tl.load(cnt_ptr + row0 + rows, mask=gc, other=1.0)
+            else:  # the splits' tie counts (exact small integers); 1 in masked lanes;
+                # loaded at a block's last hidden step only (cm & last), as the S = 1 load
+                ties = _sum_splits(cnt_ptr, _row_offset(n0, QR), gs, gm, cs, cm & last, S, C,
+                                   SB)
+                coef = acc / tl.where(gc, ties, 1.0)
         else:
             coef = acc / HW
-        tl.store(dzs_ptr + row0 + rows, coef, mask=gc)
+        tl.store(dzs_ptr + qrow0 + qrows, coef, mask=gc)
     tl.debug_barrier()  # dzs is read back below by other threads of this program
     if FLAT > 0:
         # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
@@ -559,7 +634,7 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
         for it in tl.range(0, g_count * nb, num_stages=_STAGES):
             g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             rows = row0 + g * C + cs
-            coef = tl.load(dzs_ptr + rows, mask=cm, other=0.0)[:, None]
+            coef = tl.load(dzs_ptr + qrow0 + g * QR + cs, mask=cm, other=0.0)[:, None]
             s = _gate_fwd(tl.load(gpre_ptr + rows, mask=cm, other=0.0), GATE)[:, None]
             if HAS_RES and dres_ptr.dtype == dy_ptr.dtype:
                 # dres = dy masked by y > 0, stored by the reduce phase (exact: same dtype)
@@ -582,16 +657,16 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
             cm = cs < c_hi
             gc = gm[:, None] & cm[None, :]
             rows = gs[:, None] * C + cs[None, :]
-            coef = tl.load(dzs_ptr + row0 + rows, mask=gc, other=0.0)
+            coef = tl.load(dzs_ptr + qrow0 + gs[:, None] * QR + cs[None, :], mask=gc, other=0.0)
             s = _gate_fwd(tl.load(gpre_ptr + row0 + rows, mask=gc, other=0.0), GATE)
             for g in range(0, g_count):
                 s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]      # row g
                 coef_g = tl.sum(tl.where(gs[:, None] == g, coef, 0.0), axis=0)[:, None]
                 if SQUEEZE == 1:
                     zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
-                t = _act_offset(n0 + g, c0, C, HW, CHANNELS_LAST)    # int64 tile base
-                for hw0 in tl.range(0, HW, BHW, num_stages=_STAGES):
-                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < HW)[None, :]
+                t = _tile_base(n0 + g, c0, hw_lo, C, HW, CHANNELS_LAST)    # int64 tile base
+                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=_STAGES):
+                    m = cm[:, None] & (hw0 + tl.arange(0, BHW) < hw_hi)[None, :]
                     off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                     if HAS_RES and dres_ptr.dtype == dy_ptr.dtype:
                         # dres = dy masked by y > 0, stored by the reduce phase (exact: same dtype)
@@ -612,17 +687,19 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
 
 @triton.jit
 def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
-                 pw_ptr, wpid, jb, ws, n_lo, n_hi, C, CR, P,
+                 pw_ptr, wpid, jb, ws, n_lo, n_hi, C, CR, P, S,
                  BCW: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, P_PAD: tl.constexpr,
-                 ACT: tl.constexpr, PARTIAL: tl.constexpr):
+                 SB: tl.constexpr, ACT: tl.constexpr, PARTIAL: tl.constexpr):
     """For channels cs = block wpid, hidden units js = block jb and samples [n_lo, n_hi)
     (slice ws): dW2[cs, js] = sum_n dpre[n, cs]^T act(hpre[n, js]),
     dW1[js, cs] = sum_n dhpre[n, js]^T z[n, cs]; hidden block 0 also writes
     db2[cs] = sum_n dpre[n, cs], channel block 0 db1[js] = sum_n dhpre[n, js].
     One program owns each output element of its slice and sums n in order. Without PARTIAL
-    (one slice) it writes the outputs; with PARTIAL it writes row ws of pw (S, L), laid out
+    (one slice) it writes the outputs; with PARTIAL it writes row ws of pw (WS, L), laid out
     [dW2 (C*CR) | dW1 (CR*C) | db1 (CR) | db2 (C)], which se_bwd_wsum_kernel sums over the
-    slices in order: deterministic without atomics, and no zero-initialised outputs."""
+    slices in order: deterministic without atomics, and no zero-initialised outputs.
+    dpre is (N, S, C): with pixel splits (S > 1) dpre[n] is the sum of its S partial rows
+    (_sum_splits, SB at a time)."""
     ACC = z_ptr.dtype.element_ty
     if PARTIAL:
         L = 2 * C * CR + CR + C
@@ -643,8 +720,13 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
         db2 = tl.zeros([BCW], ACC)
         for nb in range(n_lo, n_hi, BN):
             ns = nb + bl
-            db2 += tl.sum(tl.load(dpre_ptr + _row_offset(nb, C) + bl[:, None] * C + cs[None, :],
-                                  mask=(ns < n_hi)[:, None] & cm[None, :], other=0.0), axis=0)
+            if S == 1:
+                dp = tl.load(dpre_ptr + _row_offset(nb, C) + bl[:, None] * C + cs[None, :],
+                             mask=(ns < n_hi)[:, None] & cm[None, :], other=0.0)
+            else:  # the splits' partial dpre
+                dp = _sum_splits(dpre_ptr, _row_offset(nb, S * C), bl, ns < n_hi, cs, cm, S,
+                                 C, SB)
+            db2 += tl.sum(dp, axis=0)
         tl.store(o_db2 + cs, db2.to(o_db2.dtype.element_ty), mask=cm)
     # one hidden block per program (the blocks were a loop of one program before)
     js = jb * BJ + tl.arange(0, BJ)
@@ -659,7 +741,10 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
         nj = nm[:, None] & jm[None, :]
         rb = _row_offset(nb, C)                             # int64 block base
         rc = bl[:, None] * C + cs[None, :]                  # int32, inside the block
-        dp = tl.load(dpre_ptr + rb + rc, mask=nc, other=0.0)
+        if S == 1:
+            dp = tl.load(dpre_ptr + rb + rc, mask=nc, other=0.0)
+        else:  # the splits' partial dpre
+            dp = _sum_splits(dpre_ptr, _row_offset(nb, S * C), bl, nm, cs, cm, S, C, SB)
         zt = tl.load(z_ptr + rb + rc, mask=nc, other=0.0)
         hp = tl.load(hpre_ptr + _row_offset(nb, CR) + bl[:, None] * CR + js[None, :],
                      mask=nj, other=0.0)
@@ -678,8 +763,9 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
 
 # ---- kernels --------------------------------------------------------------------------------
 # Pointer arguments, shapes: x, res, y, dy, dx, dres (N, C, H, W) NCHW or NHWC; w1, dw1 (CR, C);
-# w2, dw2 (C, CR); b1, db1 (CR,); b2, db2 (C,); z, gpre, dpre, cnt, dzs (N, C) ACC; hpre
-# (N, CR) ACC; part, dpart, hs, dhs (N, P, CR) ACC; pw (WS, 2*C*CR + CR + C) ACC (a dummy when
+# w2, dw2 (C, CR); b1, db1 (CR,); b2, db2 (C,); z, gpre (N, C) ACC; dpre, cnt, dzs and the
+# forward's zp, gq (N, S, C) ACC (S pixel splits, 1 unless split); hpre (N, CR) ACC; part,
+# dpart, hs, dhs (N, P*S, CR) ACC; pw (WS, 2*C*CR + CR + C) ACC (a dummy when
 # WS == 1). Absent optional tensors are passed as a dummy pointer with their HAS_* flag False.
 
 
@@ -695,54 +781,66 @@ def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z
                         FLAT: tl.constexpr):
     """The whole forward for samples [pid*G, pid*G + G), all channels: grid (cdiv(N, G),)."""
     n0 = tl.program_id(0) * G
-    _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, 0, 0, C, N, C, HW, CR, 1,
+    _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, 0, 0, C, N, C, HW, CR, 1, 0, 1, 0, HW,
                 G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT)
     tl.debug_barrier()  # part is read back by other threads
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
-                  hs_ptr, n0, 0, 0, C, N, C, HW, CR, 1, G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2,
+                  hs_ptr, z_ptr, z_ptr, gpre_ptr, n0, 0, 0, C, N, C, HW, CR, 1, 0, 1, 0, HW,
+                  G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2, 1,
                   ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT)
 
 
 @triton.jit
-def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, part_ptr, N, C, HW, CR, CHUNK,
+def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, part_ptr, N, C, HW, CR, CHUNK, S, HWC,
                        G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
                        BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                        SQUEEZE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                        FLAT: tl.constexpr):
-    """Split forward, launch 1: grid (cdiv(N, G), P); program (i, p) pools channels
-    [p*CHUNK, p*CHUNK + CHUNK) of samples [i*G, i*G + G) and writes their share of FC1."""
+    """Split forward, launch 1: grid (cdiv(N, G), P*S); program (i, q), q = p*S + sp, pools
+    channels [p*CHUNK, p*CHUNK + CHUNK) and pixels [sp*HWC, sp*HWC + HWC) of samples
+    [i*G, i*G + G) and writes their share q of FC1. S > 1 (mean only): z_ptr is the
+    (N, S, C) scratch of partial means."""
     n0 = tl.program_id(0) * G
-    p = tl.program_id(1)
+    q = tl.program_id(1)
+    p = q // S
+    sp = q % S
     c_lo = p * CHUNK
-    _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, tl.minimum(c_lo + CHUNK, C),
-                N, C, HW, CR, tl.num_programs(1), G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
-                CHANNELS_LAST, FLAT)
+    hw_lo = sp * HWC
+    _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, q, c_lo, tl.minimum(c_lo + CHUNK, C),
+                N, C, HW, CR, tl.num_programs(1), sp, S, hw_lo, hw_lo + tl.minimum(HWC, HW - hw_lo),
+                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT)
 
 
 @triton.jit
 def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr,
-                         part_ptr, hs_ptr, N, C, HW, CR, CHUNK,
+                         part_ptr, hs_ptr, zp_ptr, z_ptr, gq_ptr, N, C, HW, CR, CHUNK, S, HWC,
                          G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
                          BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
-                         BJ2: tl.constexpr, BC2: tl.constexpr, ACT: tl.constexpr,
-                         GATE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
-                         HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                         FLAT: tl.constexpr):
-    """Split forward, launch 2: same grid; program (i, p) finishes FC1 from all P shares,
-    computes the gate of its channels and writes their y."""
+                         BJ2: tl.constexpr, BC2: tl.constexpr, SB: tl.constexpr,
+                         ACT: tl.constexpr, GATE: tl.constexpr, HAS_B1: tl.constexpr,
+                         HAS_B2: tl.constexpr, HAS_RES: tl.constexpr,
+                         CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr):
+    """Split forward, launch 2: same grid; program (i, q) finishes FC1 from all P*S shares,
+    computes the gate of its channels and writes their y for its pixels. S > 1: zp is the
+    (N, S, C) scratch of partial means (z written from it by the sp = 0 programs), gq an
+    (N, S, C) gate scratch; S = 1: zp and z are z, gq is gpre."""
     n0 = tl.program_id(0) * G
-    p = tl.program_id(1)
+    q = tl.program_id(1)
+    p = q // S
+    sp = q % S
     c_lo = p * CHUNK
+    hw_lo = sp * HWC
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
-                  hs_ptr, n0, p, c_lo, tl.minimum(c_lo + CHUNK, C), N, C, HW, CR,
-                  tl.num_programs(1), G, G_PAD, P_PAD, BC, BHW, BJH, BJ2, BC2, ACT, GATE,
+                  hs_ptr, zp_ptr, z_ptr, gq_ptr, n0, q, c_lo, tl.minimum(c_lo + CHUNK, C), N,
+                  C, HW, CR, tl.num_programs(1), sp, S, hw_lo, hw_lo + tl.minimum(HWC, HW - hw_lo),
+                  G, G_PAD, P_PAD, BC, BHW, BJH, BJ2, BC2, SB, ACT, GATE,
                   HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT)
 
 
 @triton.jit
 def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, gpre_ptr,
                          dpre_ptr, cnt_ptr, dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr,
-                         N, C, HW, CR, CHUNK,
+                         N, C, HW, CR, CHUNK, S, HWC,
                          G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
                          BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                          BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
@@ -750,45 +848,51 @@ def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, 
                          GATE: tl.constexpr, HAS_RES: tl.constexpr,
                          CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr,
                          FLAT: tl.constexpr):
-    """Backward, launch 1: grid (cdiv(N, G), P). Program (i, p) reduces channels
-    [p*CHUNK, p*CHUNK + CHUNK) of samples [i*G, i*G + G) and writes its share of the FC2
-    backward. With WRITE_DX (P == 1, the program owns whole samples) it goes on to write dx
-    for its samples while their slabs may still be in L2."""
+    """Backward, launch 1: grid (cdiv(N, G), P*S). Program (i, q), q = p*S + sp, reduces
+    channels [p*CHUNK, p*CHUNK + CHUNK) and pixels [sp*HWC, sp*HWC + HWC) of samples
+    [i*G, i*G + G) and writes its share q of the FC2 backward (dpre, cnt: (N, S, C) rows).
+    With WRITE_DX (P == S == 1, the program owns whole samples) it goes on to write dx for
+    its samples while their slabs may still be in L2."""
     n0 = tl.program_id(0) * G
-    p = tl.program_id(1)
+    q = tl.program_id(1)
+    p = q // S
+    sp = q % S
     c_lo = p * CHUNK
     c_hi = tl.minimum(c_lo + CHUNK, C)
+    hw_lo = sp * HWC
     P = tl.num_programs(1)
     _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_ptr, dpart_ptr,
-                  dres_ptr, n0, p, c_lo, c_hi, N, C, HW, CR, P, G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
+                  dres_ptr, n0, q, c_lo, c_hi, N, C, HW, CR, P, sp, S, hw_lo,
+                  hw_lo + tl.minimum(HWC, HW - hw_lo), G, G_PAD, BC, BHW, BJ, BK, SQUEEZE,
                   GATE, HAS_RES, CHANNELS_LAST, FLAT)
     if WRITE_DX:
         tl.debug_barrier()  # dpart and cnt are read back by other threads
         _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
                      dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, n0, 0, c_lo, c_hi, N, C,
-                     HW, CR, 1, G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2, SQUEEZE, ACT, GATE,
-                     HAS_RES, CHANNELS_LAST, FLAT)
+                     HW, CR, 1, 0, 1, 0, HW, G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2, 1, SQUEEZE,
+                     ACT, GATE, HAS_RES, CHANNELS_LAST, FLAT)
 
 
 @triton.jit
 def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
                          dpre_ptr, dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, dw1_ptr,
                          dw2_ptr, db1_ptr, db2_ptr, pw_ptr, N, C, HW, CR, CHUNK, P, NW, WS,
-                         WSN,
+                         WSN, S, HWC,
                          G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
                          BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
                          BJ2: tl.constexpr, BC2: tl.constexpr, BCW: tl.constexpr,
-                         BN: tl.constexpr, BJW: tl.constexpr, SQUEEZE: tl.constexpr,
-                         ACT: tl.constexpr, GATE: tl.constexpr, HAS_RES: tl.constexpr,
-                         CHANNELS_LAST: tl.constexpr, WRITE_DX: tl.constexpr,
-                         PARTIAL: tl.constexpr, FLAT: tl.constexpr):
+                         BN: tl.constexpr, BJW: tl.constexpr, SB: tl.constexpr,
+                         SQUEEZE: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
+                         HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                         WRITE_DX: tl.constexpr, PARTIAL: tl.constexpr,
+                         FLAT: tl.constexpr):
     """Backward, launch 2: 1-D grid. Programs [0, NW * WS) compute the weight and bias
     gradients, one (BCW channels, BJW hidden units) block over one slice of WSN samples
     each: NW = cdiv(C, BCW) * cdiv(CR, BJW) blocks per slice, (slice, channel block, hidden
     block) from pid in that order (first, so that these longer programs start early); with
     PARTIAL (WS > 1) into per-slice partial sums pw that se_bwd_wsum_kernel adds up. With
-    WRITE_DX the next cdiv(N, G) * P programs write dx for (group, chunk) =
-    divmod(pid - NW * WS, P)."""
+    WRITE_DX the next cdiv(N, G) * P programs write dx for (group, share q) =
+    divmod(pid - NW * WS, P); P counts the shares, chunks x pixel splits, q = p*S + sp."""
     pid = tl.program_id(0)
     if pid < NW * WS:
         ws = pid // NW
@@ -796,15 +900,20 @@ def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr
         n_lo = ws * WSN
         _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
                      pw_ptr, (pid % NW) // nj, (pid % NW) % nj, ws, n_lo,
-                     tl.minimum(n_lo + WSN, N), C, CR, P, BCW, BN, BJW, P_PAD, ACT, PARTIAL)
+                     tl.minimum(n_lo + WSN, N), C, CR, P, S, BCW, BN, BJW, P_PAD, SB, ACT,
+                     PARTIAL)
     elif WRITE_DX:
         i = (pid - NW * WS) // P
-        p = (pid - NW * WS) % P
-        c_lo = p * CHUNK
+        q = (pid - NW * WS) % P
+        sp = q % S
+        c_lo = (q // S) * CHUNK
+        hw_lo = sp * HWC
         _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
-                     dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, i * G, p, c_lo,
-                     tl.minimum(c_lo + CHUNK, C), N, C, HW, CR, P, G, G_PAD, P_PAD, BC, BHW,
-                     BJH, BJ2, BC2, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST, FLAT)
+                     dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, i * G, q, c_lo,
+                     tl.minimum(c_lo + CHUNK, C), N, C, HW, CR, P, sp, S, hw_lo,
+                     hw_lo + tl.minimum(HWC, HW - hw_lo), G, G_PAD, P_PAD, BC, BHW,
+                     BJH, BJ2, BC2, SB, SQUEEZE, ACT, GATE, HAS_RES, CHANNELS_LAST,
+                     FLAT)
 
 
 @triton.jit

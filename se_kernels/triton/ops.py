@@ -18,14 +18,19 @@ Launches per call (the plan comes from config.make_plan; kernels in kernels.py):
         runs programs one after another, and needs co-residency guarantees on the GPU), so
         the launch boundary is the barrier. Launch 1 writes each chunk's share of FC1,
         launch 2 sums the P shares in a fixed order: deterministic, no atomics, no memset.
+        With pixel splits (plan.S > 1, mean squeeze) the grid is (group, chunk x split)
+        and the shares are per (chunk, split): partial means in a (N, S, C) scratch, summed
+        into z by each chunk's split-0 program.
     backward, either path                 2 launches: dx needs dz, which needs the FC backward
         over all channels, and the weight gradients need every sample: both are grid-wide
         dependencies. Fused: launch 1 = se_bwd_reduce_kernel(WRITE_DX) reduces, runs the FC
         backward and writes dx per sample group; launch 2 = se_bwd_finish_kernel computes
         dW1, dW2, db1, db2. Split: launch 1 reduces per (group, chunk) and writes FC2-backward
         shares; launch 2 writes dx (per (group, chunk)) and the weight gradients (separate
-        programs of the same grid). When the plan splits the weight gradients into WS > 1
-        sample slices, launch 3 (se_bwd_wsum_kernel) adds the slices' partial sums.
+        programs of the same grid; with pixel splits, dpre and the tie counts are (N, S, C)
+        partial rows, summed in split order where read). When the plan splits the weight
+        gradients into WS > 1 sample slices, launch 3 (se_bwd_wsum_kernel) adds the
+        slices' partial sums.
 
 Weight and bias gradients are summed over the batch by programs that each own a block of
 output elements (channels x hidden units) of one sample slice and loop over its samples in
@@ -45,7 +50,7 @@ import torch
 from torch.library import triton_op
 
 from se_kernels._options import acc_dtype
-from se_kernels.triton.config import _CACHES, _FORCED_STATE, Device, device_of, make_plan
+from se_kernels.triton.config import _CACHES, _FORCED_STATE, device_of, make_plan
 from se_kernels.triton.kernels import (se_bwd_finish_kernel, se_bwd_reduce_kernel,
                                        se_bwd_wsum_kernel, se_fwd_excite_kernel,
                                        se_fwd_fused_kernel, se_fwd_pool_kernel)
@@ -99,7 +104,19 @@ def _device_guard(x: torch.Tensor):
     return contextlib.nullcontext()
 
 
-_KEY_TYPES = (int, bool, Device)
+
+INT32_MAX = 2**31 - 1
+
+
+def _check_weight_size(c, cr) -> None:
+    """The kernels address the weights (js * C + ks) and the weight gradients' per-slice
+    partial sums (rows of 2*C*Cr + Cr + C) with int32 offsets: refuse weights beyond that
+    (over 1G elements per matrix) with an error naming them, not a wrapped address."""
+    if 2 * c * cr + cr + c > INT32_MAX:
+        raise ValueError(
+            f"triton backend: the weights w1 ({cr}, {c}) and w2 ({c}, {cr}) are too large: "
+            f"its kernels address them with 32-bit offsets, which needs 2*C*Cr + C + Cr < "
+            f"2^31 (here {2 * c * cr + cr + c}); use another backend")
 
 
 def _launch_config(fn):
@@ -111,8 +128,12 @@ def _launch_config(fn):
 
     @functools.wraps(fn)
     def get(*key):
-        if _FORCED_STATE.fields or not all(type(k) in _KEY_TYPES for k in key):
-            return fn(*key)   # forced plans; symbolic sizes (torch.compile, dynamic shapes)
+        # key = (n, c, hw, cr, elem, ...): only the sizes can be symbolic (SymInts under
+        # torch.compile with dynamic shapes); the rest are ints, bools and a Device
+        n, c, hw, cr = key[:4]
+        if (_FORCED_STATE.fields or type(n) is not int or type(c) is not int
+                or type(hw) is not int or type(cr) is not int):
+            return fn(*key)   # forced plans; symbolic sizes
         return cached(*key)
     return get
 
@@ -120,8 +141,10 @@ def _launch_config(fn):
 @_launch_config
 def _forward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_b1, has_b2, has_res):
     """(plan, fused launch or None, pool launch or None, excite launch or None): each launch
-    a (grid, constexpr kwargs)."""
-    plan = make_plan(n, c, hw, cr, elem, cl, dev)
+    a (grid, constexpr kwargs). Checks the weights' size (once per shape key)."""
+    _check_weight_size(c, cr)
+    # pixel splits only for the mean: FC1 is linear in the partial means, not in a max
+    plan = make_plan(n, c, hw, cr, elem, cl, dev, hw_split=squeeze != 1)
     groups = plan.groups(n)
     common = dict(G=plan.G, G_PAD=plan.G_PAD, BC=plan.BC, BHW=plan.BHW,
                   CHANNELS_LAST=cl, FLAT=plan.flat, num_warps=plan.num_warps)
@@ -131,15 +154,16 @@ def _forward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_b1, has
                                       BC2=plan.BC2, SQUEEZE=squeeze, **opts, **common)), \
             None, None
     return (plan, None,
-            ((groups, plan.P), dict(BJ=plan.BJ, BK=plan.BK, SQUEEZE=squeeze, **common)),
-            ((groups, plan.P), dict(P_PAD=plan.P_PAD, BJH=plan.BJH, BJ2=plan.BJ2,
-                                    BC2=plan.BC2, **opts, **common)))
+            ((groups, plan.Q), dict(BJ=plan.BJ, BK=plan.BK, SQUEEZE=squeeze, **common)),
+            ((groups, plan.Q), dict(P_PAD=plan.P_PAD, BJH=plan.BJH, BJ2=plan.BJ2,
+                                    BC2=plan.BC2, SB=plan.SB, **opts, **common)))
 
 
 @_launch_config
 def _backward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_res):
     """(plan, reduce launch, finish launch, NW, (WS, WSN), wsum launch or None): each
-    launch a (grid, kwargs)."""
+    launch a (grid, kwargs). Checks the weights' size (once per shape key)."""
+    _check_weight_size(c, cr)
     plan = make_plan(n, c, hw, cr, elem, cl, dev)
     groups = plan.groups(n)
     nw = -(-c // plan.BCW) * -(-cr // plan.BJW)         # weight-gradient blocks per slice
@@ -147,11 +171,11 @@ def _backward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_res):
                   ACT=act, GATE=gate, HAS_RES=has_res, CHANNELS_LAST=cl, FLAT=plan.flat,
                   num_warps=plan.num_warps)
     fc = dict(BJH=plan.BJH, BJ2=plan.BJ2, BC2=plan.BC2)
-    reduce = ((groups, plan.P), dict(BJ=plan.BJ, BK=plan.BK, WRITE_DX=not plan.split,
+    reduce = ((groups, plan.Q), dict(BJ=plan.BJ, BK=plan.BK, WRITE_DX=not plan.split,
                                      **fc, **common))
     ws, wsn = plan.wslices(n)
-    finish = ((nw * ws + (groups * plan.P if plan.split else 0),),
-              dict(P_PAD=plan.P_PAD, BCW=plan.BCW, BN=plan.BN, BJW=plan.BJW,
+    finish = ((nw * ws + (groups * plan.Q if plan.split else 0),),
+              dict(P_PAD=plan.P_PAD, BCW=plan.BCW, BN=plan.BN, BJW=plan.BJW, SB=plan.SB,
                    WRITE_DX=plan.split, PARTIAL=ws > 1, **fc, **common))
     wsum = None
     if ws > 1:
@@ -177,18 +201,25 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     z = x.new_empty((n, c), dtype=acc)
     hpre = x.new_empty((n, cr), dtype=acc)
     gpre = x.new_empty((n, c), dtype=acc)
+    _check_weight_size(c, cr)   # also for N = 0 (review 13b #4)
     if n == 0:
         return y, z, hpre, gpre
+    hw = h * w
+    plan, fused, pool, excite = _forward_config(     # first: it checks the weights' size
+        n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate,
+        b1 is not None, b2 is not None, residual is not None)
     w1, w2 = w1.contiguous(), w2.contiguous()
     b1_ = w1 if b1 is None else b1.contiguous()       # dummy pointers when absent
     b2_ = w2 if b2 is None else b2.contiguous()
     res = x if residual is None else _like(residual, cl)
-    hw = h * w
-    plan, fused, pool, excite = _forward_config(
-        n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate,
-        b1 is not None, b2 is not None, residual is not None)
-    part = x.new_empty((n, plan.P, cr), dtype=acc)      # FC1 shares, one per channel chunk
-    hs = x.new_empty((n, plan.P, cr), dtype=acc)        # act(hpre), one copy per program
+    part = x.new_empty((n, plan.Q, cr), dtype=acc)     # FC1 shares, one per program
+    hs = x.new_empty((n, plan.Q, cr), dtype=acc)       # act(hpre), one copy per program
+    if plan.S > 1:  # pixel splits: partial means and a gate row per split
+        zp = x.new_empty((n, plan.S, c), dtype=acc)
+        gq = x.new_empty((n, plan.S, c), dtype=acc)
+    else:
+        zp, gq = z, gpre
+    hwc = plan.HWC if plan.S > 1 else hw
     if not _launches(x):
         return y, z, hpre, gpre
     with _device_guard(x):
@@ -198,10 +229,10 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                 **fused[1])
         else:
             wrap_triton(se_fwd_pool_kernel)[pool[0]](
-                x, w1, z, part, n, c, hw, cr, plan.chunk, **pool[1])
+                x, w1, zp, part, n, c, hw, cr, plan.chunk, plan.S, hwc, **pool[1])
             wrap_triton(se_fwd_excite_kernel)[excite[0]](
-                x, w2, b1_, b2_, res, y, hpre, gpre, part, hs, n, c, hw, cr, plan.chunk,
-                **excite[1])
+                x, w2, b1_, b2_, res, y, hpre, gpre, part, hs, zp, z, gq, n, c, hw, cr,
+                plan.chunk, plan.S, hwc, **excite[1])
     return y, z, hpre, gpre
 
 
@@ -222,9 +253,13 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     has_res = y is not None
     dx = torch.empty_like(x)
     dres = torch.empty_like(x) if has_res else x.new_empty((0,))
+    _check_weight_size(c, cr)   # also for N = 0 (review 13b #4), before zeros_like(w1)
     if n == 0:  # sums over an empty batch
         return (dx, torch.zeros_like(w1), torch.zeros_like(w2), w1.new_zeros((cr,)),
                 w2.new_zeros((c,)), dres)
+    hw = h * w
+    plan, reduce, finish, nw, (ws, wsn), wsum = _backward_config(   # checks the weights
+        n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate, has_res)
     dw1 = torch.empty_like(w1, memory_format=torch.contiguous_format)
     dw2 = torch.empty_like(w2, memory_format=torch.contiguous_format)
     db1 = w1.new_empty((cr,))
@@ -233,26 +268,30 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     y_ = _like(y, cl) if has_res else x                 # dummy pointer when absent
     w1, w2 = w1.contiguous(), w2.contiguous()
     z, hpre, gpre = z.contiguous(), hpre.contiguous(), gpre.contiguous()
-    hw = h * w
-    plan, reduce, finish, nw, (ws, wsn), wsum = _backward_config(
-        n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate, has_res)
-    dpre = x.new_empty((n, c), dtype=acc)               # dL/dgpre
-    cnt = x.new_empty((n, c) if squeeze == 1 else (1,), dtype=acc)   # tie counts (max)
-    dpart = x.new_empty((n, plan.P, cr), dtype=acc)     # FC2-backward shares per chunk
+    S = plan.S                                          # pixel splits (partial rows)
+    dpre = x.new_empty((n, S, c), dtype=acc)            # dL/dgpre (S partial rows)
+    # tie counts (max); for the mean a dummy pointer that aliases dpre (real scratch the
+    # kernels write): it must stay unaccessed, which the SQUEEZE constexpr guarantees (every
+    # cnt access is under SQUEEZE == 1); never read or write cnt on the mean path
+    cnt = x.new_empty((n, S, c), dtype=acc) if squeeze == 1 else dpre
+    dpart = x.new_empty((n, plan.Q, cr), dtype=acc)     # FC2-backward shares per program
     dres_ = dres if has_res else x.new_empty((1,))      # dummy pointer, never written
-    dhs = x.new_empty((n, plan.P, cr), dtype=acc)       # dL/dhpre, one copy per program
-    dzs = x.new_empty((n, c), dtype=acc)                # dL/dz (/ HW or / ties)
-    # per-slice weight-gradient partial sums (WS > 1), [dW2 | dW1 | db1 | db2] per row
-    pw = x.new_empty((ws, 2 * c * cr + cr + c) if ws > 1 else (1,), dtype=acc)
+    dhs = x.new_empty((n, plan.Q, cr), dtype=acc)       # dL/dhpre, one copy per program
+    dzs = x.new_empty((n, S, c), dtype=acc)             # dL/dz (/ HW or / ties), per split
+    hwc = plan.HWC if S > 1 else hw
+    # per-slice weight-gradient partial sums (WS > 1), [dW2 | dW1 | db1 | db2] per row; with
+    # one slice a dummy pointer aliasing dpre (real scratch): it must stay unaccessed, which
+    # the PARTIAL constexpr guarantees (every pw access is under PARTIAL, i.e. WS > 1)
+    pw = x.new_empty((ws, 2 * c * cr + cr + c), dtype=acc) if ws > 1 else dpre
     if not _launches(x):
         return dx, dw1, dw2, db1, db2, dres
     with _device_guard(x):
         wrap_triton(se_bwd_reduce_kernel)[reduce[0]](
             dy, x, y_, w1, w2, z, hpre, gpre, dpre, cnt, dpart, dx, dres_, dhs, dzs, n, c, hw,
-            cr, plan.chunk, **reduce[1])
+            cr, plan.chunk, S, hwc, **reduce[1])
         wrap_triton(se_bwd_finish_kernel)[finish[0]](
             dy, x, y_, w1, z, hpre, gpre, cnt, dpre, dpart, dx, dres_, dhs, dzs, dw1, dw2, db1,
-            db2, pw, n, c, hw, cr, plan.chunk, plan.P, nw, ws, wsn, **finish[1])
+            db2, pw, n, c, hw, cr, plan.chunk, plan.Q, nw, ws, wsn, S, hwc, **finish[1])
         if wsum is not None:
             wrap_triton(se_bwd_wsum_kernel)[wsum[0]](pw, dw1, dw2, db1, db2, c, cr, ws,
                                                      **wsum[1])
