@@ -92,6 +92,16 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
+def _row(p, stage, n, channels_last, direction, nbytes, t, inflight, note):
+    """One prediction row (the schema of benchmarks/predictions/*.json)."""
+    return dict(backend="triton", path="split" if p.split else "fused", stage=stage, N=n,
+                layout="nhwc" if channels_last else "nchw", direction=direction,
+                dtype="bf16", bytes=int(nbytes), floor_us=round(nbytes / BW * 1e6, 2),
+                predicted_us=round(t * 1e6, 1),
+                in_flight_kb_per_sm=round(max(inflight) / 1024, 1),
+                note="; ".join(note))
+
+
 def predict(stage, c, hw, cr, n, channels_last, direction):
     from se_kernels.triton import config
     from se_kernels.triton.kernels import _STAGES
@@ -151,13 +161,7 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
                     f"{wprog} programs")
     t += launches * LAUNCH_US * 1e-6
     note.append(f"partial sums + FC2 ~{fc2 * 1e6:.0f} us per program")
-    floor = nbytes / BW
-    return dict(backend="triton", path="split" if p.split else "fused", stage=stage, N=n,
-                layout="nhwc" if channels_last else "nchw", direction=direction,
-                dtype="bf16", bytes=int(nbytes), floor_us=round(floor * 1e6, 2),
-                predicted_us=round(t * 1e6, 1),
-                in_flight_kb_per_sm=round(max(inflight) / 1024, 1),
-                note="; ".join(note))
+    return _row(p, stage, n, channels_last, direction, nbytes, t, inflight, note)
 
 
 # Host time per call at N = 1 (issue 13, item 7), us: the ops' Python bodies as
@@ -236,13 +240,7 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
             f"host ~{host:.0f} us per call (body {HOST_BODY_US[direction]:.0f} + dispatch "
             f"{HOST_DISPATCH_US:.0f} + {launches} x {HOST_LAUNCH_US:.0f} launcher): "
             f"host-bound unless graph-captured"]
-    floor = nbytes / BW
-    return dict(backend="triton", path="split" if p.split else "fused", stage=stage, N=n,
-                layout="nhwc" if channels_last else "nchw", direction=direction,
-                dtype="bf16", bytes=int(nbytes), floor_us=round(floor * 1e6, 2),
-                predicted_us=round(t * 1e6, 1),
-                in_flight_kb_per_sm=round(max(inflight) / 1024, 1),
-                note="; ".join(note))
+    return _row(p, stage, n, channels_last, direction, nbytes, t, inflight, note)
 
 
 def rows():
