@@ -125,12 +125,9 @@ def test_triton_max_ties_split_evenly(path):
     split-s4 path the three maxima lie in three different pixel splits (the summed tie
     count: 1 per split instead would give each tie the whole gradient)."""
     forced = TIE_SPLIT if path == "split-s4" else PATHS[path]
-    if path == "split-s4":
-        x = torch.tensor([[[[3.0, 1.0, 3.0, 2.0], [0.0, 3.0, 1.0, 2.0]]]], device=DEVICE,
-                         requires_grad=True)
-        with config.forced(**forced):
-            plan = config.make_plan(1, 1, 8, 1, 4, False, config.device_of(x))
-        assert plan.S == 4 and plan.HWC == 2, plan
+
+    def max_squeeze_grad(x):
+        """dx of the triton backend, checked against the reference's."""
         w1 = torch.tensor([[0.5]], device=DEVICE)
         w2 = torch.tensor([[0.25]], device=DEVICE)
         grads = {}
@@ -139,21 +136,23 @@ def test_triton_max_ties_split_evenly(path):
                 y = se_kernels.fused_se(x, w1, w2, squeeze="max", backend=backend)
                 (grads[backend],) = torch.autograd.grad(y.sum(), x)
         torch.testing.assert_close(grads["triton"], grads["reference"])
-        pooled = (grads["triton"] - grads["triton"][0, 0, 0, 1]).flatten()  # x = 1: no tie
+        return grads["triton"]
+
+    if path == "split-s4":
+        x = torch.tensor([[[[3.0, 1.0, 3.0, 2.0], [0.0, 3.0, 1.0, 2.0]]]], device=DEVICE,
+                         requires_grad=True)
+        with config.forced(**forced):
+            plan = config.make_plan(1, 1, 8, 1, 4, False, config.device_of(x))
+        assert plan.S == 4 and plan.HWC == 2, plan
+        dx = max_squeeze_grad(x)
+        pooled = (dx - dx[0, 0, 0, 1]).flatten()  # x = 1: no tie
         ties = pooled[[0, 2, 5]]
         assert (ties == ties[0]).all() and ties[0] != 0, pooled
         assert (pooled[[1, 3, 4, 6, 7]] == 0).all(), pooled
         return
     x = torch.tensor([[[[1.0, 3.0], [3.0, 2.0]]]], device=DEVICE, requires_grad=True)
-    w1 = torch.tensor([[0.5]], device=DEVICE)
-    w2 = torch.tensor([[0.25]], device=DEVICE)
-    grads = {}
-    for backend in ("triton", "reference"):
-        with config.forced(**forced):
-            y = se_kernels.fused_se(x, w1, w2, squeeze="max", backend=backend)
-            (grads[backend],) = torch.autograd.grad(y.sum(), x)
-    torch.testing.assert_close(grads["triton"], grads["reference"])
-    pooled = grads["triton"] - grads["triton"][0, 0, 0, 0]  # the pooling term
+    dx = max_squeeze_grad(x)
+    pooled = dx - dx[0, 0, 0, 0]  # the pooling term
     assert pooled[0, 0, 0, 1] == pooled[0, 0, 1, 0] != 0 and pooled[0, 0, 1, 1] == 0
 
 
