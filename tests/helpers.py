@@ -190,6 +190,10 @@ def check_backend(backend: str, inp: SEInputs, squeeze: str, activation: str, ga
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                    reason="needs a CUDA device (none visible)")
+requires_triton = pytest.mark.skipif(
+    "triton" not in se_kernels.available_backends(),
+    reason="the triton backend cannot run here (no CUDA device and TRITON_INTERPRET unset, "
+           "or Triton missing)")
 
 
 # ---- torch.library: opcheck and torch.compile, shared by the per-backend test files ----------

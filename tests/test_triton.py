@@ -17,14 +17,11 @@ import torch
 import se_kernels
 from helpers import (TOLERANCES, Bottleneck, assert_compile_matches_eager, assert_no_graph_break,
                      check_backend, make_inputs, op_args, opcheck_backward, option_id,
-                     option_matrix, requires_cuda)
+                     option_matrix, requires_cuda, requires_triton)
 from se_kernels._options import ACTIVATIONS
 from se_kernels.triton import config
 
-pytestmark = pytest.mark.skipif(
-    "triton" not in se_kernels.available_backends(),
-    reason="the triton backend cannot run here (no CUDA device and TRITON_INTERPRET unset, "
-           "or Triton missing)")
+pytestmark = requires_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRET = DEVICE == "cpu"
@@ -304,7 +301,7 @@ def test_triton_does_not_modify_inputs():
 
 # ---- the config heuristic (pure Python) ------------------------------------------------------
 
-H100 = config.Device(sms=132, tile=4096, fc_tile=4096, min_group=1, interpret=False)
+H100 = config.gpu_device(132)
 SE_RESNET50 = [(256, 56 * 56, 16), (512, 28 * 28, 32), (1024, 14 * 14, 64), (2048, 7 * 7, 128)]
 
 

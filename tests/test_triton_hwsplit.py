@@ -19,13 +19,10 @@ import pytest
 import torch
 
 import se_kernels
-from helpers import check_backend, make_inputs
+from helpers import check_backend, make_inputs, requires_triton
 from se_kernels.triton import config
 
-pytestmark = pytest.mark.skipif(
-    "triton" not in se_kernels.available_backends(),
-    reason="the triton backend cannot run here (no CUDA device and TRITON_INTERPRET unset, "
-           "or Triton missing)")
+pytestmark = requires_triton
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -33,7 +30,7 @@ import triton.language as tl  # noqa: E402
 from se_kernels.triton.kernels import _tile_base  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-H200 = config.Device(sms=132, tile=4096, fc_tile=4096, min_group=1, interpret=False)
+H200 = config.gpu_device(132)
 
 # Forced split plans: tiny pixel tiles so that every split has several tiles and a partial
 # last one; "s5-g2" also groups 2 samples per program, sums the split rows 2 at a time
@@ -248,8 +245,7 @@ def test_split_tile_base_is_exact_beyond_2_31(n, c, c0, hw, hw0, channels_last):
 # meet: flat == 0 wherever S > 1 (config asserts it), and the kernels' flat branch (which
 # ignores the split's pixel range) runs only unsplit, with the per-split scratch rows.
 
-GPU_DEVS = [H200, config.Device(sms=108, tile=4096, fc_tile=4096, min_group=1,
-                                interpret=False)]
+GPU_DEVS = [H200, config.gpu_device(108)]  # an H200 and an A100
 
 
 def test_flat_tiles_never_combine_with_pixel_splits():

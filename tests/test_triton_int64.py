@@ -18,13 +18,10 @@ import pytest
 import torch
 
 import se_kernels
-from helpers import requires_cuda
+from helpers import requires_cuda, requires_triton
 from se_kernels.triton import config
 
-pytestmark = pytest.mark.skipif(
-    "triton" not in se_kernels.available_backends(),
-    reason="the triton backend cannot run here (no CUDA device and TRITON_INTERPRET unset, "
-           "or Triton missing)")
+pytestmark = requires_triton
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -32,7 +29,7 @@ import triton.language as tl  # noqa: E402
 from se_kernels.triton.kernels import _row_offset, _tile_base  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-GPU = config.Device(sms=132, tile=4096, fc_tile=4096, min_group=1, interpret=False)
+GPU = config.gpu_device(132)
 
 
 @triton.jit

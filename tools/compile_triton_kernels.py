@@ -70,7 +70,7 @@ def _record(case, arch):
 
     n, c, h, w, cr, dt, cl, (squeeze, act, gate, bias, res), forced = case
     dtype = DTYPES[dt]
-    dev = config.Device(sms=SMS[arch], tile=4096, fc_tile=4096, min_group=1, interpret=False)
+    dev = config.gpu_device(SMS[arch])
     launches = []
 
     class Rec:

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 import se_kernels  # noqa: E402,F401
 from se_kernels.triton import config, ops  # noqa: E402
 
-H200 = config.Device(sms=132, tile=4096, fc_tile=4096, min_group=1, interpret=False)
+H200 = config.gpu_device(132)
 
 SHAPES = {  # name: (N, C, H, W, Cr)
     "conv2_x N=1": (1, 256, 56, 56, 16),

@@ -106,7 +106,7 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
     from se_kernels.triton import config
     from se_kernels.triton.kernels import _STAGES
 
-    dev = config.Device(sms=SMS, tile=4096, fc_tile=4096, min_group=1, interpret=False)
+    dev = config.gpu_device(SMS)
     p = config.make_plan(n, c, hw, cr, 2, channels_last, dev)
     x = n * c * hw * 2
     w = 2 * c * cr * 2
@@ -187,7 +187,7 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
     from se_kernels.triton import config
     from se_kernels.triton.kernels import _STAGES
 
-    dev = config.Device(sms=SMS, tile=4096, fc_tile=4096, min_group=1, interpret=False)
+    dev = config.gpu_device(SMS)
     p = config.make_plan(n, c, hw, cr, 2, channels_last, dev, hw_split=True)
     x = n * c * hw * 2
     w = 2 * c * cr * 2

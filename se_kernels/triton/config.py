@@ -96,10 +96,15 @@ class Device:
     interpret: bool
 
 
+def gpu_device(sms: int = 132) -> Device:
+    """The plan inputs of a CUDA device with `sms` SMs (132: an H100/H200), as device_of gives
+    them: for plan tests and tools on a machine without that GPU."""
+    return Device(sms=sms, tile=4096, fc_tile=4096, min_group=1, interpret=False)
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_device(index: int) -> Device:
-    sms = torch.cuda.get_device_properties(index).multi_processor_count
-    return Device(sms=sms, tile=4096, fc_tile=4096, min_group=1, interpret=False)
+    return gpu_device(torch.cuda.get_device_properties(index).multi_processor_count)
 
 
 def device_of(x: torch.Tensor) -> Device:
