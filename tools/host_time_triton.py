@@ -4,13 +4,18 @@ Runs on the CPU, without a GPU and without the interpreter: the ops' bodies run 
 (the plan for an H200, the launch-configuration caches, the output and scratch
 allocations), but every kernel launch is replaced by a no-op, so what is timed is the
 Python and allocation work a call costs before its launches. CPU tensors stand in for CUDA
-ones (a CPU allocation of an uninitialised tensor costs about what the CUDA caching
-allocator's does, ~1-3 us); Triton's own launcher (argument packing, ~10-20 us per launch
-in Triton 3.x, GPU only) is not counted.
+ones (a CPU allocation of a small uninitialised tensor costs about what the CUDA caching
+allocator's does, ~1-2 us). At N = 256 the CPU allocates y (forward), dx and dres
+(backward) of 25-200 MB each with an mmap and frees them with an munmap, which the caching
+allocator's reuse of its blocks does not cost: those rows overstate the GPU's host time by
+a few us per such tensor (meta tensors are no better stand-in: their factory functions run
+Python reference code, ~10 us each). Triton's own launcher (argument binding and
+specialisation, a few us per launch, GPU only) is not counted.
 
-Reported per shape: the least over --repeat rounds of the mean CPU time per call over
---calls calls (time.process_time_ns, so that time the process spends descheduled on a
-shared machine is not counted; the least round is the least disturbed one):
+Reported per shape: the median over --repeat x --calls calls of each call's CPU time
+(time.thread_time_ns around each call, less the timer's own median cost): time the thread
+spends descheduled on a shared machine is not counted, and the median ignores the calls
+that an interrupt or a cache flush disturbed.
 
     body      the op's Python body (triton_op's _init_fn): what this project controls
     dispatch  torch.ops.se_kernels.triton_se_{forward,backward}: the body plus the
@@ -27,6 +32,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -82,16 +88,20 @@ def _inputs(n, c, h, w, cr, dtype=torch.bfloat16, residual=True):
 
 
 def _time(fn, calls: int, repeat: int) -> float:
-    """The least over repeat rounds of the mean process CPU time per call, in us."""
+    """The median CPU time of one call over repeat x calls calls, less the timer's own
+    median cost, in us."""
+    clock = time.thread_time_ns
     for _ in range(min(calls, 50)):
         fn()
-    rounds = []
+    times, empty = [], []
     for _ in range(repeat):
-        t0 = time.process_time_ns()
         for _ in range(calls):
+            t0 = clock()
             fn()
-        rounds.append((time.process_time_ns() - t0) / calls / 1e3)
-    return min(rounds)
+            times.append(clock() - t0)
+            t0 = clock()
+            empty.append(clock() - t0)
+    return (statistics.median(times) - statistics.median(empty)) / 1e3
 
 
 def measure(shape, calls: int, repeat: int) -> dict:
@@ -117,7 +127,7 @@ def measure(shape, calls: int, repeat: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=500)
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the forward and backward bodies at conv2_x N=1")
     a = ap.parse_args()

@@ -820,7 +820,8 @@ def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, part_ptr, N, C, HW, CR, CHUNK, S, H
 @triton.jit
 def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr,
                          part_ptr, hs_ptr, zp_ptr, z_ptr, gq_ptr, N, C, HW, CR, CHUNK, S, HWC,
-                         HS_OFF, ZP_OFF, GQ_OFF, G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
+                         HS_OFF, ZP_OFF, GQ_OFF,
+                         G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
                          BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
                          BJ2: tl.constexpr, BC2: tl.constexpr, SB: tl.constexpr,
                          ACT: tl.constexpr, GATE: tl.constexpr, HAS_B1: tl.constexpr,

@@ -79,15 +79,17 @@ def _layout(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 def _like(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last if channels_last
-                        else torch.contiguous_format)
+    return t.contiguous(memory_format=_FORMATS[channels_last])
+
+
+_FORMATS = (torch.contiguous_format, torch.channels_last)   # by channels_last
 
 
 def _launches(x: torch.Tensor) -> bool:
     """False when the kernels must not run: meta tensors, or fake tensors under the
     interpreter (there wrap_triton returns the raw interpreted kernel, which would read the
     fake tensors' data; the outputs' metadata is all a fake kernel owes)."""
-    if x.device.type == "meta":
+    if x.is_meta:
         return False
     if INTERPRET:
         from torch._subclasses.fake_tensor import is_fake
@@ -99,7 +101,7 @@ def _device_guard(x: torch.Tensor):
     """Triton launches on the *current* CUDA device, and a Python custom op gets no device
     guard from the dispatcher: x on cuda:1 while cuda:0 is current would run the kernels on
     the wrong device. Switch only when needed (a no-op on one GPU)."""
-    if x.device.type == "cuda" and x.device.index not in (None, torch.cuda.current_device()):
+    if x.is_cuda and x.get_device() != torch.cuda.current_device():
         return torch.cuda.device(x.device)
     return _NO_GUARD
 
@@ -230,10 +232,12 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     n, c, h, w = x.shape
     cr = w1.shape[0]
     acc = acc_dtype(x.dtype)
+    # new_empty(*sizes), not new_empty((sizes)): the tuple costs ~1 us more per call in
+    # torch's argument parser (host time)
     y = torch.empty_like(x)
-    z = x.new_empty((n, c), dtype=acc)
-    hpre = x.new_empty((n, cr), dtype=acc)
-    gpre = x.new_empty((n, c), dtype=acc)
+    z = x.new_empty(n, c, dtype=acc)
+    hpre = x.new_empty(n, cr, dtype=acc)
+    gpre = x.new_empty(n, c, dtype=acc)
     if n == 0:
         _check_weight_size(c, cr)   # for N = 0 too (review 13b #4); else in the config
         return y, z, hpre, gpre
@@ -250,7 +254,7 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     # splits, zp, gq (N, S, C) partial means and gate rows; the kernels add each region's
     # offset (the config's launch tuples). Never returned: the outputs are tensors of their
     # own.
-    scr = x.new_empty((scratch,), dtype=acc)
+    scr = x.new_empty(scratch, dtype=acc)
     zp, gq = (scr, scr) if plan.S > 1 else (z, gpre)
     hwc = plan.HWC if plan.S > 1 else hw
     if not _launches(x):
@@ -285,7 +289,7 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     acc = acc_dtype(x.dtype)
     has_res = y is not None
     dx = torch.empty_like(x)
-    dres = torch.empty_like(x) if has_res else x.new_empty((0,))
+    dres = torch.empty_like(x) if has_res else x.new_empty(0)   # new_empty(*sizes): as forward
     if n == 0:  # sums over an empty batch
         _check_weight_size(c, cr)   # for N = 0 too (review 13b #4), before zeros_like(w1)
         return (dx, torch.zeros_like(w1), torch.zeros_like(w2), w1.new_zeros((cr,)),
@@ -295,8 +299,8 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
         n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate, has_res)  # weights
     dw1 = torch.empty_like(w1, memory_format=torch.contiguous_format)
     dw2 = torch.empty_like(w2, memory_format=torch.contiguous_format)
-    db1 = w1.new_empty((cr,))
-    db2 = w2.new_empty((c,))
+    db1 = w1.new_empty(cr)
+    db2 = w2.new_empty(c)
     dy = _like(dy, cl)
     y_ = _like(y, cl) if has_res else x                 # dummy pointer when absent
     w1, w2 = w1.contiguous(), w2.contiguous()
@@ -310,7 +314,7 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     # config's launch tuples). cnt on the mean path and pw with one slice are dummies at
     # offset 0 (aliasing dpre, real scratch the kernels write): they must stay unaccessed,
     # which the SQUEEZE and PARTIAL constexprs guarantee.
-    scr = x.new_empty((scratch,), dtype=acc)
+    scr = x.new_empty(scratch, dtype=acc)
     dres_ = dres if has_res else dx                     # dummy pointer, never accessed
     hwc = plan.HWC if S > 1 else hw
     if not _launches(x):
