@@ -23,7 +23,12 @@ that an interrupt or a cache flush disturbed.
     fused_se  forward through the public se_kernels.fused_se (argument checks included),
               with torch.no_grad
 
-    .venv/bin/python tools/host_time_triton.py [--profile]
+With --launcher it also times the Python part of Triton's launcher for each launch of the
+N = 1 shapes: JITFunction.run's argument binder (one native_specialize_impl per argument:
+~0.3 us per tensor, ~0.1 us per int here) and its cache-key lookup, built for an sm_90
+target without a GPU (Triton 3.8 here; the C launcher and the driver call come on top).
+
+    .venv/bin/python tools/host_time_triton.py [--profile] [--launcher]
 """
 
 from __future__ import annotations
@@ -124,12 +129,52 @@ def measure(shape, calls: int, repeat: int) -> dict:
     return out
 
 
+def launcher(shape, calls: int, repeat: int) -> list[tuple[str, int, float]]:
+    """(kernel, arguments, us) per launch of one forward and one backward call: the binder
+    and cache key of Triton's JITFunction.run for an sm_90 target (no GPU needed)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import compute_cache_key, create_function_from_signature
+
+    launches = []
+
+    class Rec:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
+
+    saved, ops.wrap_triton = ops.wrap_triton, Rec
+    try:
+        x, w1, w2, b1, b2, res = _inputs(*shape)
+        y, z, hpre, gpre = ops.triton_se_forward._init_fn(x, w1, w2, b1, b2, res, 0, 0, 0)
+        ops.triton_se_backward._init_fn(torch.empty_like(y), x, w1, w2, y, z, hpre, gpre,
+                                        0, 0, 0)
+    finally:
+        ops.wrap_triton = saved
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    out = []
+    for kernel, args, kwargs in launches:
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        keys = {}
+
+        def bind():   # JITFunction.run up to its kernel-cache lookup
+            kw = dict(kwargs, debug=False, instrumentation_mode="")
+            _, spec, options = binder(*args, **kw)
+            return compute_cache_key(keys, spec, options)
+        out.append((kernel.__name__, len(args) + len(kwargs), _time(bind, calls, repeat)))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the forward and backward bodies at conv2_x N=1")
+    ap.add_argument("--launcher", action="store_true",
+                    help="time Triton's launcher binder per launch at the N = 1 shapes")
     a = ap.parse_args()
     _patch()
     torch.set_num_threads(1)
@@ -138,6 +183,12 @@ def main():
     for name, shape in SHAPES.items():
         r = measure(shape, a.calls, a.repeat)
         print(f"{name:<16}" + "".join(f"{r[c]:>14.1f}" for c in cols))
+    if a.launcher:
+        print("\nTriton launcher (binder + cache key, sm_90 target), us per launch:")
+        for name, shape in SHAPES.items():
+            if shape[0] == 1:
+                for kernel, nargs, us in launcher(shape, a.calls, a.repeat):
+                    print(f"{name:<16}{kernel:<24}{nargs:>4} args {us:>8.1f}")
     if a.profile:
         x, w1, w2, b1, b2, res = _inputs(*SHAPES["conv2_x N=1"])
         fwd_args = (x, w1, w2, b1, b2, res, 0, 0, 0)
