@@ -251,25 +251,24 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     res = x if residual is None else _like(residual, cl)
     # One flat scratch tensor, fresh per call (the caching allocator keeps it stream-safe):
     # part (N, P*S, Cr) FC1 shares, hs (N, P*S, Cr) act(hpre) per program and, with pixel
-    # splits, zp, gq (N, S, C) partial means and gate rows; the kernels add each region's
-    # offset (the config's launch tuples). Never returned: the outputs are tensors of their
-    # own.
+    # splits, zp, gq (N, S, C) partial means and gate rows (else z and gpre); the kernels
+    # take it once and make the region pointers from the offsets in the config's launch
+    # tuples. Never returned: the outputs are tensors of their own.
     scr = x.new_empty(scratch, dtype=acc)
-    zp, gq = (scr, scr) if plan.S > 1 else (z, gpre)
     hwc = plan.HWC if plan.S > 1 else hw
     if not _launches(x):
         return y, z, hpre, gpre
     with _device_guard(x):
         if fused is not None:
             wrap_triton(se_fwd_fused_kernel)[fused[0]](
-                x, w1, w2, b1_, b2_, res, y, z, hpre, gpre, scr, scr, n, c, hw, cr,
-                *fused[2], **fused[1])
+                x, w1, w2, b1_, b2_, res, y, z, hpre, gpre, scr, n, c, hw, cr, *fused[2],
+                **fused[1])
         else:
             wrap_triton(se_fwd_pool_kernel)[pool[0]](
-                x, w1, zp, scr, n, c, hw, cr, plan.chunk, plan.S, hwc, *pool[2], **pool[1])
+                x, w1, z, scr, n, c, hw, cr, plan.chunk, plan.S, hwc, *pool[2], **pool[1])
             wrap_triton(se_fwd_excite_kernel)[excite[0]](
-                x, w2, b1_, b2_, res, y, hpre, gpre, scr, scr, zp, z, gq, n, c, hw, cr,
-                plan.chunk, plan.S, hwc, *excite[2], **excite[1])
+                x, w2, b1_, b2_, res, y, hpre, gpre, scr, z, n, c, hw, cr, plan.chunk,
+                plan.S, hwc, *excite[2], **excite[1])
     return y, z, hpre, gpre
 
 
@@ -310,10 +309,10 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     # partial rows, dpart (N, P*S, Cr) FC2-backward shares, dhs (N, P*S, Cr) dL/dhpre per
     # program, dzs (N, S, C) dL/dz (/ HW or / ties) per split, cnt (N, S, C) tie counts
     # (max only) and pw (WS, 2*C*Cr + Cr + C) per-slice weight-gradient partial sums
-    # [dW2 | dW1 | db1 | db2] (WS > 1 only); the kernels add each region's offset (the
-    # config's launch tuples). cnt on the mean path and pw with one slice are dummies at
-    # offset 0 (aliasing dpre, real scratch the kernels write): they must stay unaccessed,
-    # which the SQUEEZE and PARTIAL constexprs guarantee.
+    # [dW2 | dW1 | db1 | db2] (WS > 1 only); the kernels take it once and make the region
+    # pointers from the offsets in the config's launch tuples. cnt on the mean path and pw
+    # with one slice are dummies at offset 0 (aliasing dpre, real scratch the kernels
+    # write): they must stay unaccessed, which the SQUEEZE and PARTIAL constexprs guarantee.
     scr = x.new_empty(scratch, dtype=acc)
     dres_ = dres if has_res else dx                     # dummy pointer, never accessed
     hwc = plan.HWC if S > 1 else hw
@@ -321,12 +320,11 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
         return dx, dw1, dw2, db1, db2, dres
     with _device_guard(x):
         wrap_triton(se_bwd_reduce_kernel)[reduce[0]](
-            dy, x, y_, w1, w2, z, hpre, gpre, scr, scr, scr, dx, dres_, scr, scr, n, c, hw,
-            cr, plan.chunk, S, hwc, *reduce[2], **reduce[1])
+            dy, x, y_, w1, w2, z, hpre, gpre, scr, dx, dres_, n, c, hw, cr, plan.chunk, S,
+            hwc, *reduce[2], **reduce[1])
         wrap_triton(se_bwd_finish_kernel)[finish[0]](
-            dy, x, y_, w1, z, hpre, gpre, scr, scr, scr, dx, dres_, scr, scr, dw1, dw2, db1,
-            db2, scr, n, c, hw, cr, plan.chunk, plan.Q, nw, ws, wsn, S, hwc, *finish[2],
-            **finish[1])
+            dy, x, y_, w1, z, hpre, gpre, scr, dx, dres_, dw1, dw2, db1, db2, n, c, hw, cr,
+            plan.chunk, plan.Q, nw, ws, wsn, S, hwc, *finish[2], **finish[1])
         if wsum is not None:
             wrap_triton(se_bwd_wsum_kernel)[wsum[0]](scr, dw1, dw2, db1, db2, c, cr, ws,
                                                      *wsum[2], **wsum[1])
