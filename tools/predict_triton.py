@@ -169,12 +169,12 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
 # (forward ~12, backward ~14 after 13d's cuts; 19 and 23 before), torch's custom-op
 # dispatch on top (~11), and Triton's launcher per kernel launch: its Python binder and
 # cache key as `host_time_triton.py --launcher` measures them for an sm_90 target (pool
-# 5.5, excite 10.6, reduce 11.6, finish 14.7 us: ~0.3 us per tensor argument, ~0.1 per
+# 5.4, excite 9.0, reduce 9.7, finish 12.5 us: ~0.3 us per tensor argument, ~0.1 per
 # int or constexpr) plus ~3 us for the C launcher and the driver call (estimated: not
 # measurable without a GPU).
 HOST_BODY_US = {"fwd": 12.0, "bwd": 14.0}
 HOST_DISPATCH_US = 11.0
-HOST_LAUNCH_US = {"fwd": 11.0, "bwd": 16.0}
+HOST_LAUNCH_US = {"fwd": 10.0, "bwd": 14.0}
 
 
 def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
