@@ -232,7 +232,7 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     n, c, h, w = x.shape
     cr = w1.shape[0]
     acc = acc_dtype(x.dtype)
-    # new_empty(*sizes), not new_empty((sizes)): the tuple costs ~1 us more per call in
+    # new_empty(n, c), not new_empty((n, c)): the tuple costs ~1 us more per call in
     # torch's argument parser (host time)
     y = torch.empty_like(x)
     z = x.new_empty(n, c, dtype=acc)
@@ -288,14 +288,15 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     acc = acc_dtype(x.dtype)
     has_res = y is not None
     dx = torch.empty_like(x)
-    dres = torch.empty_like(x) if has_res else x.new_empty(0)   # new_empty(*sizes): as forward
+    dres = torch.empty_like(x) if has_res else x.new_empty(0)
     if n == 0:  # sums over an empty batch
         _check_weight_size(c, cr)   # for N = 0 too (review 13b #4), before zeros_like(w1)
         return (dx, torch.zeros_like(w1), torch.zeros_like(w2), w1.new_zeros((cr,)),
                 w2.new_zeros((c,)), dres)
     hw = h * w
-    plan, reduce, finish, nw, (ws, wsn), wsum, scratch = _backward_config(  # checks the
-        n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate, has_res)  # weights
+    # the cached launch configuration (it checks the weights' size)
+    plan, reduce, finish, nw, (ws, wsn), wsum, scratch = _backward_config(
+        n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate, has_res)
     dw1 = torch.empty_like(w1, memory_format=torch.contiguous_format)
     dw2 = torch.empty_like(w2, memory_format=torch.contiguous_format)
     db1 = w1.new_empty(cr)
