@@ -119,6 +119,10 @@ def test_allocations_per_call(shape, residual, squeeze, no_launch):
     if "WS" in forced:
         assert bplan.wslices(n)[0] > 1   # pw in the scratch is covered
     known = {id(t) for t in (x, w1, w2, b1, b2, r, dy, y, z, hpre, gpre, *grads)}
+    inputs = {id(t) for t in (x, w1, w2, b1, b2, r, dy)}
+    for _, args in fwd + bwd:  # only read-only inputs may be passed twice (dummy pointers)
+        ids = [id(a) for a in args if isinstance(a, torch.Tensor) and id(a) not in inputs]
+        assert len(ids) == len(set(ids)), "a tensor the call allocates is passed twice"
 
     def scratch(launches):
         """The launches' tensor arguments that are neither an input nor an output."""

@@ -315,7 +315,10 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     # with one slice are dummies at offset 0 (aliasing dpre, real scratch the kernels
     # write): they must stay unaccessed, which the SQUEEZE and PARTIAL constexprs guarantee.
     scr = x.new_empty(scratch, dtype=acc)
-    dres_ = dres if has_res else dx                     # dummy pointer, never accessed
+    # the no-residual dummy is x: read-only, so no written tensor is passed twice (under
+    # torch.compile a kernel whose writes cannot be analysed gets every argument cloned and
+    # copied back in order; a dx passed again as dres would be overwritten by its clone)
+    dres_ = dres if has_res else x                      # dummy pointer, never accessed
     hwc = plan.HWC if S > 1 else hw
     if not _launches(x):
         return dx, dw1, dw2, db1, db2, dres
