@@ -4,13 +4,18 @@ Runs on the CPU, without a GPU and without the interpreter: the ops' bodies run 
 (the plan for an H200, the launch-configuration caches, the output and scratch
 allocations), but every kernel launch is replaced by a no-op, so what is timed is the
 Python and allocation work a call costs before its launches. CPU tensors stand in for CUDA
-ones (a CPU allocation of an uninitialised tensor costs about what the CUDA caching
-allocator's does, ~1-3 us); Triton's own launcher (argument packing, ~10-20 us per launch
-in Triton 3.x, GPU only) is not counted.
+ones (a CPU allocation of a small uninitialised tensor costs about what the CUDA caching
+allocator's does, ~1-2 us). At N = 256 the CPU allocates y (forward), dx and dres
+(backward) of 25-200 MB each with an mmap and frees them with an munmap, which the caching
+allocator's reuse of its blocks does not cost: those rows overstate the GPU's host time by
+a few us per such tensor (meta tensors are no better stand-in: their factory functions run
+Python reference code, ~10 us each). Triton's own launcher (argument binding and
+specialisation, a few us per launch, GPU only) is not counted.
 
-Reported per shape: the least over --repeat rounds of the mean CPU time per call over
---calls calls (time.process_time_ns, so that time the process spends descheduled on a
-shared machine is not counted; the least round is the least disturbed one):
+Reported per shape: the median over --repeat x --calls calls of each call's CPU time
+(time.thread_time_ns around each call, less the timer's own median cost): time the thread
+spends descheduled on a shared machine is not counted, and the median ignores the calls
+that an interrupt or a cache flush disturbed.
 
     body      the op's Python body (triton_op's _init_fn): what this project controls
     dispatch  torch.ops.se_kernels.triton_se_{forward,backward}: the body plus the
@@ -18,7 +23,12 @@ shared machine is not counted; the least round is the least disturbed one):
     fused_se  forward through the public se_kernels.fused_se (argument checks included),
               with torch.no_grad
 
-    .venv/bin/python tools/host_time_triton.py [--profile]
+With --launcher it also times the Python part of Triton's launcher for each launch of the
+N = 1 shapes: JITFunction.run's argument binder (one native_specialize_impl per argument:
+~0.3 us per tensor, ~0.1 us per int here) and its cache-key lookup, built for an sm_90
+target without a GPU (Triton 3.8 here; the C launcher and the driver call come on top).
+
+    .venv/bin/python tools/host_time_triton.py [--profile] [--launcher]
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -82,16 +93,20 @@ def _inputs(n, c, h, w, cr, dtype=torch.bfloat16, residual=True):
 
 
 def _time(fn, calls: int, repeat: int) -> float:
-    """The least over repeat rounds of the mean process CPU time per call, in us."""
+    """The median CPU time of one call over repeat x calls calls, less the timer's own
+    median cost, in us."""
+    clock = time.thread_time_ns
     for _ in range(min(calls, 50)):
         fn()
-    rounds = []
+    times, empty = [], []
     for _ in range(repeat):
-        t0 = time.process_time_ns()
         for _ in range(calls):
+            t0 = clock()
             fn()
-        rounds.append((time.process_time_ns() - t0) / calls / 1e3)
-    return min(rounds)
+            times.append(clock() - t0)
+            t0 = clock()
+            empty.append(clock() - t0)
+    return (statistics.median(times) - statistics.median(empty)) / 1e3
 
 
 def measure(shape, calls: int, repeat: int) -> dict:
@@ -114,12 +129,52 @@ def measure(shape, calls: int, repeat: int) -> dict:
     return out
 
 
+def launcher(shape, calls: int, repeat: int) -> list[tuple[str, int, float]]:
+    """(kernel, arguments, us) per launch of one forward and one backward call: the binder
+    and cache key of Triton's JITFunction.run for an sm_90 target (no GPU needed)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import compute_cache_key, create_function_from_signature
+
+    launches = []
+
+    class Rec:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
+
+    saved, ops.wrap_triton = ops.wrap_triton, Rec
+    try:
+        x, w1, w2, b1, b2, res = _inputs(*shape)
+        y, z, hpre, gpre = ops.triton_se_forward._init_fn(x, w1, w2, b1, b2, res, 0, 0, 0)
+        ops.triton_se_backward._init_fn(torch.empty_like(y), x, w1, w2, y, z, hpre, gpre,
+                                        0, 0, 0)
+    finally:
+        ops.wrap_triton = saved
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    out = []
+    for kernel, args, kwargs in launches:
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        keys = {}
+
+        def bind():   # JITFunction.run up to its kernel-cache lookup
+            kw = dict(kwargs, debug=False, instrumentation_mode="")
+            _, spec, options = binder(*args, **kw)
+            return compute_cache_key(keys, spec, options)
+        out.append((kernel.__name__, len(args) + len(kwargs), _time(bind, calls, repeat)))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=500)
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the forward and backward bodies at conv2_x N=1")
+    ap.add_argument("--launcher", action="store_true",
+                    help="time Triton's launcher binder per launch at the N = 1 shapes")
     a = ap.parse_args()
     _patch()
     torch.set_num_threads(1)
@@ -128,6 +183,12 @@ def main():
     for name, shape in SHAPES.items():
         r = measure(shape, a.calls, a.repeat)
         print(f"{name:<16}" + "".join(f"{r[c]:>14.1f}" for c in cols))
+    if a.launcher:
+        print("\nTriton launcher (binder + cache key, sm_90 target), us per launch:")
+        for name, shape in SHAPES.items():
+            if shape[0] == 1:
+                for kernel, nargs, us in launcher(shape, a.calls, a.repeat):
+                    print(f"{name:<16}{kernel:<24}{nargs:>4} args {us:>8.1f}")
     if a.profile:
         x, w1, w2, b1, b2, res = _inputs(*SHAPES["conv2_x N=1"])
         fwd_args = (x, w1, w2, b1, b2, res, 0, 0, 0)

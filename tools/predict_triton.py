@@ -166,12 +166,15 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
 
 # Host time per call at N = 1 (issue 13, item 7), us: the ops' Python bodies as
 # tools/host_time_triton.py measures them on this CPU with the launches patched out
-# (forward ~17-21, backward ~23), torch's custom-op dispatch on top (~13-15), and Triton's
-# launcher per kernel launch on a GPU (argument binding and the cache lookup; an estimate,
-# ~8 us in Triton 3.x, not measurable without a GPU).
-HOST_BODY_US = {"fwd": 19.0, "bwd": 23.0}
-HOST_DISPATCH_US = 14.0
-HOST_LAUNCH_US = 8.0
+# (forward ~12, backward ~14 after 13d's cuts; 19 and 23 before), torch's custom-op
+# dispatch on top (~11), and Triton's launcher per kernel launch: its Python binder and
+# cache key as `host_time_triton.py --launcher` measures them for an sm_90 target (pool
+# 5.4, excite 9.0, reduce 9.7, finish 12.5 us: ~0.3 us per tensor argument, ~0.1 per
+# int or constexpr) plus ~3 us for the C launcher and the driver call (estimated: not
+# measurable without a GPU).
+HOST_BODY_US = {"fwd": 12.0, "bwd": 14.0}
+HOST_DISPATCH_US = 11.0
+HOST_LAUNCH_US = {"fwd": 10.0, "bwd": 14.0}
 
 
 def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
@@ -230,7 +233,7 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
         ws, wsn = p.wslices(n)
         t += _cdiv(wsn, p.BN) * _cdiv(p.S, p.SB) * L2_ROUND_US * 1e-6   # dpre split rows
     t += launches * LAUNCH_US * 1e-6
-    host = HOST_BODY_US[direction] + HOST_DISPATCH_US + HOST_LAUNCH_US * launches
+    host = HOST_BODY_US[direction] + HOST_DISPATCH_US + HOST_LAUNCH_US[direction] * launches
     note = [f"plan: {'split' if p.split else 'fused'} G={p.G} P={p.P} S={p.S} "
             f"HWC={hwc} SB={p.SB} BC={p.BC} BHW={p.BHW} {'flat ' if p.flat else ''}"
             f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, "
@@ -238,7 +241,8 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
             f"partial sums + FC ~{fc * 1e6:.1f} us, split sums ~{split_sum * 1e6:.1f} us "
             f"per program",
             f"host ~{host:.0f} us per call (body {HOST_BODY_US[direction]:.0f} + dispatch "
-            f"{HOST_DISPATCH_US:.0f} + {launches} x {HOST_LAUNCH_US:.0f} launcher): "
+            f"{HOST_DISPATCH_US:.0f} + {launches} x {HOST_LAUNCH_US[direction]:.0f} "
+            f"launcher): "
             f"host-bound unless graph-captured"]
     return _row(p, stage, n, channels_last, direction, nbytes, t, inflight, note)
 

@@ -107,11 +107,14 @@ def _cuda_device(index: int) -> Device:
     return gpu_device(torch.cuda.get_device_properties(index).multi_processor_count)
 
 
+# The plan inputs under TRITON_INTERPRET=1 (CPU tensors): one object, not one per call
+INTERPRET_DEVICE = Device(sms=1, tile=1 << 15, fc_tile=1 << 15, min_group=16, interpret=True)
+
+
 def device_of(x: torch.Tensor) -> Device:
-    if x.device.type == "cuda":
-        return _cuda_device(x.device.index if x.device.index is not None
-                            else torch.cuda.current_device())
-    return Device(sms=1, tile=1 << 15, fc_tile=1 << 15, min_group=16, interpret=True)
+    if x.is_cuda:   # no x.device: each access builds a torch.device object (host time)
+        return _cuda_device(x.get_device())
+    return INTERPRET_DEVICE
 
 
 @dataclass(frozen=True)

@@ -767,11 +767,17 @@ def _wgrad_phase(z_ptr, hpre_ptr, dpre_ptr, dpart_ptr, dw1_ptr, dw2_ptr, db1_ptr
 # forward's zp, gq (N, S, C) ACC (S pixel splits, 1 unless split); hpre (N, CR) ACC; part,
 # dpart, hs, dhs (N, P*S, CR) ACC; pw (WS, 2*C*CR + CR + C) ACC (a dummy when
 # WS == 1). Absent optional tensors are passed as a dummy pointer with their HAS_* flag False.
+# scr: the call's scratch, one flat ACC tensor (ops.py, host time) whose regions are those
+# scratch tensors at the element offsets *_OFF (multiples of 16; part and dpre at 0): the
+# kernels take it once and make the region pointers at the top, so that no two pointer
+# arguments alias (torch.compile clones each mutated argument apart) and Triton's launcher
+# specialises one tensor, not up to six. zp, gq are z, gpre where S == 1; an offset of 0
+# for cnt (mean) or pw (WS == 1) is a dummy that aliases dpre and is never accessed.
 
 
 @triton.jit
 def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z_ptr, hpre_ptr,
-                        gpre_ptr, part_ptr, hs_ptr, N, C, HW, CR,
+                        gpre_ptr, scr_ptr, N, C, HW, CR, HS_OFF,
                         G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
                         BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                         BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
@@ -780,6 +786,8 @@ def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z
                         HAS_RES: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                         FLAT: tl.constexpr):
     """The whole forward for samples [pid*G, pid*G + G), all channels: grid (cdiv(N, G),)."""
+    part_ptr = scr_ptr  # the scratch's regions
+    hs_ptr = scr_ptr + HS_OFF
     n0 = tl.program_id(0) * G
     _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, 0, 0, C, N, C, HW, CR, 1, 0, 1, 0, HW,
                 G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT)
@@ -791,15 +799,18 @@ def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z
 
 
 @triton.jit
-def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, part_ptr, N, C, HW, CR, CHUNK, S, HWC,
+def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, scr_ptr, N, C, HW, CR, CHUNK, S, HWC, ZP_OFF,
                        G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
                        BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                        SQUEEZE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                        FLAT: tl.constexpr):
     """Split forward, launch 1: grid (cdiv(N, G), P*S); program (i, q), q = p*S + sp, pools
     channels [p*CHUNK, p*CHUNK + CHUNK) and pixels [sp*HWC, sp*HWC + HWC) of samples
-    [i*G, i*G + G) and writes their share q of FC1. S > 1 (mean only): z_ptr is the
-    (N, S, C) scratch of partial means."""
+    [i*G, i*G + G) and writes their share q of FC1. S > 1 (mean only): the pool writes the
+    (N, S, C) partial means (the scratch's zp region) instead of z."""
+    part_ptr = scr_ptr  # the scratch's regions
+    if S > 1:
+        z_ptr = scr_ptr + ZP_OFF
     n0 = tl.program_id(0) * G
     q = tl.program_id(1)
     p = q // S
@@ -813,7 +824,7 @@ def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, part_ptr, N, C, HW, CR, CHUNK, S, H
 
 @triton.jit
 def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr,
-                         part_ptr, hs_ptr, zp_ptr, z_ptr, gq_ptr, N, C, HW, CR, CHUNK, S, HWC,
+                         scr_ptr, z_ptr, N, C, HW, CR, CHUNK, S, HWC, HS_OFF, ZP_OFF, GQ_OFF,
                          G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
                          BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
                          BJ2: tl.constexpr, BC2: tl.constexpr, SB: tl.constexpr,
@@ -824,6 +835,13 @@ def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr
     computes the gate of its channels and writes their y for its pixels. S > 1: zp is the
     (N, S, C) scratch of partial means (z written from it by the sp = 0 programs), gq an
     (N, S, C) gate scratch; S = 1: zp and z are z, gq is gpre."""
+    part_ptr = scr_ptr  # the scratch's regions
+    hs_ptr = scr_ptr + HS_OFF
+    zp_ptr = z_ptr
+    gq_ptr = gpre_ptr
+    if S > 1:
+        zp_ptr = scr_ptr + ZP_OFF
+        gq_ptr = scr_ptr + GQ_OFF
     n0 = tl.program_id(0) * G
     q = tl.program_id(1)
     p = q // S
@@ -839,8 +857,8 @@ def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr
 
 @triton.jit
 def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, gpre_ptr,
-                         dpre_ptr, cnt_ptr, dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr,
-                         N, C, HW, CR, CHUNK, S, HWC,
+                         scr_ptr, dx_ptr, dres_ptr,
+                         N, C, HW, CR, CHUNK, S, HWC, CNT_OFF, DPART_OFF, DHS_OFF, DZS_OFF,
                          G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr,
                          BHW: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                          BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
@@ -853,6 +871,11 @@ def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, 
     [i*G, i*G + G) and writes its share q of the FC2 backward (dpre, cnt: (N, S, C) rows).
     With WRITE_DX (P == S == 1, the program owns whole samples) it goes on to write dx for
     its samples while their slabs may still be in L2."""
+    dpre_ptr = scr_ptr  # the scratch's regions (cnt: offset 0, a dummy, for the mean)
+    cnt_ptr = scr_ptr + CNT_OFF
+    dpart_ptr = scr_ptr + DPART_OFF
+    dhs_ptr = scr_ptr + DHS_OFF
+    dzs_ptr = scr_ptr + DZS_OFF
     n0 = tl.program_id(0) * G
     q = tl.program_id(1)
     p = q // S
@@ -874,10 +897,10 @@ def se_bwd_reduce_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, w2_ptr, z_ptr, hpre_ptr, 
 
 
 @triton.jit
-def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_ptr,
-                         dpre_ptr, dpart_ptr, dx_ptr, dres_ptr, dhs_ptr, dzs_ptr, dw1_ptr,
-                         dw2_ptr, db1_ptr, db2_ptr, pw_ptr, N, C, HW, CR, CHUNK, P, NW, WS,
-                         WSN, S, HWC,
+def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, scr_ptr,
+                         dx_ptr, dres_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr,
+                         N, C, HW, CR, CHUNK, P, NW, WS,
+                         WSN, S, HWC, CNT_OFF, DPART_OFF, DHS_OFF, DZS_OFF, PW_OFF,
                          G: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr,
                          BC: tl.constexpr, BHW: tl.constexpr, BJH: tl.constexpr,
                          BJ2: tl.constexpr, BC2: tl.constexpr, BCW: tl.constexpr,
@@ -893,6 +916,12 @@ def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr
     PARTIAL (WS > 1) into per-slice partial sums pw that se_bwd_wsum_kernel adds up. With
     WRITE_DX the next cdiv(N, G) * P programs write dx for (group, share q) =
     divmod(pid - NW * WS, P); P counts the shares, chunks x pixel splits, q = p*S + sp."""
+    dpre_ptr = scr_ptr  # the scratch's regions (cnt, pw: offset 0, a dummy, if unused)
+    cnt_ptr = scr_ptr + CNT_OFF
+    dpart_ptr = scr_ptr + DPART_OFF
+    dhs_ptr = scr_ptr + DHS_OFF
+    dzs_ptr = scr_ptr + DZS_OFF
+    pw_ptr = scr_ptr + PW_OFF
     pid = tl.program_id(0)
     if pid < NW * WS:
         ws = pid // NW
@@ -917,11 +946,12 @@ def se_bwd_finish_kernel(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr
 
 
 @triton.jit
-def se_bwd_wsum_kernel(pw_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr, C, CR, WS,
+def se_bwd_wsum_kernel(pw_ptr, dw1_ptr, dw2_ptr, db1_ptr, db2_ptr, C, CR, WS, PW_OFF,
                        BLK: tl.constexpr):
     """Backward, launch 3 (only when the weight gradients were split into WS > 1 sample
     slices): out = sum_s pw[s, :] in slice order (deterministic), pw (WS, L) laid out
     [dW2 (C*CR) | dW1 (CR*C) | db1 (CR) | db2 (C)]; grid (cdiv(L, BLK),)."""
+    pw_ptr += PW_OFF  # pw's region of the backward's scratch tensor
     ACC = pw_ptr.dtype.element_ty
     L = 2 * C * CR + CR + C
     offs = tl.program_id(0) * BLK + tl.arange(0, BLK)

@@ -79,15 +79,17 @@ def _layout(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 def _like(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last if channels_last
-                        else torch.contiguous_format)
+    return t.contiguous(memory_format=_FORMATS[channels_last])
+
+
+_FORMATS = (torch.contiguous_format, torch.channels_last)   # by channels_last
 
 
 def _launches(x: torch.Tensor) -> bool:
     """False when the kernels must not run: meta tensors, or fake tensors under the
     interpreter (there wrap_triton returns the raw interpreted kernel, which would read the
     fake tensors' data; the outputs' metadata is all a fake kernel owes)."""
-    if x.device.type == "meta":
+    if x.is_meta:
         return False
     if INTERPRET:
         from torch._subclasses.fake_tensor import is_fake
@@ -99,9 +101,26 @@ def _device_guard(x: torch.Tensor):
     """Triton launches on the *current* CUDA device, and a Python custom op gets no device
     guard from the dispatcher: x on cuda:1 while cuda:0 is current would run the kernels on
     the wrong device. Switch only when needed (a no-op on one GPU)."""
-    if x.device.type == "cuda" and x.device.index not in (None, torch.cuda.current_device()):
+    if x.is_cuda and x.get_device() != torch.cuda.current_device():
         return torch.cuda.device(x.device)
-    return contextlib.nullcontext()
+    return _NO_GUARD
+
+
+_NO_GUARD = contextlib.nullcontext()   # reusable: one object, not one per call (host time)
+
+
+def _regions(*sizes: int) -> tuple[int, tuple[int, ...]]:
+    """(total, offsets) of scratch regions of the given sizes (elements) laid out one after
+    another in one flat tensor, each starting at a multiple of 16 elements: one allocation
+    per call instead of one per scratch tensor (host time), and offsets that Triton
+    specialises as divisible by 16, so that a region's pointer keeps the 16-byte alignment
+    of a tensor of its own (64 bytes in fp32). A size of 0 gets offset 0 (a dummy that
+    aliases the first region and must stay unaccessed)."""
+    offs, total = [], 0
+    for size in sizes:
+        offs.append(total if size else 0)
+        total += -(-size // 16) * 16
+    return max(total, 1), tuple(offs)
 
 
 
@@ -140,47 +159,63 @@ def _launch_config(fn):
 
 @_launch_config
 def _forward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_b1, has_b2, has_res):
-    """(plan, fused launch or None, pool launch or None, excite launch or None): each launch
-    a (grid, constexpr kwargs). Checks the weights' size (once per shape key)."""
+    """(plan, fused launch or None, pool launch or None, excite launch or None, scratch
+    elements): each launch a (grid, constexpr kwargs, scratch offsets). The scratch is one
+    flat tensor of regions [part | hs | zp | gq] (zp, gq only with pixel splits; else they
+    are z and gpre, offset 0). Checks the weights' size (once per shape key)."""
     _check_weight_size(c, cr)
     # pixel splits only for the mean: FC1 is linear in the partial means, not in a max
     plan = make_plan(n, c, hw, cr, elem, cl, dev, hw_split=squeeze != 1)
     groups = plan.groups(n)
+    split_rows = n * plan.S * c if plan.S > 1 else 0
+    total, (_, hs_off, zp_off, gq_off) = _regions(n * plan.Q * cr, n * plan.Q * cr,
+                                                  split_rows, split_rows)
     common = dict(G=plan.G, G_PAD=plan.G_PAD, BC=plan.BC, BHW=plan.BHW,
                   CHANNELS_LAST=cl, FLAT=plan.flat, num_warps=plan.num_warps)
     opts = dict(ACT=act, GATE=gate, HAS_B1=has_b1, HAS_B2=has_b2, HAS_RES=has_res)
     if not plan.split:
         return plan, ((groups,), dict(BJ=plan.BJ, BK=plan.BK, BJH=plan.BJH, BJ2=plan.BJ2,
-                                      BC2=plan.BC2, SQUEEZE=squeeze, **opts, **common)), \
-            None, None
+                                      BC2=plan.BC2, SQUEEZE=squeeze, **opts, **common),
+                      (hs_off,)), None, None, total
     return (plan, None,
-            ((groups, plan.Q), dict(BJ=plan.BJ, BK=plan.BK, SQUEEZE=squeeze, **common)),
+            ((groups, plan.Q), dict(BJ=plan.BJ, BK=plan.BK, SQUEEZE=squeeze, **common),
+             (zp_off,)),
             ((groups, plan.Q), dict(P_PAD=plan.P_PAD, BJH=plan.BJH, BJ2=plan.BJ2,
-                                    BC2=plan.BC2, SB=plan.SB, **opts, **common)))
+                                    BC2=plan.BC2, SB=plan.SB, **opts, **common),
+             (hs_off, zp_off, gq_off)), total)
 
 
 @_launch_config
 def _backward_config(n, c, hw, cr, elem, cl, dev, squeeze, act, gate, has_res):
-    """(plan, reduce launch, finish launch, NW, (WS, WSN), wsum launch or None): each
-    launch a (grid, kwargs). Checks the weights' size (once per shape key)."""
+    """(plan, reduce launch, finish launch, NW, (WS, WSN), wsum launch or None, scratch
+    elements): each launch a (grid, kwargs, scratch offsets). The scratch is one flat tensor
+    of regions [dpre | dpart | dhs | dzs | cnt | pw]: cnt (tie counts) only for the max
+    squeeze, pw (the weight gradients' per-slice partial sums) only with WS > 1; else they
+    are dummies at offset 0 (aliasing dpre, never accessed: the SQUEEZE and PARTIAL
+    constexprs remove every access). Checks the weights' size (once per shape key)."""
     _check_weight_size(c, cr)
     plan = make_plan(n, c, hw, cr, elem, cl, dev)
     groups = plan.groups(n)
+    ws, wsn = plan.wslices(n)
+    rows = n * plan.S * c                                # (N, S, C): S split rows
+    total, (_, dpart_off, dhs_off, dzs_off, cnt_off, pw_off) = _regions(
+        rows, n * plan.Q * cr, n * plan.Q * cr, rows, rows if squeeze == 1 else 0,
+        ws * (2 * c * cr + cr + c) if ws > 1 else 0)
     nw = -(-c // plan.BCW) * -(-cr // plan.BJW)         # weight-gradient blocks per slice
     common = dict(G=plan.G, G_PAD=plan.G_PAD, BC=plan.BC, BHW=plan.BHW, SQUEEZE=squeeze,
                   ACT=act, GATE=gate, HAS_RES=has_res, CHANNELS_LAST=cl, FLAT=plan.flat,
                   num_warps=plan.num_warps)
     fc = dict(BJH=plan.BJH, BJ2=plan.BJ2, BC2=plan.BC2)
     reduce = ((groups, plan.Q), dict(BJ=plan.BJ, BK=plan.BK, WRITE_DX=not plan.split,
-                                     **fc, **common))
-    ws, wsn = plan.wslices(n)
+                                     **fc, **common), (cnt_off, dpart_off, dhs_off, dzs_off))
     finish = ((nw * ws + (groups * plan.Q if plan.split else 0),),
               dict(P_PAD=plan.P_PAD, BCW=plan.BCW, BN=plan.BN, BJW=plan.BJW, SB=plan.SB,
-                   WRITE_DX=plan.split, PARTIAL=ws > 1, **fc, **common))
+                   WRITE_DX=plan.split, PARTIAL=ws > 1, **fc, **common),
+              (cnt_off, dpart_off, dhs_off, dzs_off, pw_off))
     wsum = None
     if ws > 1:
-        wsum = ((-(-(2 * c * cr + cr + c) // 1024),), dict(BLK=1024, num_warps=4))
-    return plan, reduce, finish, nw, (ws, wsn), wsum
+        wsum = ((-(-(2 * c * cr + cr + c) // 1024),), dict(BLK=1024, num_warps=4), (pw_off,))
+    return plan, reduce, finish, nw, (ws, wsn), wsum, total
 
 
 @triton_op("se_kernels::triton_se_forward", mutates_args=())
@@ -197,42 +232,43 @@ def triton_se_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     n, c, h, w = x.shape
     cr = w1.shape[0]
     acc = acc_dtype(x.dtype)
+    # new_empty(n, c), not new_empty((n, c)): the tuple costs ~1 us more per call in
+    # torch's argument parser (host time)
     y = torch.empty_like(x)
-    z = x.new_empty((n, c), dtype=acc)
-    hpre = x.new_empty((n, cr), dtype=acc)
-    gpre = x.new_empty((n, c), dtype=acc)
-    _check_weight_size(c, cr)   # also for N = 0 (review 13b #4)
+    z = x.new_empty(n, c, dtype=acc)
+    hpre = x.new_empty(n, cr, dtype=acc)
+    gpre = x.new_empty(n, c, dtype=acc)
     if n == 0:
+        _check_weight_size(c, cr)   # for N = 0 too (review 13b #4); else in the config
         return y, z, hpre, gpre
     hw = h * w
-    plan, fused, pool, excite = _forward_config(     # first: it checks the weights' size
+    plan, fused, pool, excite, scratch = _forward_config(   # checks the weights' size
         n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate,
         b1 is not None, b2 is not None, residual is not None)
     w1, w2 = w1.contiguous(), w2.contiguous()
     b1_ = w1 if b1 is None else b1.contiguous()       # dummy pointers when absent
     b2_ = w2 if b2 is None else b2.contiguous()
     res = x if residual is None else _like(residual, cl)
-    part = x.new_empty((n, plan.Q, cr), dtype=acc)     # FC1 shares, one per program
-    hs = x.new_empty((n, plan.Q, cr), dtype=acc)       # act(hpre), one copy per program
-    if plan.S > 1:  # pixel splits: partial means and a gate row per split
-        zp = x.new_empty((n, plan.S, c), dtype=acc)
-        gq = x.new_empty((n, plan.S, c), dtype=acc)
-    else:
-        zp, gq = z, gpre
+    # One flat scratch tensor, fresh per call (the caching allocator keeps it stream-safe):
+    # part (N, P*S, Cr) FC1 shares, hs (N, P*S, Cr) act(hpre) per program and, with pixel
+    # splits, zp, gq (N, S, C) partial means and gate rows (else z and gpre); the kernels
+    # take it once and make the region pointers from the offsets in the config's launch
+    # tuples. Never returned: the outputs are tensors of their own.
+    scr = x.new_empty(scratch, dtype=acc)
     hwc = plan.HWC if plan.S > 1 else hw
     if not _launches(x):
         return y, z, hpre, gpre
     with _device_guard(x):
         if fused is not None:
             wrap_triton(se_fwd_fused_kernel)[fused[0]](
-                x, w1, w2, b1_, b2_, res, y, z, hpre, gpre, part, hs, n, c, hw, cr,
+                x, w1, w2, b1_, b2_, res, y, z, hpre, gpre, scr, n, c, hw, cr, *fused[2],
                 **fused[1])
         else:
             wrap_triton(se_fwd_pool_kernel)[pool[0]](
-                x, w1, zp, part, n, c, hw, cr, plan.chunk, plan.S, hwc, **pool[1])
+                x, w1, z, scr, n, c, hw, cr, plan.chunk, plan.S, hwc, *pool[2], **pool[1])
             wrap_triton(se_fwd_excite_kernel)[excite[0]](
-                x, w2, b1_, b2_, res, y, hpre, gpre, part, hs, zp, z, gq, n, c, hw, cr,
-                plan.chunk, plan.S, hwc, **excite[1])
+                x, w2, b1_, b2_, res, y, hpre, gpre, scr, z, n, c, hw, cr, plan.chunk,
+                plan.S, hwc, *excite[2], **excite[1])
     return y, z, hpre, gpre
 
 
@@ -252,49 +288,50 @@ def triton_se_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: 
     acc = acc_dtype(x.dtype)
     has_res = y is not None
     dx = torch.empty_like(x)
-    dres = torch.empty_like(x) if has_res else x.new_empty((0,))
-    _check_weight_size(c, cr)   # also for N = 0 (review 13b #4), before zeros_like(w1)
+    dres = torch.empty_like(x) if has_res else x.new_empty(0)
     if n == 0:  # sums over an empty batch
+        _check_weight_size(c, cr)   # for N = 0 too (review 13b #4), before zeros_like(w1)
         return (dx, torch.zeros_like(w1), torch.zeros_like(w2), w1.new_zeros((cr,)),
                 w2.new_zeros((c,)), dres)
     hw = h * w
-    plan, reduce, finish, nw, (ws, wsn), wsum = _backward_config(   # checks the weights
+    # the cached launch configuration (it checks the weights' size)
+    plan, reduce, finish, nw, (ws, wsn), wsum, scratch = _backward_config(
         n, c, hw, cr, x.element_size(), cl, device_of(x), squeeze, act, gate, has_res)
     dw1 = torch.empty_like(w1, memory_format=torch.contiguous_format)
     dw2 = torch.empty_like(w2, memory_format=torch.contiguous_format)
-    db1 = w1.new_empty((cr,))
-    db2 = w2.new_empty((c,))
+    db1 = w1.new_empty(cr)
+    db2 = w2.new_empty(c)
     dy = _like(dy, cl)
     y_ = _like(y, cl) if has_res else x                 # dummy pointer when absent
     w1, w2 = w1.contiguous(), w2.contiguous()
     z, hpre, gpre = z.contiguous(), hpre.contiguous(), gpre.contiguous()
     S = plan.S                                          # pixel splits (partial rows)
-    dpre = x.new_empty((n, S, c), dtype=acc)            # dL/dgpre (S partial rows)
-    # tie counts (max); for the mean a dummy pointer that aliases dpre (real scratch the
-    # kernels write): it must stay unaccessed, which the SQUEEZE constexpr guarantees (every
-    # cnt access is under SQUEEZE == 1); never read or write cnt on the mean path
-    cnt = x.new_empty((n, S, c), dtype=acc) if squeeze == 1 else dpre
-    dpart = x.new_empty((n, plan.Q, cr), dtype=acc)     # FC2-backward shares per program
-    dres_ = dres if has_res else x.new_empty((1,))      # dummy pointer, never written
-    dhs = x.new_empty((n, plan.Q, cr), dtype=acc)       # dL/dhpre, one copy per program
-    dzs = x.new_empty((n, S, c), dtype=acc)             # dL/dz (/ HW or / ties), per split
+    # One flat scratch tensor, fresh per call (never returned): dpre (N, S, C) dL/dgpre
+    # partial rows, dpart (N, P*S, Cr) FC2-backward shares, dhs (N, P*S, Cr) dL/dhpre per
+    # program, dzs (N, S, C) dL/dz (/ HW or / ties) per split, cnt (N, S, C) tie counts
+    # (max only) and pw (WS, 2*C*Cr + Cr + C) per-slice weight-gradient partial sums
+    # [dW2 | dW1 | db1 | db2] (WS > 1 only); the kernels take it once and make the region
+    # pointers from the offsets in the config's launch tuples. cnt on the mean path and pw
+    # with one slice are dummies at offset 0 (aliasing dpre, real scratch the kernels
+    # write): they must stay unaccessed, which the SQUEEZE and PARTIAL constexprs guarantee.
+    scr = x.new_empty(scratch, dtype=acc)
+    # the no-residual dummy is x: read-only, so no written tensor is passed twice (under
+    # torch.compile a kernel whose writes cannot be analysed gets every argument cloned and
+    # copied back in order; a dx passed again as dres would be overwritten by its clone)
+    dres_ = dres if has_res else x                      # dummy pointer, never accessed
     hwc = plan.HWC if S > 1 else hw
-    # per-slice weight-gradient partial sums (WS > 1), [dW2 | dW1 | db1 | db2] per row; with
-    # one slice a dummy pointer aliasing dpre (real scratch): it must stay unaccessed, which
-    # the PARTIAL constexpr guarantees (every pw access is under PARTIAL, i.e. WS > 1)
-    pw = x.new_empty((ws, 2 * c * cr + cr + c), dtype=acc) if ws > 1 else dpre
     if not _launches(x):
         return dx, dw1, dw2, db1, db2, dres
     with _device_guard(x):
         wrap_triton(se_bwd_reduce_kernel)[reduce[0]](
-            dy, x, y_, w1, w2, z, hpre, gpre, dpre, cnt, dpart, dx, dres_, dhs, dzs, n, c, hw,
-            cr, plan.chunk, S, hwc, **reduce[1])
+            dy, x, y_, w1, w2, z, hpre, gpre, scr, dx, dres_, n, c, hw, cr, plan.chunk, S,
+            hwc, *reduce[2], **reduce[1])
         wrap_triton(se_bwd_finish_kernel)[finish[0]](
-            dy, x, y_, w1, z, hpre, gpre, cnt, dpre, dpart, dx, dres_, dhs, dzs, dw1, dw2, db1,
-            db2, pw, n, c, hw, cr, plan.chunk, plan.Q, nw, ws, wsn, S, hwc, **finish[1])
+            dy, x, y_, w1, z, hpre, gpre, scr, dx, dres_, dw1, dw2, db1, db2, n, c, hw, cr,
+            plan.chunk, plan.Q, nw, ws, wsn, S, hwc, *finish[2], **finish[1])
         if wsum is not None:
-            wrap_triton(se_bwd_wsum_kernel)[wsum[0]](pw, dw1, dw2, db1, db2, c, cr, ws,
-                                                     **wsum[1])
+            wrap_triton(se_bwd_wsum_kernel)[wsum[0]](scr, dw1, dw2, db1, db2, c, cr, ws,
+                                                     *wsum[2], **wsum[1])
     return dx, dw1, dw2, db1, db2, dres
 
 
