@@ -358,7 +358,8 @@ def test_cuda_paths_agree(shape, monkeypatch):
 def test_cuda_hidden_wider_than_a_chunk(layout, dtype, squeeze, path, poison):
     """Cr = 520 > kFcChunk (512) and C = 1040 > 512: the FCs staged in chunks (the persistent
     forward's second FC accumulates over two chunks of h; the backward's dz = dhpre W1 runs
-    cols_dot over two chunks of rows), and FC groups of G = 2 and 3 (padded to 2 and 4)."""
+    cols_dot_staged over two chunks of rows), and FC groups of G = 2 and 3 (padded to 2 and
+    4)."""
     for n in (2, 3):
         inp = _make(n, 1040, 3, 3, 520, seed=n, dtype=dtype, layout=layout, bias=True,
                     residual=True)
@@ -383,9 +384,13 @@ def test_cuda_nhwc_short_last_channel_tile(path, poison):
 # (n, c, h, w, cr, SE_KERNELS_CUDA_FC_BYTES). (5, 104, 5, 5, 56, 8192): a short last block in
 # all four stages (forward and backward, bf16 and float), rows 16-byte aligned; (3, 37, 5, 5,
 # 13, 256): odd C and Cr, so the element-load path, over several blocks (review of 12a).
+# (9, 2048, 7, 7, 128, 65536): backward items of 64 KiB (bf16: 16 columns x 2048 rows; float:
+# 8 x 2048), twice fc.cuh's weight stage, so cols_dot_staged copies each block in two stages
+# of 1024 rows, each read against two chunks of v (issue 12c).
 FC_ITEM_SHAPES = [(9, 2048, 7, 7, 128, None), (3, 256, 28, 28, 16, None),
                   (3, 256, 28, 28, 16, 2048), (5, 1040, 3, 3, 520, 4096),
-                  (5, 104, 5, 5, 56, 8192), (3, 37, 5, 5, 13, 256)]
+                  (5, 104, 5, 5, 56, 8192), (3, 37, 5, 5, 13, 256),
+                  (9, 2048, 7, 7, 128, 65536)]
 
 
 def _fc_env(monkeypatch, grid, item_bytes):
@@ -432,6 +437,34 @@ def test_cuda_persistent_fc_items_same_bits_on_every_grid(squeeze, layout, monke
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert torch.equal(a, b)
+
+
+def _unaligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t that starts one element past an allocation's start: rows of
+    16-bit, float or double weights are then not 16-byte aligned."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t.detach())
+    assert out.is_contiguous() and out.data_ptr() % 16 != 0
+    return out.requires_grad_(True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64],
+                         ids=str)
+@pytest.mark.parametrize("grid", [1, None], ids=lambda g: f"grid{g or '-full'}")
+def test_cuda_persistent_fc_items_unaligned_weights(dtype, grid, monkeypatch, poison):
+    """W1 and W2 one element past a 16-byte boundary (contiguous, so fused_se passes them as
+    they are): the backward FC items copy their weight blocks element by element instead of
+    16-byte cp.async (fc.cuh cols_dot_staged), the forward loads them element by element;
+    both squeezes, against the float64 reference; conv5_x-like (G = 8, 32 KiB items) and
+    conv2_x-like (G = 1, one item a stage)."""
+    _fc_env(monkeypatch, grid, None)
+    for n, c, h, w, cr in ((9, 2048, 7, 7, 128), (3, 256, 6, 6, 16)):
+        inp = _make(n, c, h, w, cr, seed=c + n, dtype=dtype, layout="contiguous", bias=True,
+                    residual=True)
+        inp.w1, inp.w2 = _unaligned(inp.w1), _unaligned(inp.w2)
+        for squeeze in ("avg", "max"):
+            check_backend("cuda", inp, squeeze, "silu", "sigmoid")
 
 
 def test_cuda_fc_item_env_checked(monkeypatch):
