@@ -35,6 +35,9 @@ answered once):
 The last group's squeeze combine and its two stages are on the critical path; every other
 group's items overlap the streaming (their CTA time divided by the grid, as before), where a
 stage-2 item's CTA time includes its spin while stage 1 runs.
+"after 12c" (the rows --json writes) replaces the backward item's time with issue 12c's
+loop (fc.cuh cols_dot_staged: the weight block copied to shared memory by 16-byte cp.async;
+bwd_item_time_staged); bwd_item_time stays as 12a's "before". --bwd-items prints both.
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ def fwd_item_time(rows, k, G):
 
 
 def bwd_item_time(cols, rows):
-    """One backward FC item (cols_dot): `cols` columns of `rows` rows, 2-byte loads."""
+    """One backward FC item of 12a (cols_dot, since replaced by cols_dot_staged): `cols`
+    columns of `rows` rows, 2-byte loads."""
     slices = THREADS // cols
     t = 0.0
     for r0 in range(0, rows, FC_CHUNK):
