@@ -391,7 +391,11 @@ def test_cuda_nhwc_short_last_channel_tile(path, poison):
 FC_ITEM_SHAPES = [(9, 2048, 7, 7, 128, None), (3, 256, 28, 28, 16, None),
                   (3, 256, 28, 28, 16, 2048), (5, 1040, 3, 3, 520, 4096),
                   (5, 104, 5, 5, 56, 8192), (3, 37, 5, 5, 13, 256),
-                  (9, 2048, 7, 7, 128, 65536)]
+                  (9, 2048, 7, 7, 128, 65536),
+                  # backward items of 24 (bf16) / 12 (float) columns over C = 2000 rows: weight
+                  # stages of 682 rows (not a multiple of 4: the quad loop's tail) and a short
+                  # last stage (636 rows)
+                  (3, 2000, 3, 3, 40, 96000)]
 
 
 def _fc_env(monkeypatch, grid, item_bytes):
@@ -466,6 +470,32 @@ def test_cuda_persistent_fc_items_unaligned_weights(dtype, grid, monkeypatch, po
         inp.w1, inp.w2 = _unaligned(inp.w1), _unaligned(inp.w2)
         for squeeze in ("avg", "max"):
             check_backend("cuda", inp, squeeze, "silu", "sigmoid")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("item_bytes", [None, 65536], ids=lambda b: f"fc{b or '-default'}")
+def test_cuda_persistent_fc_items_copy_path_same_bits(dtype, item_bytes, monkeypatch):
+    """The sum order of the backward FC items does not depend on how the weights reach shared
+    memory: with W1 and W2 16-byte aligned (cp.async copies) and one element off (element
+    copies), y and every gradient are bitwise equal; one and two weight stages."""
+    _fc_env(monkeypatch, None, item_bytes)
+    n, c, h, w, cr, _ = FC_ITEM_SHAPES[0]
+    inp = _make(n, c, h, w, cr, seed=21, dtype=dtype, layout="contiguous", bias=True,
+                residual=True)
+    assert inp.w1.data_ptr() % 16 == 0 and inp.w2.data_ptr() % 16 == 0
+    dy = torch.randn(inp.x.shape, device="cuda").to(inp.x.dtype)
+    runs = []
+    for unaligned in (False, True):
+        if unaligned:
+            inp.w1, inp.w2 = _unaligned(inp.w1), _unaligned(inp.w2)
+        for squeeze in ("avg", "max"):
+            y = se_kernels.fused_se(*inp.args(), residual=inp.residual, squeeze=squeeze,
+                                    backend="cuda")
+            runs.append((y, *torch.autograd.grad(y, inp.tensors(), dy)))
+    half = len(runs) // 2
+    for aligned, unaligned in zip(runs[:half], runs[half:]):
+        for a, b in zip(aligned, unaligned):
+            assert torch.equal(a, b)
 
 
 def test_cuda_fc_item_env_checked(monkeypatch):
