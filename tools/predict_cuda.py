@@ -120,7 +120,8 @@ def bwd_item_time(cols, rows):
 SM_CLK = 1.755e9       # Hz, H200 SM clock (boost ~1.98 GHz; the lower figure under load)
 FC_STAGE_ELEMS = 16384  # bf16 elements of cols_dot_staged's weight stage (kFcStageElems floats)
 V_LOADS = 4            # v loads in flight per thread while staging (kVLoads)
-SMEM_CHAIN_CLK = 30    # clk per dependent shared-memory load (the slice sums)
+SMEM_LAT_CLK = 30      # clk, one shared-memory load's latency (the slice sums)
+FADD_CLK = 4           # clk per dependent float add (the slice sums' chain)
 
 
 def bwd_item_time_staged(cols, rows, G):
@@ -131,8 +132,10 @@ def bwd_item_time_staged(cols, rows, G):
     (G x nr floats, 4 loads in flight per thread: ceil(G nr / 2048) round trips) and the
     compute from shared memory: each thread adds row quads, per quad 4 shared reads of w and G
     16-byte reads of v (one wavefront each: broadcasts / contiguous) and 4 G FMAs (4 warp
-    instructions a clock per SM); then the sum over the `slices` partials of a column, a
-    chain of dependent shared reads; plus ITEM_FIXED."""
+    instructions a clock per SM); then the sum over the `slices` partials of a column: a
+    thread per (sample, column), ceil(G cols / 512) rounds, each one shared-read latency (the
+    `slices` reads are independent) and a chain of `slices` dependent adds, or the active
+    warps' shared reads at one a clock if more; plus ITEM_FIXED."""
     srows = FC_STAGE_ELEMS // cols
     slices = THREADS // cols
     warps = THREADS // 32
@@ -146,7 +149,11 @@ def bwd_item_time_staged(cols, rows, G):
             t += max(t_w, t_v) if r0 == 0 else t_v
             quads = math.ceil(math.ceil(nr / 4) / slices)
             t += warps * quads * ((4 + G) + G) / SM_CLK  # shared reads + FMA instructions
-    return t + slices * SMEM_CHAIN_CLK / SM_CLK + ITEM_FIXED
+    sums = G * cols
+    warps_active = math.ceil(min(sums, THREADS) / 32)
+    t_sum = math.ceil(sums / THREADS) * max(SMEM_LAT_CLK + slices * FADD_CLK,
+                                             warps_active * slices) / SM_CLK
+    return t + t_sum + ITEM_FIXED
 
 
 def fc_items(C, Cr, direction):
