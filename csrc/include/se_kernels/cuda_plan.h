@@ -39,6 +39,15 @@ SE_HOST_DEVICE int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
+// Shared memory a block gets without opting in (cudaFuncAttributeMaxDynamicSharedMemorySize):
+// 48 KiB for the kernel's static and dynamic shared memory together. The persistent kernels
+// have a few bytes of static shared memory (the ticket), so a 48 KiB dynamic plan (the
+// backward's at conv5_x, G = 8) needs the opt-in although it is not above 48 KiB.
+constexpr int64_t kDefaultBlockSmem = 48 << 10;
+SE_HOST_DEVICE bool smem_needs_opt_in(int64_t static_bytes, int64_t dynamic_bytes) {
+  return dynamic_bytes > 0 && static_bytes + dynamic_bytes > kDefaultBlockSmem;
+}
+
 // Rows of the FC input staging for a group of G samples: G rounded up to 1, 2, 4 or 8 (the
 // compile-time sample counts of the FC loops, fc.cuh); rows G.. are zero-filled padding.
 SE_HOST_DEVICE int64_t group_rows(int64_t G) {
