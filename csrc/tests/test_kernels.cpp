@@ -752,6 +752,19 @@ int main() {
   // into pieces that each fit a time limit); the CPU is skipped too.
   const char* only_env = std::getenv("SE_KERNELS_TEST_PATH");
   const std::string only = only_env != nullptr ? only_env : "";
+  // SE_KERNELS_TEST_SHAPE=N,C,Cr,H,W: that shape only (a short sanitizer pass)
+  const char* shape_env = std::getenv("SE_KERNELS_TEST_SHAPE");
+  std::vector<int64_t> only_shape;
+  if (shape_env != nullptr && *shape_env != '\0') {
+    long long v[5];
+    char tail = 0;
+    if (std::sscanf(shape_env, "%lld,%lld,%lld,%lld,%lld%c", &v[0], &v[1], &v[2], &v[3], &v[4],
+                    &tail) != 5) {
+      std::printf("SE_KERNELS_TEST_SHAPE=%s: expected N,C,Cr,H,W\n", shape_env);
+      return 2;
+    }
+    only_shape.assign(v, v + 5);
+  }
   for (const auto& [device, path] : runs) {
     if (quick && device.is_cpu()) continue;
     if (!only.empty() && (device.is_cpu() || path != only)) continue;
@@ -759,7 +772,7 @@ int main() {
     const char* label = device.is_cpu() ? "cpu" : path.c_str();
     // the forced paths: float and bfloat16 (auto covers every dtype)
     const bool narrow = quick || path == "persistent" || path == "cluster";
-    for (const auto& sh : shapes)
+    for (const auto& sh : only_shape.empty() ? shapes : decltype(shapes){only_shape})
       for (auto dtype : dtypes)
         for (bool cl : {false, true})
           for (int64_t sq : {0, 1})
