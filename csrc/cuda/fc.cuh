@@ -327,7 +327,9 @@ __device__ __forceinline__ void rows_dot(const T* M, int64_t ldm, int R, int K, 
 //    kFcStageElems: the whole block for the plan's ~kFcItemBytes items), with 16-byte
 //    cp.async copies (every copy of a stage in flight at once, no register held while they
 //    fly) when M and every row start are 16-byte aligned and NC % VEC == 0, else element by
-//    element.
+//    element. (With aligned rows, ldm % VEC == 0, and the plan's column blocks start on
+//    multiples of VEC, so a short last block is whole vectors too: the element copies are
+//    for unaligned rows, or a caller's NC that is not whole vectors.)
 //  * v (G rows at stride ldv) is global, written earlier in this launch by this CTA or
 //    another, so read through L2 (ld.global.cg); it is staged kFcChunk rows at a time, with
 //    kVLoads loads in flight per thread (ceil(G nr / (kVLoads kThreads)) round trips a
@@ -340,8 +342,8 @@ __device__ __forceinline__ void rows_dot(const T* M, int64_t ldm, int R, int K, 
 //    order depends on NC, R and sizeof(T) only: bitwise reproducible, whatever the grid.
 // smem: kFcStageElems (the weight stage; afterwards the column partials, kThreads *
 // kMaxGroup <= kFcStageElems) + G * kFcChunk elements of A. emit(g, j, value), once per (g,
-// j). Every thread of the CTA calls it; shared memory is free on entry and on return, and no
-// cp.async is left in flight.
+// j). Every thread of the CTA calls it; shared memory is free on entry (a barrier since any
+// thread's last use of it) and on return, and no cp.async is left in flight.
 template <typename T, typename A, typename Emit>
 __device__ __forceinline__ void cols_dot_staged(const T* M, int64_t ldm, int R, int NC,
                                                 const A* v, int64_t ldv, int G, A* smem,
@@ -373,7 +375,10 @@ __device__ __forceinline__ void cols_dot_staged(const T* M, int64_t ldm, int R, 
     for (int g = 0; g < kMaxGroup; ++g) acc[g] = A(0);
     for (int s0 = 0; s0 < R; s0 += srows) {
       const int ns = R - s0 < srows ? R - s0 : srows;
-      __syncthreads();  // the previous stage (and the previous chunk of vs) is consumed
+      // the previous stage (and the previous chunk of vs) is consumed; at s0 == 0 the entry
+      // (shared memory free: the caller's barrier, fc_item_wait's) or the previous column
+      // block's last barrier already says so
+      if (s0 > 0) __syncthreads();
       const T* m = M + int64_t(s0) * ldm + cb;
       if (w_vec) {
         for (int i = threadIdx.x; i < ns * nv; i += kThreads) {
@@ -391,18 +396,27 @@ __device__ __forceinline__ void cols_dot_staged(const T* M, int64_t ldm, int R, 
         const int nr = ns - r0 < kFcChunk ? ns - r0 : kFcChunk;
         if (r0 > 0) __syncthreads();  // the previous chunk of vs is consumed
         const A* vr = v + s0 + r0;
+        // the thread's flat indices i = g nr + r (i = threadIdx.x + k kThreads) stepped
+        // without a division per element: kThreads = dg nr + dr (two divisions a chunk)
+        const int dg = kThreads / nr, dr = kThreads - dg * nr;
+        int g = int(threadIdx.x) / nr, r = int(threadIdx.x) - g * nr;
         for (int i0 = 0; i0 < G * nr; i0 += kVLoads * kThreads) {  // kVLoads loads, then stores
           A t[kVLoads];
+          int o[kVLoads];  // offset in vs, or -1 past the last sample
 #pragma unroll
           for (int u = 0; u < kVLoads; ++u) {
-            const int i = i0 + u * kThreads + int(threadIdx.x);
-            t[u] = i < G * nr ? load_cg(vr + (i / nr) * ldv + (i - (i / nr) * nr)) : A(0);
+            o[u] = g < G ? g * kFcChunk + r : -1;
+            t[u] = g < G ? load_cg(vr + g * ldv + r) : A(0);
+            g += dg;
+            r += dr;
+            if (r >= nr) {
+              r -= nr;
+              ++g;
+            }
           }
 #pragma unroll
-          for (int u = 0; u < kVLoads; ++u) {
-            const int i = i0 + u * kThreads + int(threadIdx.x);
-            if (i < G * nr) vs[(i / nr) * kFcChunk + (i - (i / nr) * nr)] = t[u];
-          }
+          for (int u = 0; u < kVLoads; ++u)
+            if (o[u] >= 0) vs[o[u]] = t[u];
         }
         cp_async_wait_all();  // this thread's weight copies of the stage have landed (a
         __syncthreads();      // no-op after the first chunk); the barrier shows all to all
