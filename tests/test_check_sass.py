@@ -41,8 +41,10 @@ def test_parse_counts_read_only_vectors(cs):
 @pytest.mark.skipif(shutil.which("c++filt") is None, reason="needs c++filt (binutils)")
 @pytest.mark.parametrize("ro", [False, True])
 def test_nchw_span_reduce_must_be_vectorised(cs, ro, tmp_path, monkeypatch, capsys):
-    text = sass(BWD_HALF_NCHW, ["LDG.E.128", "LDG.E.U16"] + (["LDG.E.128.CONSTANT"] if ro else []))
-    text += sass(BWD_HALF_NHWC, ["LDG.E.128"])  # NHWC: no span reduce, no requirement
+    text = sass(BWD_HALF_NCHW, ["LDG.E.128", "LDG.E.U16", "LDGSTS.E.BYPASS.128"] +
+                (["LDG.E.128.CONSTANT"] if ro else []))
+    # NHWC: no span reduce, no requirement
+    text += sass(BWD_HALF_NHWC, ["LDG.E.128", "LDGSTS.E.BYPASS.128"])
     dump = tmp_path / "sass.txt"
     dump.write_text(text)
     fake = tmp_path / "cuobjdump"
@@ -54,3 +56,27 @@ def test_nchw_span_reduce_must_be_vectorised(cs, ro, tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert rc == (0 if ro else 1), out
     assert ("span reduce is not 16-byte" in out) == (not ro)
+
+
+BWD_DOUBLE_NHWC = ("_ZN10se_kernels4cuda6detail24se_bwd_persistent_kernelIdLb1ELb0ELb0EEEv"
+                   "NS0_12BackwardArgsENS0_16PersistentConfigE")
+
+
+@pytest.mark.skipif(shutil.which("c++filt") is None, reason="needs c++filt (binutils)")
+@pytest.mark.parametrize("func", [BWD_HALF_NHWC, BWD_DOUBLE_NHWC], ids=["half", "double"])
+@pytest.mark.parametrize("cp_async", [False, True])
+def test_backward_fc_items_must_use_cp_async(cs, func, cp_async, tmp_path, monkeypatch, capsys):
+    """Issue 12c: a backward persistent kernel (any element type) without a 16-byte cp.async
+    (LDGSTS.128: fc.cuh cols_dot_staged's weight copies) fails the check."""
+    text = sass(func, ["LDG.E.128", "LDG.E.64"] + (["LDGSTS.E.BYPASS.128"] if cp_async else []))
+    dump = tmp_path / "sass.txt"
+    dump.write_text(text)
+    fake = tmp_path / "cuobjdump"
+    fake.write_text(f"#!/bin/sh\ncat {dump}\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(cs, "find_cuobjdump", lambda: str(fake))
+    monkeypatch.setattr("sys.argv", ["check_sass.py", str(tmp_path / "lib.so")])
+    rc = cs.main()
+    out = capsys.readouterr().out
+    assert rc == (0 if cp_async else 1), out
+    assert ("weight copies are not 16-byte cp.async" in out) == (not cp_async)

@@ -311,8 +311,9 @@ def test_cuda_more_than_2_31_elements(layout):
 def test_cuda_shared_memory_limit_survives_a_smaller_shape():
     """A kernel's dynamic shared-memory limit is one attribute per kernel: a call that needs
     less (but more than 48 KiB) must not lower it under what an earlier shape needs, or the
-    next call of that shape fails to launch. float64 backward (persistent, any GPU): 64 KiB
-    (G = 8), 52 KiB (G = 5), 64 KiB; bfloat16 forward on sm_90 (cluster, K = 16): 98 KiB
+    next call of that shape fails to launch. float64 backward (persistent, any GPU): 96 KiB
+    (G = 8), 84 KiB (G = 5), 96 KiB (issue 12c's FC weight stage, 64 KiB in float64, plus G
+    staged rows of 512); bfloat16 forward on sm_90 (cluster, K = 16): 98 KiB
     (conv2_x), 49 KiB (conv3_x), 98 KiB."""
     cases = [((16, 256, 2, 2, 64), torch.float64), ((5, 256, 2, 2, 64), torch.float64),
              ((16, 256, 2, 2, 64), torch.float64), ((1, 256, 56, 56, 16), torch.bfloat16),
@@ -358,7 +359,8 @@ def test_cuda_paths_agree(shape, monkeypatch):
 def test_cuda_hidden_wider_than_a_chunk(layout, dtype, squeeze, path, poison):
     """Cr = 520 > kFcChunk (512) and C = 1040 > 512: the FCs staged in chunks (the persistent
     forward's second FC accumulates over two chunks of h; the backward's dz = dhpre W1 runs
-    cols_dot over two chunks of rows), and FC groups of G = 2 and 3 (padded to 2 and 4)."""
+    cols_dot_staged over two chunks of rows), and FC groups of G = 2 and 3 (padded to 2 and
+    4)."""
     for n in (2, 3):
         inp = _make(n, 1040, 3, 3, 520, seed=n, dtype=dtype, layout=layout, bias=True,
                     residual=True)
@@ -383,9 +385,17 @@ def test_cuda_nhwc_short_last_channel_tile(path, poison):
 # (n, c, h, w, cr, SE_KERNELS_CUDA_FC_BYTES). (5, 104, 5, 5, 56, 8192): a short last block in
 # all four stages (forward and backward, bf16 and float), rows 16-byte aligned; (3, 37, 5, 5,
 # 13, 256): odd C and Cr, so the element-load path, over several blocks (review of 12a).
+# (9, 2048, 7, 7, 128, 65536): backward items of 64 KiB (bf16: 16 columns x 2048 rows; float:
+# 8 x 2048), twice fc.cuh's weight stage, so cols_dot_staged copies each block in two stages
+# of 1024 rows, each read against two chunks of v (issue 12c).
 FC_ITEM_SHAPES = [(9, 2048, 7, 7, 128, None), (3, 256, 28, 28, 16, None),
                   (3, 256, 28, 28, 16, 2048), (5, 1040, 3, 3, 520, 4096),
-                  (5, 104, 5, 5, 56, 8192), (3, 37, 5, 5, 13, 256)]
+                  (5, 104, 5, 5, 56, 8192), (3, 37, 5, 5, 13, 256),
+                  (9, 2048, 7, 7, 128, 65536),
+                  # backward items of 24 (bf16) / 12 (float) columns over C = 2000 rows: weight
+                  # stages of 682 rows (not a multiple of 4: the quad loop's tail) and a short
+                  # last stage (636 rows)
+                  (3, 2000, 3, 3, 40, 96000)]
 
 
 def _fc_env(monkeypatch, grid, item_bytes):
@@ -431,6 +441,60 @@ def test_cuda_persistent_fc_items_same_bits_on_every_grid(squeeze, layout, monke
         runs.append((y, *torch.autograd.grad(y, inp.tensors(), dy)))
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
+def _unaligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t that starts one element past an allocation's start: rows of
+    16-bit, float or double weights are then not 16-byte aligned."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t.detach())
+    assert out.is_contiguous() and out.data_ptr() % 16 != 0
+    return out.requires_grad_(True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64],
+                         ids=str)
+@pytest.mark.parametrize("grid", [1, None], ids=lambda g: f"grid{g or '-full'}")
+def test_cuda_persistent_fc_items_unaligned_weights(dtype, grid, monkeypatch, poison):
+    """W1 and W2 one element past a 16-byte boundary (contiguous, so fused_se passes them as
+    they are): the backward FC items copy their weight blocks element by element instead of
+    16-byte cp.async (fc.cuh cols_dot_staged), the forward loads them element by element;
+    both squeezes, against the float64 reference; conv5_x-like (G = 8, 32 KiB items) and
+    conv2_x-like (G = 1, one item a stage)."""
+    _fc_env(monkeypatch, grid, None)
+    for n, c, h, w, cr in ((9, 2048, 7, 7, 128), (3, 256, 6, 6, 16)):
+        inp = _make(n, c, h, w, cr, seed=c + n, dtype=dtype, layout="contiguous", bias=True,
+                    residual=True)
+        inp.w1, inp.w2 = _unaligned(inp.w1), _unaligned(inp.w2)
+        for squeeze in ("avg", "max"):
+            check_backend("cuda", inp, squeeze, "silu", "sigmoid")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("item_bytes", [None, 65536], ids=lambda b: f"fc{b or '-default'}")
+def test_cuda_persistent_fc_items_copy_path_same_bits(dtype, item_bytes, monkeypatch):
+    """The sum order of the backward FC items does not depend on how the weights reach shared
+    memory: with W1 and W2 16-byte aligned (cp.async copies) and one element off (element
+    copies), y and every gradient are bitwise equal; one and two weight stages."""
+    _fc_env(monkeypatch, None, item_bytes)
+    n, c, h, w, cr, _ = FC_ITEM_SHAPES[0]
+    inp = _make(n, c, h, w, cr, seed=21, dtype=dtype, layout="contiguous", bias=True,
+                residual=True)
+    assert inp.w1.data_ptr() % 16 == 0 and inp.w2.data_ptr() % 16 == 0
+    dy = torch.randn(inp.x.shape, device="cuda").to(inp.x.dtype)
+    runs = []
+    for unaligned in (False, True):
+        if unaligned:
+            inp.w1, inp.w2 = _unaligned(inp.w1), _unaligned(inp.w2)
+        for squeeze in ("avg", "max"):
+            y = se_kernels.fused_se(*inp.args(), residual=inp.residual, squeeze=squeeze,
+                                    backend="cuda")
+            runs.append((y, *torch.autograd.grad(y, inp.tensors(), dy)))
+    half = len(runs) // 2
+    for aligned, unaligned in zip(runs[:half], runs[half:]):
+        for a, b in zip(aligned, unaligned):
             assert torch.equal(a, b)
 
 

@@ -28,8 +28,11 @@ must use:
     line table (-lineinfo): nvdisasm -gi prints each instruction's chain of inlined source
     lines, and a load counts when the chain passes through rows_dot_padded's lines. It needs
     nvdisasm (the toolkit's or triton's); without it the column reads "-" and the check is
-    skipped, with a note. (The backward's FC items keep cols_dot's element loads: see
-    docs/perf-notes.md, "Issue 12: FC row-block items".)
+    skipped, with a note.
+  * se_bwd_persistent_kernel, every element type (float64 included): at least one LDGSTS.128
+    (16-byte cp.async): the FC items' weight-block copies (fc.cuh cols_dot_staged, issue
+    12c), the only cp.async of the persistent kernels. Without it the items' weights would
+    reach shared memory element by element (the fallback for unaligned weights only).
 A count is static (instructions in the binary, not executions): it proves that the vector
 path exists in the machine code, not how often it runs; docs/perf-notes.md predicts that.
 
@@ -228,8 +231,11 @@ def main() -> int:
                      " ".join(f"{k}:{v}" for k, v in sorted(cnt.items()) if k not in (
                          "LDG128", "LDGSTS128", "RO128"))))
         dtype = targs.split(",")[0]
+        if kern == "se_bwd_persistent_kernel" and cnt["LDGSTS128"] == 0:
+            failures.append(f"{kern}<{targs}>: the FC items' weight copies are not 16-byte "
+                            "cp.async (no LDGSTS.128, fc.cuh cols_dot_staged)")
         if dtype == "double":
-            continue  # no vector path by design (device.cuh kHasVecPath)
+            continue  # no vector path in the tile passes by design (device.cuh kHasVecPath)
         if kern == "se_fwd_cluster_kernel":
             if cnt["LDGSTS128"] == 0:
                 failures.append(f"{kern}<{targs}>: the slab copy is not 16-byte cp.async")

@@ -24,7 +24,9 @@
 #                   after compile_triton_kernels.py --set tests (a third of the limit)
 #   sanitizer (120 s) the C++ test program (CMake, sm_90a) on the quick matrix under
 #                   compute-sanitizer memcheck (every path), racecheck on the persistent path
-#                   (must be clean) and on the cluster path (its split barrier: see
+#                   (must be clean), racecheck and synccheck on the persistent path with 64 KiB
+#                   FC items (the backward's two weight stages; one conv5_x-like shape: must
+#                   be clean) and racecheck on the cluster path (its split barrier: see
 #                   docs/perf-notes.md, "GPU first contact")
 #   huge    (90 s)  the > 2^31-element tests, one at a time, outside xdist (each skips unless
 #                   the GPU has the FREE memory it needs)
@@ -124,7 +126,7 @@ if [[ $DRY -eq 1 ]]; then
         p=$("$PY" tools/gpu_probe.py --dry-run --budget-s $(( LIMIT[probe] - 15 )) 2>&1 | head -n 2 | tr '\n' ' ')
         [[ "$p" == *"op rows"* ]] || { p+=" PROBE DRY RUN FAILED"; fail=1; }
         line+="   $p" ;;
-      sanitizer) line+="   CMake build (sm_90a) + compute-sanitizer memcheck, racecheck x2" ;;
+      sanitizer) line+="   CMake build (sm_90a) + compute-sanitizer memcheck, racecheck x3, synccheck" ;;
     esac
     echo "$line"
   done
@@ -262,12 +264,20 @@ for s in "${STEPS[@]}"; do
         echo '== racecheck, persistent path (must be clean)'
         SE_KERNELS_TEST_QUICK=1 SE_KERNELS_TEST_PATH=persistent \
           compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 1 $bin || rc=1
+        echo '== racecheck, persistent path, 64 KiB FC items: two weight stages (must be clean)'
+        SE_KERNELS_TEST_QUICK=1 SE_KERNELS_TEST_PATH=persistent SE_KERNELS_TEST_SHAPE=9,2048,128,7,7 \
+          SE_KERNELS_CUDA_FC_BYTES=65536 \
+          compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 1 $bin || rc=1
+        echo '== synccheck, persistent path, 64 KiB FC items: two weight stages (must be clean)'
+        SE_KERNELS_TEST_QUICK=1 SE_KERNELS_TEST_PATH=persistent SE_KERNELS_TEST_SHAPE=9,2048,128,7,7 \
+          SE_KERNELS_CUDA_FC_BYTES=65536 \
+          compute-sanitizer --tool synccheck --error-exitcode 1 $bin || rc=1
         echo '== racecheck, cluster path (split barrier: read each report against docs/perf-notes.md)'
         SE_KERNELS_TEST_QUICK=1 SE_KERNELS_TEST_PATH=cluster \
           compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 2 $bin || rc=\$((rc | 2))
         exit \$rc"
       rc=$STEP_RC
-      detail=$(grep -E "^== (memcheck|racecheck)|(ERROR|RACECHECK) SUMMARY" "$log" \
+      detail=$(grep -E "^== (memcheck|racecheck|synccheck)|(ERROR|RACECHECK) SUMMARY" "$log" \
         | sed 's/^=* *//; s/ (must.*//; s/ (split.*//' | tr '\n' ' ' | cut -c1-300)
       [[ $rc -eq 2 ]] && detail+=" (cluster path only: see docs/perf-notes.md before calling it a bug)"
       [[ $rc -eq 3 ]] && detail="CMake build failed"

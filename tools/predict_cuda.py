@@ -35,6 +35,9 @@ answered once):
 The last group's squeeze combine and its two stages are on the critical path; every other
 group's items overlap the streaming (their CTA time divided by the grid, as before), where a
 stage-2 item's CTA time includes its spin while stage 1 runs.
+"after 12c" (the rows --json writes) replaces the backward item's time with issue 12c's
+loop (fc.cuh cols_dot_staged: the weight block copied to shared memory by 16-byte cp.async;
+bwd_item_time_staged); bwd_item_time stays as 12a's "before". --bwd-items prints both.
 """
 
 from __future__ import annotations
@@ -103,13 +106,54 @@ def fwd_item_time(rows, k, G):
 
 
 def bwd_item_time(cols, rows):
-    """One backward FC item (cols_dot): `cols` columns of `rows` rows, 2-byte loads."""
+    """One backward FC item of 12a (cols_dot, since replaced by cols_dot_staged): `cols`
+    columns of `rows` rows, 2-byte loads."""
     slices = THREADS // cols
     t = 0.0
     for r0 in range(0, rows, FC_CHUNK):
         nr = min(FC_CHUNK, rows - r0)
         t += L2_LAT + math.ceil(math.ceil(nr / slices) / 2) * L2_LAT
     return t + ITEM_FIXED
+
+
+# Issue 12c: the backward items' loop is fc.cuh cols_dot_staged (see bwd_item_time_staged).
+SM_CLK = 1.755e9       # Hz, H200 SM clock (boost ~1.98 GHz; the lower figure under load)
+FC_STAGE_ELEMS = 16384  # bf16 elements of cols_dot_staged's weight stage (kFcStageElems floats)
+V_LOADS = 4            # v loads in flight per thread while staging (kVLoads)
+SMEM_LAT_CLK = 30      # clk, one shared-memory load's latency (the slice sums)
+FADD_CLK = 4           # clk per dependent float add (the slice sums' chain)
+
+
+def bwd_item_time_staged(cols, rows, G):
+    """One backward FC item (issue 12c, fc.cuh cols_dot_staged): `cols` columns of `rows`
+    rows, G samples. Per weight stage (the whole block for the plan's 32 KiB items) one L2
+    round trip for the 16-byte cp.async copies, all in flight (plus the bytes at one CTA's L2
+    rate), overlapped with the first chunk's v staging; per chunk of 512 rows the v staging
+    (G x nr floats, 4 loads in flight per thread: ceil(G nr / 2048) round trips) and the
+    compute from shared memory: each thread adds row quads, per quad 4 shared reads of w and G
+    16-byte reads of v (one wavefront each: broadcasts / contiguous) and 4 G FMAs (4 warp
+    instructions a clock per SM); then the sum over the `slices` partials of a column: a
+    thread per (sample, column), ceil(G cols / 512) rounds, each one shared-read latency (the
+    `slices` reads are independent) and a chain of `slices` dependent adds, or the active
+    warps' shared reads at one a clock if more; plus ITEM_FIXED."""
+    srows = FC_STAGE_ELEMS // cols
+    slices = THREADS // cols
+    warps = THREADS // 32
+    t = 0.0
+    for s0 in range(0, rows, srows):
+        ns = min(srows, rows - s0)
+        t_w = L2_LAT + ns * cols * ESIZE / CTA_L2_MAX
+        for r0 in range(0, ns, FC_CHUNK):
+            nr = min(FC_CHUNK, ns - r0)
+            t_v = max(math.ceil(G * nr / (THREADS * V_LOADS)) * L2_LAT, G * nr * 4 / CTA_L2_MAX)
+            t += max(t_w, t_v) if r0 == 0 else t_v
+            quads = math.ceil(math.ceil(nr / 4) / slices)
+            t += warps * quads * ((4 + G) + G) / SM_CLK  # shared reads + FMA instructions
+    sums = G * cols
+    warps_active = math.ceil(min(sums, THREADS) / 32)
+    t_sum = math.ceil(sums / THREADS) * max(SMEM_LAT_CLK + slices * FADD_CLK,
+                                             warps_active * slices) / SM_CLK
+    return t + t_sum + ITEM_FIXED
 
 
 def fc_items(C, Cr, direction):
@@ -120,11 +164,14 @@ def fc_items(C, Cr, direction):
     return math.ceil(Cr / b1), math.ceil(C / b2), b1, b2
 
 
-def fc_items_time(C, Cr, G, direction):
-    """(critical path of one group's FC, CTA time of one group's FC items, item count)."""
+def fc_items_time(C, Cr, G, direction, staged=False):
+    """(critical path of one group's FC, CTA time of one group's FC items, item count).
+    staged: the backward items of issue 12c (cols_dot_staged) instead of 12a's cols_dot."""
     n1, n2, b1, b2 = fc_items(C, Cr, direction)
     if direction == "fwd":
         t1, t2 = fwd_item_time(b1, C, G), fwd_item_time(b2, Cr, G)
+    elif staged:
+        t1, t2 = bwd_item_time_staged(b1, C, G), bwd_item_time_staged(b2, Cr, G)
     else:
         t1, t2 = bwd_item_time(b1, C), bwd_item_time(b2, Cr)
     # CTA time: the items, plus the stage-2 items' spin while stage 1 runs (they are handed
@@ -179,14 +226,14 @@ def stream_inflight_sm(path, direction, layout, HW, version):
         # forward NCHW with HW % 8 != 0 reduces rows with scalar loads (unroll 4 x 2 B) but
         # scales flat (16 B); the reduce reads x from HBM, so it sets the pace
         if not vec:
-            if version in ("after", "12a"):  # issue 12 item 3: the span reduce
+            if version in ("after", "12a", "12c"):  # issue 12 item 3: the span reduce
                 return span_reduce_inflight_sm(direction, HW)
             per_thread = 4 * 2
         return 2 * THREADS * per_thread
     # backward reduce: dy, x (and y) per step, unroll 2
     if vec:
         return 2 * THREADS * 2 * 2 * 16
-    if version in ("after", "12a"):  # issue 12 item 3: the span reduce
+    if version in ("after", "12a", "12c"):  # issue 12 item 3: the span reduce
         return span_reduce_inflight_sm(direction, HW)
     return 2 * THREADS * 2 * 2 * 2  # scalar 2-byte loads (23a97b5)
 
@@ -222,8 +269,8 @@ def predict(path, stage, N, layout, direction, version):
     else:
         t_stream = (2 * x if direction == "fwd" else 3 * x) / (BW * eff)
         fc_bytes = W  # forward: W1 and W2 once per group; backward: the same (dh, dz)
-        if version == "12a":  # FC items spread over the grid (critical path, CTA time)
-            t_fc, t_fc_cta, nitems = fc_items_time(C, Cr, G, direction)
+        if version in ("12a", "12c"):  # FC items spread over the grid (critical path, CTA time)
+            t_fc, t_fc_cta, nitems = fc_items_time(C, Cr, G, direction, version == "12c")
         else:  # the group's FC on one CTA
             t_fc = fc_bytes / cta_l2_rate(fc_inflight_cta(version, direction, G, path))
             t_fc_cta = t_fc
@@ -235,7 +282,7 @@ def predict(path, stage, N, layout, direction, version):
         if N == 1:
             t = LAUNCH["persistent"] + 2 * HBM_LAT + t_stream + t_fc
             t += 2e-6 if direction == "bwd" else 0
-        if version == "12a":
+        if version in ("12a", "12c"):
             note.append(f"G={G}, FC in {nitems} items a group: last group's FC "
                         f"{t_fc * 1e6:.1f} us on the critical path, "
                         f"{t_fc_cta * 1e6:.0f} us CTA time a group")
@@ -285,14 +332,41 @@ def print_span_reduce_rows():
                       f"{a['predicted_us']:.1f} ({100 * a['floor_us'] / a['predicted_us']:.0f}%) |")
 
 
+def print_bwd_item_rows():
+    """Issue 12c: the persistent backward rows, 12a's items (cols_dot) against 12c's
+    (cols_dot_staged), with the two items' times of each stage."""
+    print("| stage | N | layout | floor us | stage-1 / stage-2 item us, 12a -> 12c | "
+          "after 12a us (% floor) | after 12c us (% floor) |")
+    print("|---|---|---|---|---|---|---|")
+    for stage, (C, HW, Cr) in STAGES.items():
+        _, _, b1, b2 = fc_items(C, Cr, "bwd")
+        for N in (1, 256):
+            G = group(C, HW, Cr, N)
+            old = (bwd_item_time(b1, C), bwd_item_time(b2, Cr))
+            new = (bwd_item_time_staged(b1, C, G), bwd_item_time_staged(b2, Cr, G))
+            for layout in ("nchw", "nhwc"):
+                a = predict("persistent", stage, N, layout, "bwd", "12a")
+                c = predict("persistent", stage, N, layout, "bwd", "12c")
+                print(f"| {stage} | {N} | {layout} | {a['floor_us']:.1f} | "
+                      f"{old[0] * 1e6:.1f} / {old[1] * 1e6:.1f} -> "
+                      f"{new[0] * 1e6:.1f} / {new[1] * 1e6:.1f} | "
+                      f"{a['predicted_us']:.1f} ({100 * a['floor_us'] / a['predicted_us']:.0f}%) | "
+                      f"{c['predicted_us']:.1f} ({100 * c['floor_us'] / c['predicted_us']:.0f}%) |")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--json", help="write the 'after 12a' rows here")
+    ap.add_argument("--json", help="write the latest rows (12a's forward, 12c's backward) here")
     ap.add_argument("--span-reduce", action="store_true",
                     help="print only the rows of issue 12 item 3 (the NCHW span reduce)")
+    ap.add_argument("--bwd-items", action="store_true",
+                    help="print only the persistent backward rows, 12a's FC items against 12c's")
     args = ap.parse_args()
     if args.span_reduce:
         print_span_reduce_rows()
+        return
+    if args.bwd_items:
+        print_bwd_item_rows()
         return
     before, after, after12a = rows("before"), rows("after"), rows("12a")
     print("| path | stage | N | layout | dir | MB moved | floor us | in flight KB/SM | "
@@ -306,7 +380,7 @@ def main():
               f"{a['bytes'] / 1e6:.1f} | {a['floor_us']:.1f} | {a['in_flight_kb_per_sm']:.0f} | "
               f"{b['predicted_us']:.1f} ({pb:.0f}%) | {a['predicted_us']:.1f} ({pa:.0f}%) | "
               f"{c['predicted_us']:.1f} ({pc:.0f}%) |")
-    after = after12a
+    after = rows("12c")  # 12c changes only the backward rows
     if args.json:
         # one row per (backend, stage, N, layout, direction): the path `auto` takes on an
         # H200 in bf16 (the cluster forward fits every stage; the backward is persistent)

@@ -71,8 +71,9 @@ __device__ void backward_squeeze(const BackwardArgs& a, const PersistentConfig& 
 //       activation_backward, which selects 0 at flat points);
 //   stage 2: columns [c0, c0 + b2) of dz = dhpre W1 (every column of dhpre: the group's
 //       stage-1 items), then coef = dz / HW (avg) or dz / #ties (max).
-// Each output is one column of one item: cols_dot's fixed order for the item's block width,
-// which the plan fixes (not the grid): bitwise reproducible for every grid size.
+// Each output is one column of one item: cols_dot_staged's fixed order for the item's block
+// width, which the plan fixes (not the grid): bitwise reproducible for every grid size. The
+// block's weights reach shared memory as 16-byte cp.async copies (fc.cuh).
 template <typename T, bool kMax>
 __device__ __forceinline__ void backward_fc_item(const BackwardArgs& a, const PersistentConfig& c,
                                                  int64_t n0, int G, int64_t item, acc_t<T>* sm) {
@@ -90,7 +91,7 @@ __device__ __forceinline__ void backward_fc_item(const BackwardArgs& a, const Pe
   const int nc = int(cuda_plan::min64(stage1 ? c.fc.b1 : c.fc.b2, cols - j0));
   const T* M = static_cast<const T*>(stage1 ? a.w2 : a.w1) + j0;
   const A* v = (stage1 ? ws + c.off.dpre : dhpre) + n0 * rows;  // G rows of `rows`
-  cols_dot(M, cols, int(rows), nc, v, rows, G, sm, [&](int g, int j, A val) {
+  cols_dot_staged(M, cols, int(rows), nc, v, rows, G, sm, [&](int g, int j, A val) {
     const int64_t o = (n0 + g) * cols + j0 + j;
     if (stage1) {
       const A hp = hpre[o];

@@ -12,6 +12,7 @@ namespace se_kernels {
 namespace cuda {
 
 using cuda_plan::kFcChunk;
+using cuda_plan::kFcStageElems;
 using cuda_plan::kGemmK;
 using cuda_plan::kGemmTile;
 using cuda_plan::kMaxGroup;
@@ -320,48 +321,137 @@ __device__ __forceinline__ void rows_dot(const T* M, int64_t ldm, int R, int K, 
 }
 
 // out(g, j) = sum_{r < R} M[r * ldm + j] * v[g * ldv + r] for columns j < NC and g < G:
-// the transposed product. Threads own columns (coalesced reads of M's rows); when there are
-// fewer than kThreads columns, `slices` threads share a column and split its rows, and their
-// partials are added in slice order. v is global (written earlier by this CTA or another:
-// read through L2) and is staged in shared memory kFcChunk rows at a time.
-// smem: G * kFcChunk + kThreads * kMaxGroup elements. emit(g, j, value), once per (g, j).
-// Unchanged by issue 12 (a run-time G, 2 rows in flight): the compile-time group sizes of
-// rows_dot, tried here, made the max-squeeze + residual backward kernels spill (ptxas -v;
-// they are at 64 registers). Since issue 12a the backward calls it per FC item, on a block
-// of columns (M offset to the block's first column, NC its width); 16-byte loads of the
-// block's row runs are the next step (docs/perf-notes.md, "Issue 12: FC row-block items").
+// the transposed product, the backward's FC items (a block of NC columns of a row-major
+// matrix: M offset to the block's first column, ldm the matrix's column count).
+//  * Weights: the block is copied to shared memory stage by stage (as many rows as fit
+//    kFcStageElems: the whole block for the plan's ~kFcItemBytes items), with 16-byte
+//    cp.async copies (every copy of a stage in flight at once, no register held while they
+//    fly) when M and every row start are 16-byte aligned and NC % VEC == 0, else element by
+//    element. (With aligned rows, ldm % VEC == 0, and the plan's column blocks start on
+//    multiples of VEC, so a short last block is whole vectors too: the element copies are
+//    for unaligned rows, or a caller's NC that is not whole vectors.)
+//  * v (G rows at stride ldv) is global, written earlier in this launch by this CTA or
+//    another, so read through L2 (ld.global.cg); it is staged kFcChunk rows at a time, with
+//    kVLoads loads in flight per thread (ceil(G nr / (kVLoads kThreads)) round trips a
+//    chunk). The first chunk's loads fly together with the stage's weight copies. (16-byte
+//    cp.async copies of v, or 8 loads in flight, made kernels spill: ptxas -v, sm_90a.)
+//  * Threads own columns; when there are fewer than kThreads columns, `slices` threads
+//    share a column and split its rows: slice s adds rows 4q..4q+3 for q = s, s + slices, ...
+//    of each chunk (16-byte reads of the staged v rows), then rows 4 (nr / 4) + s, + slices,
+//    ... of the chunk's last nr % 4; the slices' partials are added in slice order. The sum
+//    order depends on NC, R and sizeof(T) only: bitwise reproducible, whatever the grid.
+// smem: kFcStageElems (the weight stage; afterwards the column partials, kThreads *
+// kMaxGroup <= kFcStageElems) + G * kFcChunk elements of A. emit(g, j, value), once per (g,
+// j). Every thread of the CTA calls it; shared memory is free on entry (a barrier since any
+// thread's last use of it) and on return, and no cp.async is left in flight.
 template <typename T, typename A, typename Emit>
-__device__ __forceinline__ void cols_dot(const T* M, int64_t ldm, int R, int NC, const A* v,
-                                         int64_t ldv, int G, A* smem, Emit&& emit) {
-  A* vs = smem;
-  A* red = smem + G * kFcChunk;
+__device__ __forceinline__ void cols_dot_staged(const T* M, int64_t ldm, int R, int NC,
+                                                const A* v, int64_t ldv, int G, A* smem,
+                                                Emit&& emit) {
+  constexpr int VEC = 16 / int(sizeof(T));  // weight elements per 16-byte copy
+  constexpr int VA = 16 / int(sizeof(A));   // v elements per 16-byte shared read
+  constexpr int kStage = kFcStageElems * int(sizeof(A)) / int(sizeof(T));  // T elements
+  constexpr int kVLoads = 4;  // v loads in flight per thread (8 spilled)
+  static_assert(kThreads * kMaxGroup <= kFcStageElems, "the partials fit the weight stage");
+  static_assert(kStage / kThreads >= 1, "a stage holds a row of kThreads columns");
+  static_assert(kFcChunk % 4 == 0 && 4 % VA == 0, "chunks and row quads start 16-byte aligned");
+  T* ws = reinterpret_cast<T*>(smem);  // [rows of the stage][ncols]
+  A* red = smem;                       // [G][slices][ncols], once the last stage is consumed
+  A* vs = smem + kFcStageElems;        // [G][kFcChunk]
+  const bool w_aligned = ((reinterpret_cast<uintptr_t>(M) |
+                           uintptr_t(ldm) * uintptr_t(sizeof(T))) % 16) == 0;
   for (int cb = 0; cb < NC; cb += kThreads) {
     const int ncols = NC - cb < kThreads ? NC - cb : kThreads;
     const int slices = kThreads / ncols;
     const int col = threadIdx.x % ncols, slice = threadIdx.x / ncols;
     const bool active = slice < slices;
+    // 16-byte weight copies: cb is a multiple of kThreads, so of VEC; each row run is
+    // ncols / VEC whole vectors, and ws's rows (ncols elements) stay 16-byte aligned
+    const bool w_vec = w_aligned && ncols % VEC == 0;
+    const int nv = ncols / VEC;
+    const int srows = kStage / ncols;  // rows per weight stage
     A acc[kMaxGroup];
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) acc[g] = A(0);
-    for (int r0 = 0; r0 < R; r0 += kFcChunk) {
-      const int nr = R - r0 < kFcChunk ? R - r0 : kFcChunk;
-      __syncthreads();  // the previous chunk is consumed
-      for (int i = threadIdx.x; i < G * nr; i += kThreads) {
-        const int g = i / nr, r = i - (i / nr) * nr;
-        vs[g * kFcChunk + r] = load_cg(v + g * ldv + r0 + r);
+    for (int s0 = 0; s0 < R; s0 += srows) {
+      const int ns = R - s0 < srows ? R - s0 : srows;
+      // the previous stage (and the previous chunk of vs) is consumed; at s0 == 0 the entry
+      // (shared memory free: the caller's barrier, fc_item_wait's) or the previous column
+      // block's last barrier already says so
+      if (s0 > 0) __syncthreads();
+      const T* m = M + int64_t(s0) * ldm + cb;
+      if (w_vec) {
+        for (int i = threadIdx.x; i < ns * nv; i += kThreads) {
+          const int r = i / nv, k = i - (i / nv) * nv;
+          cp_async16(ws + r * ncols + k * VEC, m + int64_t(r) * ldm + k * VEC);
+        }
+      } else {  // unaligned rows, or a block width that is not whole vectors
+#pragma unroll 4
+        for (int i = threadIdx.x; i < ns * ncols; i += kThreads) {
+          const int r = i / ncols, k = i - (i / ncols) * ncols;
+          ws[i] = m[int64_t(r) * ldm + k];
+        }
       }
-      __syncthreads();
-      if (active) {
-        const T* m = M + int64_t(r0) * ldm + cb + col;
-#pragma unroll 2
-        for (int r = slice; r < nr; r += slices) {
-          const A w = to_acc(m[int64_t(r) * ldm]);
+      for (int r0 = 0; r0 < ns; r0 += kFcChunk) {
+        const int nr = ns - r0 < kFcChunk ? ns - r0 : kFcChunk;
+        if (r0 > 0) __syncthreads();  // the previous chunk of vs is consumed
+        const A* vr = v + s0 + r0;
+        // the thread's flat indices i = g nr + r (i = threadIdx.x + k kThreads) stepped
+        // without a division per element: kThreads = dg nr + dr (two divisions a chunk)
+        const int dg = kThreads / nr, dr = kThreads - dg * nr;
+        int g = int(threadIdx.x) / nr, r = int(threadIdx.x) - g * nr;
+        for (int i0 = 0; i0 < G * nr; i0 += kVLoads * kThreads) {  // kVLoads loads, then stores
+          A t[kVLoads];
+          int o[kVLoads];  // offset in vs, or -1 past the last sample
 #pragma unroll
-          for (int g = 0; g < kMaxGroup; ++g)
-            if (g < G) acc[g] += w * vs[g * kFcChunk + r];
+          for (int u = 0; u < kVLoads; ++u) {
+            o[u] = g < G ? g * kFcChunk + r : -1;
+            t[u] = g < G ? load_cg(vr + g * ldv + r) : A(0);
+            g += dg;
+            r += dr;
+            if (r >= nr) {
+              r -= nr;
+              ++g;
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < kVLoads; ++u)
+            if (o[u] >= 0) vs[o[u]] = t[u];
+        }
+        cp_async_wait_all();  // this thread's weight copies of the stage have landed (a
+        __syncthreads();      // no-op after the first chunk); the barrier shows all to all
+        if (active) {
+          const T* w = ws + r0 * ncols + col;
+          const int nq = nr / 4;
+          for (int q = slice; q < nq; q += slices) {
+            A wq[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) wq[u] = to_acc(w[(4 * q + u) * ncols]);
+#pragma unroll
+            for (int g = 0; g < kMaxGroup; ++g) {
+              if (g < G) {
+                // rows 4q..4q+3 of sample g: 16 bytes (float) or 2 x 16 bytes (double)
+                const A* vg = vs + g * kFcChunk + 4 * q;
+#pragma unroll
+                for (int h = 0; h < 4 / VA; ++h) {
+                  const Pack<A, VA> vq = load_pack<VA>(vg + h * VA);
+#pragma unroll
+                  for (int u = 0; u < VA; ++u) acc[g] += wq[h * VA + u] * vq.v[u];
+                }
+              }
+            }
+          }
+          // the chunk's last nr % 4 rows
+          for (int r = 4 * nq + slice; r < nr; r += slices) {
+            const A wv = to_acc(w[r * ncols]);
+#pragma unroll
+            for (int g = 0; g < kMaxGroup; ++g)
+              if (g < G) acc[g] += wv * vs[g * kFcChunk + r];
+          }
         }
       }
     }
+    __syncthreads();  // every thread is done with ws: the partials take its place
     if (active) {
 #pragma unroll
       for (int g = 0; g < kMaxGroup; ++g)
@@ -374,7 +464,7 @@ __device__ __forceinline__ void cols_dot(const T* M, int64_t ldm, int R, int NC,
       for (int sl = 0; sl < slices; ++sl) s += red[(g * slices + sl) * ncols + j];
       emit(g, cb + j, s);
     }
-    __syncthreads();  // red and vs are free again
+    __syncthreads();  // red is free again
   }
 }
 

@@ -12,6 +12,8 @@
 #include <tuple>
 #include <utility>
 
+#include "se_kernels/cuda_plan.h"
+
 namespace se_kernels {
 namespace cuda {
 
@@ -39,13 +41,24 @@ int cached(const CacheKey& key, F&& fn) {
   return value;
 }
 
-// Raises the kernel's dynamic shared-memory limit to at least `bytes` (above the default
-// 48 KiB), per device and kernel. The attribute is one value per kernel, so it only ever
-// grows: a call with a smaller size than an earlier one must not lower it under the size a
-// later launch of the earlier shape needs (a cache keyed by size would skip that launch's
-// call and leave the limit too low: cudaErrorInvalidValue).
+// The kernel's static shared memory (bytes), per device and kernel.
+inline int64_t static_smem_bytes(const void* kernel) {
+  return cached(CacheKey{current_device(), kernel, -3, 0}, [&] {
+    cudaFuncAttributes attr{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+    return int(attr.sharedSizeBytes);
+  });
+}
+
+// Raises the kernel's dynamic shared-memory limit to at least `bytes` when its static and
+// dynamic shared memory together exceed the default 48 KiB (cuda_plan::smem_needs_opt_in:
+// the persistent kernels' static ticket makes a 48 KiB dynamic size need it), per device and
+// kernel. The attribute is one value per kernel, so it only ever grows: a call with a smaller
+// size than an earlier one must not lower it under the size a later launch of the earlier
+// shape needs (a cache keyed by size would skip that launch's call and leave the limit too
+// low: cudaErrorInvalidValue). Called before any occupancy query or launch of that size.
 inline void ensure_dynamic_smem(const void* kernel, int64_t bytes) {
-  if (bytes <= (48 << 10)) return;
+  if (!cuda_plan::smem_needs_opt_in(static_smem_bytes(kernel), bytes)) return;
   static std::mutex mu;
   static std::map<std::pair<int, const void*>, int64_t> limit;
   const std::lock_guard<std::mutex> lock(mu);

@@ -681,6 +681,21 @@ int check_plans() {
                  {32768, 1}, {65536, 1}, {20000, 2}, {4096, 1}, {2048, 49}, {16, 1 << 26}})
           f += check_persistent_smem(4096, C, HW, std::max<int64_t>(1, C / 16), esize, nhwc,
                                      backward);
+  // the 48 KiB default covers static + dynamic shared memory: the persistent backward's plan
+  // at conv5_x (G = 8) is exactly 48 KiB of dynamic memory in bf16, half and float, and the
+  // kernels' static ticket (16 bytes) makes it need the opt-in (func_cache.h
+  // ensure_dynamic_smem skipped it at <= 48 KiB: a failed occupancy query or launch)
+  if (P::smem_needs_opt_in(0, 48 << 10) || !P::smem_needs_opt_in(16, 48 << 10) ||
+      !P::smem_needs_opt_in(0, (48 << 10) + 16) || P::smem_needs_opt_in(48 << 10, 0))
+    f += plan_failure("smem_needs_opt_in: static + dynamic against 48 KiB");
+  for (int64_t esize : {2, 4}) {
+    const int64_t asize = 4, vec = 16 / esize;
+    const P::PersistentShape s = P::plan_persistent_shape(256, 2048, 49, 128, false, esize, asize,
+                                                          vec, 1, true, true, 132, 50 << 20, 0, 0);
+    if (s.G == 8 && s.smem >= (48 << 10) - 15 && !P::smem_needs_opt_in(16, s.smem))
+      f += plan_failure("conv5_x backward plan (" + std::to_string(s.smem) +
+                        " bytes) + the static ticket must opt in");
+  }
   std::printf("plan checks: %d failed\n", f);
   return f;
 }
@@ -737,6 +752,19 @@ int main() {
   // into pieces that each fit a time limit); the CPU is skipped too.
   const char* only_env = std::getenv("SE_KERNELS_TEST_PATH");
   const std::string only = only_env != nullptr ? only_env : "";
+  // SE_KERNELS_TEST_SHAPE=N,C,Cr,H,W: that shape only (a short sanitizer pass)
+  const char* shape_env = std::getenv("SE_KERNELS_TEST_SHAPE");
+  std::vector<int64_t> only_shape;
+  if (shape_env != nullptr && *shape_env != '\0') {
+    long long v[5];
+    char tail = 0;
+    if (std::sscanf(shape_env, "%lld,%lld,%lld,%lld,%lld%c", &v[0], &v[1], &v[2], &v[3], &v[4],
+                    &tail) != 5) {
+      std::printf("SE_KERNELS_TEST_SHAPE=%s: expected N,C,Cr,H,W\n", shape_env);
+      return 2;
+    }
+    only_shape.assign(v, v + 5);
+  }
   for (const auto& [device, path] : runs) {
     if (quick && device.is_cpu()) continue;
     if (!only.empty() && (device.is_cpu() || path != only)) continue;
@@ -744,7 +772,7 @@ int main() {
     const char* label = device.is_cpu() ? "cpu" : path.c_str();
     // the forced paths: float and bfloat16 (auto covers every dtype)
     const bool narrow = quick || path == "persistent" || path == "cluster";
-    for (const auto& sh : shapes)
+    for (const auto& sh : only_shape.empty() ? shapes : decltype(shapes){only_shape})
       for (auto dtype : dtypes)
         for (bool cl : {false, true})
           for (int64_t sq : {0, 1})

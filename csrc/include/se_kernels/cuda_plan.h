@@ -18,6 +18,10 @@ namespace cuda_plan {
 constexpr int kThreads = 512;           // threads per CTA, every kernel
 constexpr int kMaxGroup = 8;            // samples per FC group (register accumulators)
 constexpr int kFcChunk = 512;           // FC input vectors are staged in chunks of this length
+// The backward FC items' weight stage in shared memory (fc.cuh cols_dot_staged), in elements
+// of the accumulation type: 32 KiB in float (an item's ~kFcItemBytes of 16-bit or float
+// weights in one stage), 64 KiB in double; it also holds the items' column partials after.
+constexpr int kFcStageElems = 8192;
 constexpr int64_t kMaxTileChannels = 1024;  // widest NHWC tile of the persistent kernels
 // Most channels in an NCHW tile of whole rows: the backward keeps 3 values per channel of a
 // tile in shared memory (48 KiB in float at this cap; uncapped, H*W = 1 in 16-bit types would
@@ -33,6 +37,15 @@ SE_HOST_DEVICE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 SE_HOST_DEVICE int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 SE_HOST_DEVICE int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// Shared memory a block gets without opting in (cudaFuncAttributeMaxDynamicSharedMemorySize):
+// 48 KiB for the kernel's static and dynamic shared memory together. The persistent kernels
+// have a few bytes of static shared memory (the ticket), so a 48 KiB dynamic plan (the
+// backward's at conv5_x, G = 8) needs the opt-in although it is not above 48 KiB.
+constexpr int64_t kDefaultBlockSmem = 48 << 10;
+SE_HOST_DEVICE bool smem_needs_opt_in(int64_t static_bytes, int64_t dynamic_bytes) {
+  return dynamic_bytes > 0 && static_bytes + dynamic_bytes > kDefaultBlockSmem;
 }
 
 // Rows of the FC input staging for a group of G samples: G rounded up to 1, 2, 4 or 8 (the
@@ -469,8 +482,8 @@ inline int64_t persistent_forward_smem_elems(const Tiles& t, int64_t G, int64_t 
 inline int64_t persistent_backward_smem_elems(const Tiles& t, int64_t G, int64_t vec) {
   int64_t e = 3 * t.tc;                               // s, coef, z of a write tile
   e = max64(e, t.nhwc ? 2 * nhwc_tile_scratch(t, vec) + t.tc : 0);  // NHWC reductions, z
-  // FC staging (zero-padded rows) + column partials
-  e = max64(e, group_rows(G) * kFcChunk + int64_t(kThreads) * kMaxGroup);
+  // FC items: the weight stage (then the column partials) + the input staging
+  e = max64(e, kFcStageElems + min64(max64(G, 1), kMaxGroup) * kFcChunk);
   e = max64(e, 2 * int64_t(kGemmK) * kGemmTile);               // weight-gradient tiles
   return e;
 }
