@@ -63,6 +63,12 @@ def test_kernels_compile_for_sm90(tmp_path):
     assert len(hot) >= 8, [r["kernel"] for r in results]
     _assert_pipelined(hot)
     _assert_flat_pipelined(results, 12)
+    _assert_fc_steps_pipelined(results)
+    # the bf16 NHWC stage plans keep two 8-warp programs per SM (<= 128 registers): the FC
+    # step pipelining must not cost them that (pipelining the backward's dpart loop at its
+    # 4096-element tiles took se_bwd_reduce_kernel from 128 to 167 registers)
+    assert all(r["regs"] <= 128 for r in hot), [(r["kernel"], r["case"][:5], r["regs"])
+                                                for r in hot if r["regs"] > 128]
     # no register spills in bf16, fp32, and the fp64 pixel-split plans (review 13a #5,
     # review 13b #3: fp64 SB x BC2 and BC x BHW tiles spilled at 255 registers)
     checked = [r for r in results if r["case"][5] in ("bf16", "fp32")
@@ -106,6 +112,27 @@ def _assert_flat_pipelined(results, at_least):
             r["case"][:5], r["constexprs"]["FLAT"], r["cp_async_bytes"])
     assert all(r["spill_stores"] == 0 for r in flat), [(r["kernel"], r["spill_stores"])
                                                        for r in flat]
+
+
+def _assert_fc_steps_pipelined(results):
+    """conv5_x at N = 256 (G = 8: [16, 32] W2 tiles of 512 elements, ~64 FC steps per
+    program): every FC step loop is pipelined FC_STAGES_MAX (8) deep (kernels._fc_stages;
+    the FC2 loops were 3 deep, FC1 and the FC2 backward not pipelined), and the copies
+    show it: each of the loop's two loads (a weight tile and a scratch row block) is
+    issued in the 7-step prologue and in the loop body, so >= 16 cp.async narrower than the
+    16-byte activation copies. Both layouts, bf16, the heuristic's plans."""
+    fc = {"se_fwd_pool_kernel", "se_fwd_excite_kernel", "se_bwd_reduce_kernel",
+          "se_bwd_finish_kernel"}
+    rows = [r for r in results if r["case"][:5] == [256, 2048, 7, 7, 128]
+            and r["case"][5] == "bf16" and not r["case"][8] and r["kernel"] in fc]
+    assert {r["kernel"] for r in rows} == fc and len({r["case"][6] for r in rows}) == 2, [
+        (r["kernel"], r["case"]) for r in results if r["case"][1] == 2048]
+    for r in rows:
+        what = (f"{r['kernel']} {r['case'][:7]}: loop stages {r['loop_stages']}, "
+                f"cp.async {r['cp_async_bytes']}")
+        assert r["constexprs"]["G"] == 8, what
+        assert 8 in r["loop_stages"], what
+        assert sum(n for b, n in r["cp_async_bytes"].items() if int(b) < 16) >= 16, what
 
 
 @pytest.mark.skipif(_why_not() is not None, reason=f"cannot compile for a GPU: {_why_not()}")

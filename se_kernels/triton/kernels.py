@@ -53,6 +53,33 @@ import triton.language as tl
 # rescaled. tools/compile_triton_kernels.py reports the cp.async count per variant.
 _STAGES = tl.constexpr(3)
 
+# The FC step loops (FC1 in _pool_phase, FC2 in _excite_phase, the FC2 backward in
+# _reduce_phase, the FC1 backward in _write_phase) walk (hidden block, channel block) steps
+# of one weight tile each, L2-resident; at conv5_x, G = 8, that is ~64 steps per program of
+# a [16, 32] W2 tile (1 KB of bf16) and an [8, 16] fp32 row block: latency-bound, one L2
+# round trip per STAGES - 1 steps. Where a step's weight tile is small (<= FC_DEEP_ELEMS
+# elements: G >= 4 under the FC tile cap) they are pipelined deeper than the pixel loops,
+# num_stages = 1 + FC_AHEAD / elements, at most FC_STAGES_MAX (8, 7 steps ahead, at
+# conv5_x's 512-element tiles; 5 at 1024). Each stage costs one step's tiles of shared
+# memory (~1.5 KB at conv5_x bf16), within the pixel loops' buffers, which Triton reuses.
+# Larger tiles keep `floor` stages: _STAGES for FC1, FC2 and the FC1 backward, 1 (not
+# pipelined, as before) for the FC2 backward (dpart), whose 4096-element tiles cost ~40
+# registers when pipelined in the NHWC backward reduce (128 -> 168, sm_90: one program per
+# SM instead of two). The order of additions is the loop's whatever the depth, so the
+# results do not depend on it.
+FC_AHEAD = 4096
+FC_DEEP_ELEMS = 1024
+FC_STAGES_MAX = 8
+
+
+@triton.constexpr_function
+def _fc_stages(step_elems, floor):
+    """num_stages of an FC step loop whose weight tile has step_elems elements."""
+    if step_elems > FC_DEEP_ELEMS:
+        return int(floor)
+    return max(int(floor), min(FC_STAGES_MAX, 1 + FC_AHEAD // max(1, int(step_elems))))
+
+
 # ---- scalar maths (elementwise on tensors of ACC) --------------------------------------------
 # Leaf functions (no nested @triton.jit calls) and none inside the per-tile loops: the
 # interpreter re-patches triton.language on every nested jit call (milliseconds each), so the
@@ -328,7 +355,8 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         js = j0 + tl.arange(0, BJ)
         jm = js < CR
         acc1 = tl.zeros([G_PAD, BJ], ACC)
-        for k0 in range(c_lo, c_hi, BK):
+        # the channel steps pipelined, deeper where the weight tile is small (_fc_stages)
+        for k0 in tl.range(c_lo, c_hi, BK, num_stages=_fc_stages(BJ * BK, _STAGES)):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
             zt = tl.load(zs + gs[:, None] * ZR + ks[None, :],
@@ -398,7 +426,8 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
     # a loop nest, so the same bits)
     nj = tl.cdiv(CR, BJ2)
     acc = tl.zeros([G_PAD, BC2], ACC)
-    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj, num_stages=_STAGES):
+    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj,
+                       num_stages=_fc_stages(BJ2 * BC2, _STAGES)):
         cb = it // nj
         j0 = (it - cb * nj) * BJ2
         cs = c_lo + cb * BC2 + tl.arange(0, BC2)
@@ -542,7 +571,8 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         js = j0 + tl.arange(0, BJ)
         jm = js < CR
         acc1 = tl.zeros([G_PAD, BJ], ACC)
-        for k0 in range(c_lo, c_hi, BK):
+        # the channel steps pipelined where the weight tile is small (_fc_stages)
+        for k0 in tl.range(c_lo, c_hi, BK, num_stages=_fc_stages(BJ * BK, 1)):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
             dp = tl.load(dpre_ptr + qrow0 + gs[:, None] * QR + ks[None, :],
@@ -598,7 +628,8 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
     # one pipelined loop over (channel block, hidden block) steps, as in the excite phase
     nj = tl.cdiv(CR, BJ2)
     acc = tl.zeros([G_PAD, BC2], ACC)
-    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj, num_stages=_STAGES):
+    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj,
+                       num_stages=_fc_stages(BJ2 * BC2, _STAGES)):
         cb = it // nj
         j0 = (it - cb * nj) * BJ2
         cs = c_lo + cb * BC2 + tl.arange(0, BC2)
