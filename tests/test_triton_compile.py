@@ -64,6 +64,14 @@ def test_kernels_compile_for_sm90(tmp_path):
     _assert_pipelined(hot)
     _assert_flat_pipelined(results, 12)
     _assert_fc_steps_pipelined(results)
+    # the flat NCHW conv4_x / conv5_x kernels, heaviest options (max squeeze, residual), fit
+    # two 8-warp programs per SM (<= 128 registers; the flat stores freed the [BC, BHW]
+    # store offsets and gathers: conv5_x N = 256 reduce 161 -> 110, finish 155 -> 127)
+    flat = [r for r in results if r["case"][5] == "bf16" and not r["case"][6]
+            and not r["case"][8] and r["constexprs"].get("FLAT", 0) > 0
+            and r["case"][1] in (1024, 2048)]
+    assert len(flat) >= 12 and all(r["regs"] <= 128 for r in flat), [
+        (r["kernel"], r["case"][:5], r["regs"]) for r in flat]
     # the bf16 NHWC stage plans keep two 8-warp programs per SM (<= 128 registers): the FC
     # step pipelining must not cost them that (pipelining the backward's dpart loop at its
     # 4096-element tiles took se_bwd_reduce_kernel from 128 to 167 registers)
@@ -112,6 +120,20 @@ def _assert_flat_pipelined(results, at_least):
             r["case"][:5], r["constexprs"]["FLAT"], r["cp_async_bytes"])
     assert all(r["spill_stores"] == 0 for r in flat), [(r["kernel"], r["spill_stores"])
                                                        for r in flat]
+    # y, dx and dres are stored from the flat layout: FLAT-element vectors (16 bytes at
+    # FLAT = 8; the gathered [BC, BHW] layout stored 2 bytes a lane at HW = 49 / 196:
+    # review 13a #4). The excite and reduce kernels store nothing else in bf16 (their
+    # scratch rows are fp32), so no 2-byte stores at all; the dx kernel also stores the
+    # weight gradients in bf16 (2-byte stores where C is no multiple of 8)
+    stores = [r for r in flat if r["kernel"] in ("se_fwd_excite_kernel", "se_fwd_fused_kernel")
+              or r["constexprs"].get("WRITE_DX") is True
+              or (r["kernel"] == "se_bwd_reduce_kernel" and r["constexprs"]["HAS_RES"])]
+    assert len(stores) >= 6, [(r["kernel"], r["case"][:5]) for r in flat]
+    for r in stores:
+        what = f"{r['kernel']} {r['case'][:5]} FLAT {r['constexprs']['FLAT']}: {r['st_global']}"
+        assert str(2 * r["constexprs"]["FLAT"]) in r["st_global"], what
+        if r["kernel"] != "se_bwd_finish_kernel":
+            assert "2" not in r["st_global"], what
 
 
 def _assert_fc_steps_pipelined(results):
