@@ -29,7 +29,7 @@ channel chunks P, the activation tile, the pipeline depth kernels._STAGES):
   the FC2 backward, dpart) over cdiv(Cr, BJ) hidden blocks of cdiv(chunk, BK) channel steps
   (fc_steps_us; this FC1 term was left out of the model before the FC step pipelining).
   A step loop pipelined `depth` = num_stages deep (kernels._fc_stages: FC2 3 to 8 by the
-  step's weight tile; FC1 8 at G = 8, else 1) keeps depth - 1 steps in flight, so it
+  step's weight tile; FC1 4 at G = 8, else 1) keeps depth - 1 steps in flight, so it
   costs a round trip per depth - 1 steps (2 steps, STAGES - 1, for FC2 and 1 for FC1
   before), an unpipelined one a round trip per step; the FC1 loop restarts at every hidden
   block. The weight gradients walk their slice of cdiv(N, WS) samples in blocks of BN, one
@@ -112,8 +112,8 @@ def fc_steps_us(p, cr, chunk, direction, legacy=False):
     from se_kernels.triton.kernels import _STAGES, _fc_stages
 
     depth2 = int(_STAGES) if legacy else _fc_stages(p.BJ2 * p.BC2, int(_STAGES))
-    # FC1 and the backward's dpart loop: pipelined only at G >= 8 (kernels._fc_stages)
-    depth1 = 1 if legacy else _fc_stages(p.BJ * p.BK, 1, p.G_PAD >= 8)
+    # FC1 and the backward's dpart loop: 4 deep at G >= 8, else 1 (as kernels.py calls it)
+    depth1 = 1 if legacy else _fc_stages(p.BJ * p.BK, 1, p.G_PAD >= 8, 4)
     partial = _cdiv(cr, p.BJH)
     fc2 = _cdiv(chunk, p.BC2) * _cdiv(cr, p.BJ2) / max(1, depth2 - 1)
     nk = _cdiv(chunk, p.BK)   # per hidden block: a round trip to fill, then one per depth - 1

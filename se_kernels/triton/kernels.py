@@ -57,27 +57,27 @@ _STAGES = tl.constexpr(3)
 
 # The FC step loops (FC1 in _pool_phase, FC2 in _excite_phase, the FC2 backward in
 # _reduce_phase, the FC1 backward in _write_phase) walk (hidden block, channel block) steps
-# of one weight tile each, L2-resident; at conv5_x, G = 8, that is ~64 steps per program of
-# a [16, 32] W2 tile (1 KB of bf16) and an [8, 16] fp32 row block: latency-bound, one L2
-# round trip per num_stages - 1 steps. _fc_stages gives their depth: where a step's weight
-# tile is small (<= 1024 elements) 1 + 4096 / elements, at most 8 (7 steps in flight at
-# conv5_x's 512-element tiles; 5 stages at 1024); each stage costs one step's tiles of
-# shared memory (~1.5 KB at conv5_x bf16), within the pixel loops' buffers, which Triton
-# reuses. Elsewhere `floor`: _STAGES for FC2 / FC1-backward (as before), 1 (not pipelined,
-# as before) for FC1 / FC2-backward, which are deep only where `deep` (G_PAD >= 8, where
-# BK = FC tile / (G_PAD BJ) is small, so their channel loops have many steps): pipelined
-# elsewhere they cost registers or spills for loops of a few steps (sm_90: the NHWC
-# backward reduce's 4096-element dpart tiles 128 -> 167 registers; fp64 pool / reduce and a
-# forced G = 4 fp32 pool 4-24 bytes of spills). The order of additions is the loop's
-# whatever the depth, so the results do not depend on it.
+# of one weight tile each, L2-resident; at conv5_x, G = 8, ~64 steps per program of a
+# [16, 32] W2 tile (1 KB bf16) and an [8, 16] fp32 row block: latency-bound, one L2 round
+# trip per num_stages - 1 steps. _fc_stages: where a step's weight tile is small (<= 1024
+# elements) 1 + 4096 / elements stages, at most `most` (FC2 / FC1-backward: 8, 7 steps in
+# flight at conv5_x; 3 before), else `floor` (_STAGES for those, as before). FC1 and the FC2
+# backward (not pipelined before) are 4 deep where G_PAD >= 8 (BK = FC tile / (G_PAD BJ) is
+# small: many steps), else still 1: deeper, or at every G, they cost registers or spills
+# (Triton 3.6, the GPU machines' version: the conv5_x pool 64 -> 181-229 registers at 8
+# stages, 101-127 at 4; 3.8, sm_90: the NHWC reduce's 4096-element dpart tiles 128 -> 167,
+# fp64 pool / reduce 12-24 bytes of spills). A stage costs one step's tiles of shared
+# memory (~1.5 KB at conv5_x bf16), inside the pixel loops' buffers, which Triton reuses.
+# The order of additions is the loop's whatever the depth, so the results do not depend
+# on it.
 
 
 @triton.constexpr_function
-def _fc_stages(step_elems, floor, deep=True):
+def _fc_stages(step_elems, floor, deep=True, most=8):
     """num_stages of an FC step loop whose weight tile has step_elems elements. The
     constants are written here, not as module globals, so that a change to them changes
     this source, which Triton's kernel cache keys on."""
-    ahead, small, most = 4096, 1024, 8
+    ahead, small = 4096, 1024
     if not deep or step_elems > small:
         return int(floor)
     return max(int(floor), min(most, 1 + ahead // max(1, int(step_elems))))
@@ -359,7 +359,7 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         jm = js < CR
         acc1 = tl.zeros([G_PAD, BJ], ACC)
         # the channel steps pipelined where G >= 8 makes them many and small (_fc_stages)
-        for k0 in tl.range(c_lo, c_hi, BK, num_stages=_fc_stages(BJ * BK, 1, G_PAD >= 8)):
+        for k0 in tl.range(c_lo, c_hi, BK, num_stages=_fc_stages(BJ * BK, 1, G_PAD >= 8, 4)):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
             zt = tl.load(zs + gs[:, None] * ZR + ks[None, :],
@@ -583,7 +583,7 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         jm = js < CR
         acc1 = tl.zeros([G_PAD, BJ], ACC)
         # the channel steps pipelined where G >= 8 makes them many and small (_fc_stages)
-        for k0 in tl.range(c_lo, c_hi, BK, num_stages=_fc_stages(BJ * BK, 1, G_PAD >= 8)):
+        for k0 in tl.range(c_lo, c_hi, BK, num_stages=_fc_stages(BJ * BK, 1, G_PAD >= 8, 4)):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
             dp = tl.load(dpre_ptr + qrow0 + gs[:, None] * QR + ks[None, :],
