@@ -93,7 +93,7 @@ def _assert_pipelined(hot):
         assert max(int(k) for k in r["cp_async_bytes"]) == 16, "not vectorised: " + what
 
 
-def _assert_flat_pipelined(results, at_least):
+def _assert_flat_pipelined(results, at_least, max_spill=0):
     """The NCHW plans where one pixel tile covers H*W (conv4_x HW = 196, conv5_x HW = 49):
     flat tiles (config rule 6) make their channel loop the pipelined one, with 16-byte
     copies (2-byte loads and no cp.async before). Every streaming kernel of those plans,
@@ -109,17 +109,19 @@ def _assert_flat_pipelined(results, at_least):
         what = f"{r['kernel']} {r['case'][:5]} {r['constexprs']}: cp.async {r['cp_async_bytes']}"
         assert r["cp_async"] > 0, "flat loop not pipelined: " + what
         assert max(int(k) for k in r["cp_async_bytes"]) == 2 * r["constexprs"]["FLAT"], what
-    # se_fwd_pool_kernel's only pipelined loop is the flat one (the FC2 weight tiles of the
-    # other kernels issue 16-byte copies of their own: review 13a #2), so its copies are the
-    # flat tile's: FLAT * 2 bytes, also where C % 16 != 0 (C = 100: FLAT = 4, 8-byte copies;
-    # C = 72), which only the kernels' tl.multiple_of hints vectorise (review 13a #1)
-    pool = [r for r in flat if r["kernel"] == "se_fwd_pool_kernel"]
+    # se_fwd_pool_kernel's only pipelined loop is the flat one below G = 8 (the FC2 weight
+    # tiles of the other kernels issue 16-byte copies of their own: review 13a #2; at
+    # G = 8 its FC1 loop is pipelined too, with 4-byte copies: kernels._fc_stages), so its
+    # copies are the flat tile's: FLAT * 2 bytes, also where C % 16 != 0 (C = 100: FLAT =
+    # 4, 8-byte copies; C = 72), which only the kernels' tl.multiple_of hints vectorise
+    # (review 13a #1)
+    pool = [r for r in flat if r["kernel"] == "se_fwd_pool_kernel" and r["constexprs"]["G"] < 8]
     assert any(r["case"][1] % 16 for r in pool), [r["case"] for r in pool]
     for r in pool:
         assert set(r["cp_async_bytes"]) == {str(2 * r["constexprs"]["FLAT"])}, (
             r["case"][:5], r["constexprs"]["FLAT"], r["cp_async_bytes"])
-    assert all(r["spill_stores"] == 0 for r in flat), [(r["kernel"], r["spill_stores"])
-                                                       for r in flat]
+    assert all(r["spill_stores"] <= max_spill for r in flat), [
+        (r["kernel"], r["spill_stores"]) for r in flat]
     # y, dx and dres are stored from the flat layout: FLAT-element vectors (16 bytes at
     # FLAT = 8; the gathered [BC, BHW] layout stored 2 bytes a lane at HW = 49 / 196:
     # review 13a #4). The excite and reduce kernels store nothing else in bf16 (their
@@ -166,7 +168,10 @@ def test_flat_nchw_plans_pipelined_sm80(tmp_path):
     _, results = _compile(tmp_path, "flat", 80)
     assert all(r["ok"] for r in results)
     assert max(r["shared"] for r in results) <= 166912
-    _assert_flat_pipelined(results, 12)
+    # sm_80 only: the conv5_x N = 256 se_bwd_finish_kernel (G = 8) spills 16 bytes at 128
+    # registers, with the dz loop 8 or 6 deep alike (it had 167 registers and no spill
+    # before the flat stores; sm_90: 127, none); the fp32 excite's 64-byte spill is gone
+    _assert_flat_pipelined(results, 12, max_spill=16)
 
 
 @pytest.mark.skipif(_why_not() is not None, reason=f"cannot compile for a GPU: {_why_not()}")
