@@ -99,7 +99,7 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
-def fc_steps_us(p, cr, chunk, direction, legacy=False):
+def fc_steps_us(p, cr, chunk, legacy=False):
     """Serial FC steps per program, in us (one L2 round trip, L2_ROUND_US, per step that is
     not in flight): the partial-sum reduction (cdiv(Cr, BJH) steps, not pipelined), the FC2
     (backward: FC1) step loop over cdiv(chunk, BC2) x cdiv(Cr, BJ2) steps pipelined
@@ -172,7 +172,7 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
     # serial FC costs per program (the longest program)
     chunk_blocks = _cdiv(p.chunk, p.BC)
     del chunk_blocks
-    fc_us, depth2, depth1 = fc_steps_us(p, cr, p.chunk, direction, LEGACY_FC)
+    fc_us, depth2, depth1 = fc_steps_us(p, cr, p.chunk, LEGACY_FC)
     fc2 = fc_us * 1e-6
     t += fc2
     note = [f"plan: {'split' if p.split else 'fused'} G={p.G} P={p.P} BC={p.BC} BHW={p.BHW} "
@@ -251,8 +251,8 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
         bw = min(BW, busy * fl / LAT)
         t += (nbytes - wb) * (s / sum(streams)) / bw
     t += wb * p.S / BW / max(1, busy / 8)     # weights: read once per split, from L2 mostly
-    # the FC2 (FC1-backward) steps in one loop pipelined STAGES - 1 steps ahead, as predict()
-    fc_us, depth2, depth1 = fc_steps_us(p, cr, chunk, direction, LEGACY_FC)
+    # the FC step loops as predict() (fc_steps_us)
+    fc_us, depth2, depth1 = fc_steps_us(p, cr, chunk, LEGACY_FC)
     fc = fc_us * 1e-6
     split_sum = (_cdiv(p.S, p.SB) if p.S > 1 else 0) * L2_ROUND_US * 1e-6 * _cdiv(chunk, p.BC2)
     t += fc + split_sum
