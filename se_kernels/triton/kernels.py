@@ -521,6 +521,12 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
     row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
     QR = S * C                                              # dpre / cnt row stride
     qrow0 = _row_offset(n0, QR) + sp * C                    # this program's dpre/cnt rows
+    # qrow0 again, as another expression for the cnt stores below: with cnt_ptr = scr_ptr +
+    # CNT_OFF (one scratch tensor), the same expression lets LLVM form the cnt rows as the
+    # dpre rows' address + 4 CNT_OFF, and ptxas then took 168 registers instead of 128 for
+    # the NHWC conv2_x N = 1 plan (S > 1; 1 program per SM instead of 2). This form keeps the
+    # cnt rows' own base, as with a separate cnt pointer before the single scratch.
+    crow0 = (_row_offset(n0, S) + sp) * C
     if FLAT > 0:
         # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
         # the pipelined one, each tile a contiguous span of whole channels
@@ -574,7 +580,7 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
                 tl.store(dpre_ptr + qrow0 + g * QR + cs,
                          _gate_backward(gp, tl.sum(acc, axis=1), GATE), mask=cm)
                 if SQUEEZE == 1:
-                    tl.store(cnt_ptr + qrow0 + g * QR + cs, tl.sum(ties, axis=1), mask=cm)
+                    tl.store(cnt_ptr + crow0 + g * QR + cs, tl.sum(ties, axis=1), mask=cm)
     tl.debug_barrier()  # dpre is read back below by other threads of this program
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
