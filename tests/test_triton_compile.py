@@ -120,8 +120,14 @@ def _assert_flat_pipelined(results, at_least, max_spill=0):
     for r in pool:
         assert set(r["cp_async_bytes"]) == {str(2 * r["constexprs"]["FLAT"])}, (
             r["case"][:5], r["constexprs"]["FLAT"], r["cp_async_bytes"])
-    assert all(r["spill_stores"] <= max_spill for r in flat), [
-        (r["kernel"], r["spill_stores"]) for r in flat]
+    # max_spill applies to the one known case only (sm_80's conv5_x N = 256 dx kernel, see
+    # test_flat_nchw_plans_pipelined_sm80); every other flat kernel spills nothing
+    def allowed(r):
+        known = (r["kernel"] == "se_bwd_finish_kernel" and r["case"][:2] == [256, 2048]
+                 and r["constexprs"].get("WRITE_DX") is True)
+        return max_spill if known else 0
+    assert all(r["spill_stores"] <= allowed(r) for r in flat), [
+        (r["kernel"], r["case"][:5], r["spill_stores"]) for r in flat if r["spill_stores"]]
     # y, dx and dres are stored from the flat layout: FLAT-element vectors (16 bytes at
     # FLAT = 8; the gathered [BC, BHW] layout stored 2 bytes a lane at HW = 49 / 196:
     # review 13a #4). The excite and reduce kernels store nothing else in bf16 (their

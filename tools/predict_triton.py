@@ -99,7 +99,7 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
-def fc_steps_us(p, cr, chunk, legacy=False):
+def fc_steps_us(p, cr, chunk, legacy=False, bias=False):
     """Serial FC steps per program, in us (one L2 round trip, L2_ROUND_US, per step that is
     not in flight): the partial-sum reduction (cdiv(Cr, BJH) steps, not pipelined), the FC2
     (backward: FC1) step loop over cdiv(chunk, BC2) x cdiv(Cr, BJ2) steps pipelined
@@ -108,7 +108,11 @@ def fc_steps_us(p, cr, chunk, legacy=False):
     cdiv(chunk, BK) channel steps pipelined depth1 deep (1: not pipelined, one round trip per
     step; else one to fill each hidden block's loop, then one per depth1 - 1 steps).
     legacy=True: the code before the FC step pipelining (depth2 = STAGES, depth1 = 1), for
-    the before/after table. Returns (us, depth2, depth1)."""
+    the before/after table. bias=True (the forward with b2, as torchvision and timm build
+    SE): the b2 load at a channel block's last FC2 step is a plain 2-byte load that the
+    pipeliner leaves in the loop body (sm_90 TTGIR, review of 13c), so each channel block
+    waits one more round trip (counted whole; not in the legacy rows, which never had it).
+    Returns (us, depth2, depth1)."""
     from se_kernels.triton.kernels import _STAGES, _fc_stages
 
     depth2 = int(_STAGES) if legacy else _fc_stages(p.BJ2 * p.BC2, int(_STAGES))
@@ -116,6 +120,8 @@ def fc_steps_us(p, cr, chunk, legacy=False):
     depth1 = 1 if legacy else _fc_stages(p.BJ * p.BK, 1, p.G_PAD >= 8, 4)
     partial = _cdiv(cr, p.BJH)
     fc2 = _cdiv(chunk, p.BC2) * _cdiv(cr, p.BJ2) / max(1, depth2 - 1)
+    if bias and not legacy:
+        fc2 += _cdiv(chunk, p.BC2)
     nk = _cdiv(chunk, p.BK)   # per hidden block: a round trip to fill, then one per depth - 1
     fc1 = _cdiv(cr, p.BJ) * (nk if depth1 <= 1 else 1 + (nk - 1) / (depth1 - 1))
     return (partial + fc2 + fc1) * L2_ROUND_US, depth2, depth1
@@ -172,7 +178,7 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
     # serial FC costs per program (the longest program)
     chunk_blocks = _cdiv(p.chunk, p.BC)
     del chunk_blocks
-    fc_us, depth2, depth1 = fc_steps_us(p, cr, p.chunk, LEGACY_FC)
+    fc_us, depth2, depth1 = fc_steps_us(p, cr, p.chunk, LEGACY_FC, direction == "fwd")
     fc2 = fc_us * 1e-6
     t += fc2
     note = [f"plan: {'split' if p.split else 'fused'} G={p.G} P={p.P} BC={p.BC} BHW={p.BHW} "
@@ -255,7 +261,7 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
         t += (nbytes - wb) * (s / sum(streams)) / bw
     t += wb * p.S / BW / max(1, busy / 8)     # weights: read once per split, from L2 mostly
     # the FC step loops as predict() (fc_steps_us)
-    fc_us, depth2, depth1 = fc_steps_us(p, cr, chunk, LEGACY_FC)
+    fc_us, depth2, depth1 = fc_steps_us(p, cr, chunk, LEGACY_FC, direction == "fwd")
     fc = fc_us * 1e-6
     split_sum = (_cdiv(p.S, p.SB) if p.S > 1 else 0) * L2_ROUND_US * 1e-6 * _cdiv(chunk, p.BC2)
     t += fc + split_sum
