@@ -133,6 +133,7 @@ def _variant(kernel, grid, args, kwargs):
 
 _LD = re.compile(r"^\s*(?:@%p\d+\s+)?ld\.global\S*?(?:\.v(\d))?\.[bsuf](\d+)\s")
 _ST = re.compile(r"^\s*(?:@%p\d+\s+)?st\.global\S*?(?:\.v(\d))?\.[bsuf](\d+)\s")
+_STAGES_ATTR = re.compile(r"tt\.num_stages = (\d+)")
 _CP = re.compile(r"^\s*(?:@%p\d+\s+)?cp\.async\.c[ag]\.shared\.global[^;]*?,\s*(0x[0-9a-fA-F]+|\d+)\s*(?:,|;)")
 
 
@@ -188,6 +189,8 @@ def _compile(job):
     out["secs"] = round(time.time() - t0, 2)
     out["shared"] = cc.metadata.shared
     out.update(ptx_stats(cc.asm["ptx"]))
+    # the pipelining depth each loop asks for (tl.range num_stages), from the TTIR
+    out["loop_stages"] = sorted(int(v) for v in _STAGES_ATTR.findall(cc.asm["ttir"]))
     with tempfile.TemporaryDirectory() as d:
         ptx = Path(d) / "k.ptx"
         ptx.write_text(cc.asm["ptx"])
@@ -299,6 +302,30 @@ def test_cases():
         yield (*shape, "bf16", True, (sq, 1, 2, True, True), path)
 
 
+PREDICTED_KERNELS = ("se_fwd_fused_kernel", "se_fwd_pool_kernel", "se_fwd_excite_kernel",
+                     "se_bwd_reduce_kernel", "se_bwd_finish_kernel")
+
+
+def prediction_report(results):
+    """The rows tools/predict_triton.py reads for the programs resident per SM: registers,
+    dynamic shared memory and warps of the streaming kernels of the bf16 heuristic plans
+    (not the tests' forced ones), one row per (kernel, case)."""
+    arch = sorted({r["arch"] for r in results})
+    rows = [dict(kernel=r["kernel"], N=c[0], C=c[1], HW=c[2] * c[3],
+                 layout="nhwc" if c[6] else "nchw", options=list(c[7]), regs=r["regs"],
+                 shared=r["shared"], num_warps=r["num_warps"])
+            for r in results for c in [r["case"]]
+            if r["ok"] and c[5] == "bf16" and not c[8] and r["kernel"] in PREDICTED_KERNELS]
+    rows.sort(key=lambda d: (d["layout"], d["C"], d["HW"], d["N"], d["kernel"]))
+    return {"note": f"tools/compile_triton_kernels.py --set smoke --arch "
+                    f"{' '.join(map(str, arch))} --prediction-report, bf16 heuristic plans "
+                    "(heaviest options: max squeeze, silu, tanh, bias, residual; upper bounds "
+                    "for the predictions' avg squeeze without residual): registers, dynamic "
+                    "shared memory and warps per streaming kernel, read by "
+                    "tools/predict_triton.py for the programs resident per SM",
+            "rows": rows}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
@@ -312,6 +339,11 @@ def main():
     ap.add_argument("--list", action="store_true", help="count the variants, compile nothing")
     ap.add_argument("--max-spill", type=int, default=1024,
                     help="fail if a variant spills more bytes than this (default 1024)")
+    ap.add_argument("--prediction-report", metavar="FILE",
+                    help="write the registers / shared memory of the bf16 heuristic plans' "
+                    "streaming kernels to FILE, as tools/predict_triton.py reads them "
+                    "(benchmarks/predictions/triton_compile_sm90.json from --set smoke "
+                    "--arch 90)")
     a = ap.parse_args()
 
     jobs, seen, cases_by_variant = [], {}, {}
@@ -382,6 +414,9 @@ def main():
           f"{tot:.0f} s summed ({wall:.0f} s wall, {a.jobs} jobs); triton {triton.__version__}")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1, default=str))
+    if a.prediction_report:
+        Path(a.prediction_report).write_text(json.dumps(prediction_report(results), indent=1)
+                                             + "\n")
     return 1 if bad or big_spills else 0
 
 

@@ -25,10 +25,16 @@ channel chunks P, the activation tile, the pipeline depth kernels._STAGES):
   the HBM latency under load (0.7 us idle).
 * serial FC costs per program, ~0.5 us of dependent L2 round trip per step: the partial
   sums reduced once per program (cdiv(Cr, BJH) steps of [G, P_PAD, BJH] tiles; item 3),
-  then FC2 (backward: FC1) over cdiv(chunk, BC2) x cdiv(Cr, BJ2) steps, which one loop
-  pipelines STAGES - 1 = 2 steps ahead (a round trip per 2 steps, 0.25 us each); the weight
-  gradients walk their slice of cdiv(N, WS) samples in blocks of BN, one hidden block per
-  program (item 5), plus, when WS > 1, a third launch summing the WS partial rows.
+  then FC2 (backward: FC1) over cdiv(chunk, BC2) x cdiv(Cr, BJ2) steps, and FC1 (backward:
+  the FC2 backward, dpart) over cdiv(Cr, BJ) hidden blocks of cdiv(chunk, BK) channel steps
+  (fc_steps_us; this FC1 term was left out of the model before the FC step pipelining).
+  A step loop pipelined `depth` = num_stages deep (kernels._fc_stages: FC2 3 to 8 by the
+  step's weight tile; FC1 4 at G = 8, else 1) keeps depth - 1 steps in flight, so it
+  costs a round trip per depth - 1 steps (2 steps, STAGES - 1, for FC2 and 1 for FC1
+  before), an unpipelined one a round trip per step; the FC1 loop restarts at every hidden
+  block. The weight gradients walk their slice of cdiv(N, WS) samples in blocks of BN, one
+  hidden block per program (item 5), plus, when WS > 1, a third launch summing the WS
+  partial rows.
 * 2 us per launch (launch gap and ramp).
 
 These are first-order numbers to be checked on a GPU (tools/gpu_check.sh); the JSON rows
@@ -52,6 +58,7 @@ LAT = 1.0e-6           # s, HBM latency under load
 SMS = 132
 LAUNCH_US = 2.0
 L2_ROUND_US = 0.5      # one dependent L2 round trip inside an FC loop step
+LEGACY_FC = False      # --legacy-fc: the FC step depths before the FC step pipelining
 RESIDENT = 2           # programs per SM at most (the plans' 8-warp programs)
 # registers and shared memory of the compiled streaming kernels (sm_90, bf16, heaviest
 # options: upper bounds), from tools/compile_triton_kernels.py --set smoke (review 13a #6):
@@ -90,6 +97,34 @@ STAGES = [("conv2_x", 256, 56 * 56, 16), ("conv3_x", 512, 28 * 28, 32),
 
 def _cdiv(a, b):
     return -(-a // b)
+
+
+def fc_steps_us(p, cr, chunk, legacy=False, bias=False):
+    """Serial FC steps per program, in us (one L2 round trip, L2_ROUND_US, per step that is
+    not in flight): the partial-sum reduction (cdiv(Cr, BJH) steps, not pipelined), the FC2
+    (backward: FC1) step loop over cdiv(chunk, BC2) x cdiv(Cr, BJ2) steps pipelined
+    depth2 deep, i.e. depth2 - 1 steps in flight (it was 2, STAGES - 1, before the FC step
+    pipelining), and the FC1 (backward: dpart) loop, cdiv(Cr, BJ) hidden blocks of
+    cdiv(chunk, BK) channel steps pipelined depth1 deep (1: not pipelined, one round trip per
+    step; else one to fill each hidden block's loop, then one per depth1 - 1 steps).
+    legacy=True: the code before the FC step pipelining (depth2 = STAGES, depth1 = 1), for
+    the before/after table. bias=True (the forward with b2, as torchvision and timm build
+    SE): the b2 load at a channel block's last FC2 step is a plain 2-byte load that the
+    pipeliner leaves in the loop body (sm_90 TTGIR, review of 13c), so each channel block
+    waits one more round trip (counted whole; not in the legacy rows, which never had it).
+    Returns (us, depth2, depth1)."""
+    from se_kernels.triton.kernels import _STAGES, _fc_stages
+
+    depth2 = int(_STAGES) if legacy else _fc_stages(p.BJ2 * p.BC2, int(_STAGES))
+    # FC1 and the backward's dpart loop: 4 deep at G >= 8, else 1 (as kernels.py calls it)
+    depth1 = 1 if legacy else _fc_stages(p.BJ * p.BK, 1, p.G_PAD >= 8, 4)
+    partial = _cdiv(cr, p.BJH)
+    fc2 = _cdiv(chunk, p.BC2) * _cdiv(cr, p.BJ2) / max(1, depth2 - 1)
+    if bias and not legacy:
+        fc2 += _cdiv(chunk, p.BC2)
+    nk = _cdiv(chunk, p.BK)   # per hidden block: a round trip to fill, then one per depth - 1
+    fc1 = _cdiv(cr, p.BJ) * (nk if depth1 <= 1 else 1 + (nk - 1) / (depth1 - 1))
+    return (partial + fc2 + fc1) * L2_ROUND_US, depth2, depth1
 
 
 def _row(p, stage, n, channels_last, direction, nbytes, t, inflight, note):
@@ -143,8 +178,8 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
     # serial FC costs per program (the longest program)
     chunk_blocks = _cdiv(p.chunk, p.BC)
     del chunk_blocks
-    fc2 = (_cdiv(cr, p.BJH) + _cdiv(p.chunk, p.BC2) * _cdiv(cr, p.BJ2) / (int(_STAGES) - 1)
-           ) * L2_ROUND_US * 1e-6
+    fc_us, depth2, depth1 = fc_steps_us(p, cr, p.chunk, LEGACY_FC, direction == "fwd")
+    fc2 = fc_us * 1e-6
     t += fc2
     note = [f"plan: {'split' if p.split else 'fused'} G={p.G} P={p.P} BC={p.BC} BHW={p.BHW} "
             f"{'flat ' if p.flat else ''}"
@@ -160,7 +195,8 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
         note.append(f"weight gradients ~{wgrad * 1e6:.0f} us: {ws} sample slice(s) of {wsn}, "
                     f"{wprog} programs")
     t += launches * LAUNCH_US * 1e-6
-    note.append(f"partial sums + FC2 ~{fc2 * 1e6:.0f} us per program")
+    note.append(f"partial sums + FC steps ~{fc2 * 1e6:.0f} us per program (FC2 loop "
+                f"{depth2} stages, FC1 loop {depth1})")
     return _row(p, stage, n, channels_last, direction, nbytes, t, inflight, note)
 
 
@@ -224,9 +260,9 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
         bw = min(BW, busy * fl / LAT)
         t += (nbytes - wb) * (s / sum(streams)) / bw
     t += wb * p.S / BW / max(1, busy / 8)     # weights: read once per split, from L2 mostly
-    # the FC2 (FC1-backward) steps in one loop pipelined STAGES - 1 steps ahead, as predict()
-    fc = (_cdiv(cr, p.BJH) + _cdiv(chunk, p.BC2) * _cdiv(cr, p.BJ2) / (int(_STAGES) - 1)
-          ) * L2_ROUND_US * 1e-6
+    # the FC step loops as predict() (fc_steps_us)
+    fc_us, depth2, depth1 = fc_steps_us(p, cr, chunk, LEGACY_FC, direction == "fwd")
+    fc = fc_us * 1e-6
     split_sum = (_cdiv(p.S, p.SB) if p.S > 1 else 0) * L2_ROUND_US * 1e-6 * _cdiv(chunk, p.BC2)
     t += fc + split_sum
     if direction == "bwd":
@@ -238,8 +274,8 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
             f"HWC={hwc} SB={p.SB} BC={p.BC} BHW={p.BHW} {'flat ' if p.flat else ''}"
             f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, "
             f"{programs} programs, {res}/SM ({why})",
-            f"partial sums + FC ~{fc * 1e6:.1f} us, split sums ~{split_sum * 1e6:.1f} us "
-            f"per program",
+            f"partial sums + FC steps ~{fc * 1e6:.1f} us (FC2 loop {depth2} stages, FC1 "
+            f"loop {depth1}), split sums ~{split_sum * 1e6:.1f} us per program",
             f"host ~{host:.0f} us per call (body {HOST_BODY_US[direction]:.0f} + dispatch "
             f"{HOST_DISPATCH_US:.0f} + {launches} x {HOST_LAUNCH_US[direction]:.0f} "
             f"launcher): "
@@ -262,7 +298,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", help="write the rows to this file")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--legacy-fc", action="store_true",
+                    help="model the FC step loops as before their pipelining (FC2 3 stages, "
+                    "FC1 not pipelined): the 'before' column of the perf notes")
     a = ap.parse_args()
+    global LEGACY_FC
+    LEGACY_FC = a.legacy_fc
     rs = rows()
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,9 @@ which and why):
 
 Where one NCHW pixel tile covers H*W (config rule 6, FLAT > 0), the streaming part of each
 phase loops over (sample, channel block) pairs instead of pixel tiles, each tile one
-contiguous span of whole channels loaded with 16-byte vectors (_flat_tile).
+contiguous span of whole channels loaded with 16-byte vectors (_flat_tile); y, dx and dres
+are computed and stored in that flat layout (16-byte stores), only the per-channel sums
+rearrange it into [BC, BHW] rows.
 
 g is dy, masked by y > 0 when the residual tail was fused. Each weight tile a phase touches
 is loaded once per sample group: the FCs run as [G, J, K] broadcast products, so a program
@@ -52,6 +54,34 @@ import triton.language as tl
 # flight (cp.async into shared memory on sm_80+) while the current one is reduced or
 # rescaled. tools/compile_triton_kernels.py reports the cp.async count per variant.
 _STAGES = tl.constexpr(3)
+
+# The FC step loops (FC1 in _pool_phase, FC2 in _excite_phase, the FC2 backward in
+# _reduce_phase, the FC1 backward in _write_phase) walk (hidden block, channel block) steps
+# of one weight tile each, L2-resident; at conv5_x, G = 8, ~64 steps per program of a
+# [16, 32] W2 tile (1 KB bf16) and an [8, 16] fp32 row block: latency-bound, one L2 round
+# trip per num_stages - 1 steps. _fc_stages: where a step's weight tile is small (<= 1024
+# elements) 1 + 4096 / elements stages, at most `most` (FC2 / FC1-backward: 8, 7 steps in
+# flight at conv5_x; 3 before), else `floor` (_STAGES for those, as before). FC1 and the FC2
+# backward (not pipelined before) are 4 deep where G_PAD >= 8 (BK = FC tile / (G_PAD BJ) is
+# small: many steps), else still 1: deeper, or at every G, they cost registers or spills
+# (Triton 3.6, the GPU machines' version: the conv5_x pool 64 -> 181-229 registers at 8
+# stages, 101-127 at 4; 3.8, sm_90: the NHWC reduce's 4096-element dpart tiles 128 -> 167,
+# fp64 pool / reduce 12-24 bytes of spills). A stage costs one step's tiles of shared
+# memory (~1.5 KB at conv5_x bf16), inside the pixel loops' buffers, which Triton reuses.
+# The order of additions is the loop's whatever the depth, so the results do not depend
+# on it.
+
+
+@triton.constexpr_function
+def _fc_stages(step_elems, floor, deep=True, most=8):
+    """num_stages of an FC step loop whose weight tile has step_elems elements. The
+    constants are written here, not as module globals, so that a change to them changes
+    this source, which Triton's kernel cache keys on."""
+    ahead, small = 4096, 1024
+    if not deep or step_elems > small:
+        return int(floor)
+    return max(int(floor), min(most, 1 + ahead // max(1, int(step_elems))))
+
 
 # ---- scalar maths (elementwise on tensors of ACC) --------------------------------------------
 # Leaf functions (no nested @triton.jit calls) and none inside the per-tile loops: the
@@ -204,9 +234,9 @@ def _flat_tile(ptr, t, span, fi, gidx, BC: tl.constexpr, BHW: tl.constexpr,
 @triton.jit
 def _flat_index(HW, BC: tl.constexpr, BHW: tl.constexpr):
     """The loop-invariant int32 indices of the flat tiles: channels cc [BC], valid pixels hv
-    [BHW], in-tile offsets offs = c * HW + hw [BC, BHW] (the stores, masked by hv), the
-    gather index gidx [BC * BHW] (offs, with the padding hw >= HW at BC * BHW - 1) and the
-    flat lanes fi [BC * BHW]."""
+    [BHW], in-tile offsets offs = c * HW + hw [BC, BHW] (only gidx's source: y, dx and
+    dres are stored from the flat layout), the gather index gidx [BC * BHW] (offs, with the
+    padding hw >= HW at BC * BHW - 1) and the flat lanes fi [BC * BHW]."""
     cc = tl.arange(0, BC)
     hh = tl.arange(0, BHW)
     hv = hh < HW
@@ -328,7 +358,8 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         js = j0 + tl.arange(0, BJ)
         jm = js < CR
         acc1 = tl.zeros([G_PAD, BJ], ACC)
-        for k0 in range(c_lo, c_hi, BK):
+        # the channel steps pipelined where G >= 8 makes them many and small (_fc_stages)
+        for k0 in tl.range(c_lo, c_hi, BK, num_stages=_fc_stages(BJ * BK, 1, G_PAD >= 8, 4)):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
             zt = tl.load(zs + gs[:, None] * ZR + ks[None, :],
@@ -398,7 +429,8 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
     # a loop nest, so the same bits)
     nj = tl.cdiv(CR, BJ2)
     acc = tl.zeros([G_PAD, BC2], ACC)
-    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj, num_stages=_STAGES):
+    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj,
+                       num_stages=_fc_stages(BJ2 * BC2, _STAGES)):
         cb = it // nj
         j0 = (it - cb * nj) * BJ2
         cs = c_lo + cb * BC2 + tl.arange(0, BC2)
@@ -422,18 +454,22 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
     tl.debug_barrier()  # gq is read back below by other threads of this program
     if FLAT > 0:
         # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
-        # the pipelined one, each tile a contiguous span of whole channels
+        # the pipelined one, each tile a contiguous span of whole channels, rescaled and
+        # stored in that flat layout (16-byte stores, no gather: review 13a #4); each
+        # lane's gate comes from the block's BC gates by its channel, fch = fi // HW
         cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
+        fch = tl.minimum(fi // HW, BC - 1)    # lanes past the span: masked, any channel
         nb = tl.cdiv(c_hi - c_lo, BC)
         for it in tl.range(0, g_count * nb, num_stages=_STAGES):
             g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             s = _gate_fwd(tl.load(gq_ptr + qrow0 + g * QR + cs, mask=cm, other=0.0),
-                          GATE)[:, None]                                           # [BC, 1]
-            v = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC) * s
+                          GATE)                                                    # [BC]
+            fm = fi < span
+            v = tl.load(x_ptr + t + fi, mask=fm, other=0.0).to(ACC) * tl.gather(s, fch, 0)
             if HAS_RES:  # relu(y + residual), NaN passing
-                v += _flat_tile(res_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+                v += tl.load(res_ptr + t + fi, mask=fm, other=0.0).to(ACC)
                 v = tl.where(v < 0.0, 0.0, v)
-            tl.store(y_ptr + t + offs, v.to(y_ptr.dtype.element_ty), mask=m)
+            tl.store(y_ptr + t + fi, v.to(y_ptr.dtype.element_ty), mask=fm)
     else:
         for c0 in range(c_lo, c_hi, BC):
             cs = c0 + tl.arange(0, BC)
@@ -485,6 +521,12 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
     row0 = _row_offset(n0, C)                               # the group's rows of (N, C)
     QR = S * C                                              # dpre / cnt row stride
     qrow0 = _row_offset(n0, QR) + sp * C                    # this program's dpre/cnt rows
+    # qrow0 again, as another expression for the cnt stores below: with cnt_ptr = scr_ptr +
+    # CNT_OFF (one scratch tensor), the same expression lets LLVM form the cnt rows as the
+    # dpre rows' address + 4 CNT_OFF, and ptxas then took 168 registers instead of 128 for
+    # the NHWC conv2_x N = 1 plan (S > 1; 1 program per SM instead of 2). This form keeps the
+    # cnt rows' own base, as with a separate cnt pointer before the single scratch.
+    crow0 = (_row_offset(n0, S) + sp) * C
     if FLAT > 0:
         # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
         # the pipelined one, each tile a contiguous span of whole channels
@@ -493,11 +535,15 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         for it in tl.range(0, g_count * nb, num_stages=_STAGES):
             g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             xv = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
-            gv = _flat_tile(dy_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
-            if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing)
-                yv = _flat_tile(y_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
-                gv = tl.where(yv <= 0.0, 0.0, gv)
-                tl.store(dres_ptr + t + offs, gv.to(dres_ptr.dtype.element_ty), mask=m)
+            if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing), applied
+                # and stored (dres) in the flat layout (16-byte stores), then gathered
+                fm = fi < span
+                gf = tl.where(tl.load(y_ptr + t + fi, mask=fm, other=0.0).to(ACC) <= 0.0, 0.0,
+                              tl.load(dy_ptr + t + fi, mask=fm, other=0.0).to(ACC))
+                tl.store(dres_ptr + t + fi, gf.to(dres_ptr.dtype.element_ty), mask=fm)
+                gv = tl.reshape(tl.gather(gf, gidx, 0), [BC, BHW])
+            else:
+                gv = _flat_tile(dy_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
             rows = row0 + g * C + cs
             qrows = qrow0 + g * QR + cs                     # this split's dpre/cnt row
             gp = tl.load(gpre_ptr + rows, mask=cm, other=0.0)
@@ -534,7 +580,7 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
                 tl.store(dpre_ptr + qrow0 + g * QR + cs,
                          _gate_backward(gp, tl.sum(acc, axis=1), GATE), mask=cm)
                 if SQUEEZE == 1:
-                    tl.store(cnt_ptr + qrow0 + g * QR + cs, tl.sum(ties, axis=1), mask=cm)
+                    tl.store(cnt_ptr + crow0 + g * QR + cs, tl.sum(ties, axis=1), mask=cm)
     tl.debug_barrier()  # dpre is read back below by other threads of this program
     gs = tl.arange(0, G_PAD)
     gm = gs < g_count
@@ -542,7 +588,8 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         js = j0 + tl.arange(0, BJ)
         jm = js < CR
         acc1 = tl.zeros([G_PAD, BJ], ACC)
-        for k0 in range(c_lo, c_hi, BK):
+        # the channel steps pipelined where G >= 8 makes them many and small (_fc_stages)
+        for k0 in tl.range(c_lo, c_hi, BK, num_stages=_fc_stages(BJ * BK, 1, G_PAD >= 8, 4)):
             ks = k0 + tl.arange(0, BK)
             km = ks < c_hi
             dp = tl.load(dpre_ptr + qrow0 + gs[:, None] * QR + ks[None, :],
@@ -598,7 +645,8 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
     # one pipelined loop over (channel block, hidden block) steps, as in the excite phase
     nj = tl.cdiv(CR, BJ2)
     acc = tl.zeros([G_PAD, BC2], ACC)
-    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj, num_stages=_STAGES):
+    for it in tl.range(0, tl.cdiv(c_hi - c_lo, BC2) * nj,
+                       num_stages=_fc_stages(BJ2 * BC2, _STAGES)):
         cb = it // nj
         j0 = (it - cb * nj) * BJ2
         cs = c_lo + cb * BC2 + tl.arange(0, BC2)
@@ -629,28 +677,32 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
     if FLAT > 0:
         # NCHW, one tile covers HW (config rule 6): the (sample, channel block) loop is
         # the pipelined one, each tile a contiguous span of whole channels
+        # dx computed and stored in the flat layout (16-byte stores, no gather), as y in
+        # the excite phase: each lane's per-channel values by its channel fch = fi // HW
         cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
+        fch = tl.minimum(fi // HW, BC - 1)    # lanes past the span: masked, any channel
         nb = tl.cdiv(c_hi - c_lo, BC)
         for it in tl.range(0, g_count * nb, num_stages=_STAGES):
             g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             rows = row0 + g * C + cs
-            coef = tl.load(dzs_ptr + qrow0 + g * QR + cs, mask=cm, other=0.0)[:, None]
-            s = _gate_fwd(tl.load(gpre_ptr + rows, mask=cm, other=0.0), GATE)[:, None]
+            fm = fi < span
+            coef = tl.gather(tl.load(dzs_ptr + qrow0 + g * QR + cs, mask=cm, other=0.0), fch, 0)
+            s = tl.gather(_gate_fwd(tl.load(gpre_ptr + rows, mask=cm, other=0.0), GATE), fch, 0)
             if HAS_RES and dres_ptr.dtype == dy_ptr.dtype:
                 # dres = dy masked by y > 0, stored by the reduce phase (exact: same dtype)
-                gv = _flat_tile(dres_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+                gv = tl.load(dres_ptr + t + fi, mask=fm, other=0.0).to(ACC)
             else:
-                gv = _flat_tile(dy_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+                gv = tl.load(dy_ptr + t + fi, mask=fm, other=0.0).to(ACC)
                 if HAS_RES:
-                    yv = _flat_tile(y_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+                    yv = tl.load(y_ptr + t + fi, mask=fm, other=0.0).to(ACC)
                     gv = tl.where(yv <= 0.0, 0.0, gv)
             if SQUEEZE == 1:  # mask * coef as arithmetic: 0 * inf is NaN, as in the reference
-                zc = tl.load(z_ptr + rows, mask=cm, other=0.0)[:, None]
-                xv = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
+                zc = tl.gather(tl.load(z_ptr + rows, mask=cm, other=0.0), fch, 0)
+                xv = tl.load(x_ptr + t + fi, mask=fm, other=0.0).to(ACC)
                 d = gv * s + tl.where(xv == zc, 1.0, 0.0) * coef
             else:
                 d = gv * s + coef
-            tl.store(dx_ptr + t + offs, d.to(dx_ptr.dtype.element_ty), mask=m)
+            tl.store(dx_ptr + t + fi, d.to(dx_ptr.dtype.element_ty), mask=fm)
     else:
         for c0 in range(c_lo, c_hi, BC):
             cs = c0 + tl.arange(0, BC)
