@@ -672,7 +672,9 @@ int check_group_rows() {
 }
 
 // The persistent kernels' shared memory fits a block (227 KiB on an H100) for any C and H*W,
-// with default tiles: the backward keeps 3 values per channel of a tile.
+// with default tiles: the backward keeps 3 values per channel of a tile. The forward outside
+// float64 (compiled for two CTAs per SM) fits two CTAs on an SM of sm_80 (164 KiB, 1 KiB
+// reserved per CTA, 16 bytes of static shared memory): a guard for larger FC staging.
 int check_persistent_smem(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, bool nhwc,
                           bool backward) {
   namespace P = se_kernels::cuda_plan;
@@ -680,7 +682,8 @@ int check_persistent_smem(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t 
   const int64_t vec = esize == 8 ? 1 : 16 / esize;
   const P::PersistentShape s = P::plan_persistent_shape(
       N, C, HW, Cr, nhwc, esize, asize, vec, 1, backward, true, 132, 50 << 20, 0, 0);
-  if (s.smem > (227 << 10))
+  const bool two_per_sm = !backward && esize <= 4;
+  if (s.smem > (227 << 10) || (two_per_sm && 2 * (s.smem + 1024 + 16) > (164 << 10)))
     return plan_failure("persistent smem N=" + std::to_string(N) + " C=" + std::to_string(C) +
                         " HW=" + std::to_string(HW) + " esize=" + std::to_string(esize) +
                         (nhwc ? " NHWC" : " NCHW") + (backward ? " backward" : " forward") +
@@ -774,7 +777,8 @@ int check_plans() {
     for (bool nhwc : {false, true})
       for (bool backward : {false, true})
         for (const auto& [C, HW] : std::vector<std::pair<int64_t, int64_t>>{
-                 {32768, 1}, {65536, 1}, {20000, 2}, {4096, 1}, {2048, 49}, {16, 1 << 26}})
+                 {32768, 1}, {65536, 1}, {20000, 2}, {4096, 1}, {2048, 49}, {16, 1 << 26},
+                 {64, 1}, {2048, 1}})
           f += check_persistent_smem(4096, C, HW, std::max<int64_t>(1, C / 16), esize, nhwc,
                                      backward);
   std::printf("plan checks: %d failed\n", f);
