@@ -35,6 +35,17 @@ answered once):
 The last group's squeeze combine and its two stages are on the critical path; every other
 group's items overlap the streaming (their CTA time divided by the grid, as before), where a
 stage-2 item's CTA time includes its spin while stage 1 runs.
+
+"12e" (fc_items_time_12e): the stage-2 items of group g sit `defer` blocks after its
+stage-1 items in the ticket order (cuda_plan::Schedule; defer = lag // 2 groups, lag from
+plan_lag_groups, the planner's rule). A block (the reduce items of one group and the apply
+items of an older one) takes the grid T_BLOCK = its HBM bytes / the streaming bandwidth
+(forward: x read, y written, 2 G slabs; backward: dy and x read, dx written, 3 G slabs), so a
+stage-2 item spins max(0, t1 - defer T_BLOCK) instead of t1, and an apply item max(0, t2 -
+(lag - defer) T_BLOCK) (0 at every stage shape). On the critical path, the last group's
+stage-2 items are handed out after `defer` blocks of apply items only (G slabs written each):
+max(t1, defer T_EPI) replaces t1. The forward items' own time is 12a's (the whole-K staging of
+issue 12e item 2 was not kept: docs/perf-notes.md).
 """
 
 from __future__ import annotations
@@ -132,6 +143,45 @@ def fc_items_time(C, Cr, G, direction):
     return SQUEEZE + t1 + t2, SQUEEZE + n1 * t1 + n2 * (t1 + t2), n1 + n2
 
 
+L2_BYTES = 60 << 20  # H200 (prop.l2CacheSize)
+
+
+def plan_lag_groups(C, HW, Cr, N, direction):
+    """cuda_plan::plan_persistent_shape's lag (no residual), in groups, clamped as
+    make_schedule does: the larger of 40% of L2 over the re-read streams and G + the samples
+    in flight (2 CTAs per SM, default tiles)."""
+    slab = C * HW * ESIZE
+    G = group(C, HW, Cr, N)
+    ctas = 2 * SMS
+    tile = min(max(N * slab // (16 * SMS), 8 << 10), 64 << 10)
+    tile = max(8 << 10, min(tile, (L2_BYTES * 3 // 20) // ctas))
+    streams = 1 if direction == "fwd" else 2
+    lag = max(max(1, (L2_BYTES * 2 // 5) // (slab * streams)), G + math.ceil(ctas * tile / slab))
+    groups = math.ceil(N / G)
+    return min(max(math.ceil(lag / G), 1), max(groups, 1))
+
+
+def fc_items_time_12e(C, HW, Cr, N, direction, eff):
+    """(critical path of the last group's FC, CTA time of one group's FC items, item count,
+    defer, stage-2 spin) with the stage-2 items `defer` blocks after the stage-1 items."""
+    n1, n2, b1, b2 = fc_items(C, Cr, direction)
+    G = group(C, HW, Cr, N)
+    if direction == "fwd":
+        t1, t2 = fwd_item_time(b1, C, G), fwd_item_time(b2, Cr, G)
+    else:
+        t1, t2 = bwd_item_time(b1, C), bwd_item_time(b2, Cr)
+    lag = plan_lag_groups(C, HW, Cr, N, direction)
+    defer = min(lag // 2, lag - 1)
+    slab = C * HW * ESIZE
+    t_block = (2 if direction == "fwd" else 3) * G * slab / (BW * eff)
+    t_epi = G * slab / (BW * eff)
+    spin2 = max(0.0, t1 - defer * t_block)
+    spin_apply = max(0.0, t2 - (lag - defer) * t_block) * G  # per group: G samples' tiles, ~1 each
+    crit = SQUEEZE + max(t1, defer * t_epi) + t2
+    cta = SQUEEZE + n1 * t1 + n2 * (spin2 + t2) + spin_apply
+    return crit, cta, n1 + n2, defer, spin2
+
+
 def group(C, HW, Cr, N):
     w = 2 * C * Cr * ESIZE
     return min(8, max(1, math.ceil(2 * w / (C * HW * ESIZE))), N)
@@ -179,14 +229,14 @@ def stream_inflight_sm(path, direction, layout, HW, version):
         # forward NCHW with HW % 8 != 0 reduces rows with scalar loads (unroll 4 x 2 B) but
         # scales flat (16 B); the reduce reads x from HBM, so it sets the pace
         if not vec:
-            if version in ("after", "12a"):  # issue 12 item 3: the span reduce
+            if version in ("after", "12a", "12e"):  # issue 12 item 3: the span reduce
                 return span_reduce_inflight_sm(direction, HW)
             per_thread = 4 * 2
         return 2 * THREADS * per_thread
     # backward reduce: dy, x (and y) per step, unroll 2
     if vec:
         return 2 * THREADS * 2 * 2 * 16
-    if version in ("after", "12a"):  # issue 12 item 3: the span reduce
+    if version in ("after", "12a", "12e"):  # issue 12 item 3: the span reduce
         return span_reduce_inflight_sm(direction, HW)
     return 2 * THREADS * 2 * 2 * 2  # scalar 2-byte loads (23a97b5)
 
@@ -224,6 +274,9 @@ def predict(path, stage, N, layout, direction, version):
         fc_bytes = W  # forward: W1 and W2 once per group; backward: the same (dh, dz)
         if version == "12a":  # FC items spread over the grid (critical path, CTA time)
             t_fc, t_fc_cta, nitems = fc_items_time(C, Cr, G, direction)
+        elif version == "12e":  # 12a's items, the stage-2 items deferred
+            t_fc, t_fc_cta, nitems, defer, spin2 = fc_items_time_12e(C, HW, Cr, N, direction,
+                                                                     eff)
         else:  # the group's FC on one CTA
             t_fc = fc_bytes / cta_l2_rate(fc_inflight_cta(version, direction, G, path))
             t_fc_cta = t_fc
@@ -235,7 +288,12 @@ def predict(path, stage, N, layout, direction, version):
         if N == 1:
             t = LAUNCH["persistent"] + 2 * HBM_LAT + t_stream + t_fc
             t += 2e-6 if direction == "bwd" else 0
-        if version == "12a":
+        if version == "12e":
+            note.append(f"G={G}, FC in {nitems} items a group, stage 2 deferred {defer} "
+                        f"groups (spin {spin2 * 1e6:.1f} us an item): last group's FC "
+                        f"{t_fc * 1e6:.1f} us on the critical path, "
+                        f"{t_fc_cta * 1e6:.0f} us CTA time a group")
+        elif version == "12a":
             note.append(f"G={G}, FC in {nitems} items a group: last group's FC "
                         f"{t_fc * 1e6:.1f} us on the critical path, "
                         f"{t_fc_cta * 1e6:.0f} us CTA time a group")
@@ -285,14 +343,38 @@ def print_span_reduce_rows():
                       f"{a['predicted_us']:.1f} ({100 * a['floor_us'] / a['predicted_us']:.0f}%) |")
 
 
+def print_fc2_defer_rows():
+    """The persistent rows before and after issue 12e (the stage-2 FC items deferred):
+    docs/perf-notes.md, "Issue 12: stage-2 placement and forward staging (12e; predictions)"."""
+    print("| stage | N | layout | dir | floor us | lag, defer (groups) | 12a us (% floor) | "
+          "12e us (% floor) | 12e: stage-2 spin an item |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for a, e in zip(rows("12a"), rows("12e")):
+        if a["path"] != "persistent":
+            continue
+        C, HW, Cr = STAGES[a["stage"]]
+        lag = plan_lag_groups(C, HW, Cr, a["N"], a["direction"])
+        spin = e["note"].split("(spin ")[1].split(" an item")[0]
+        print(f"| {a['stage']} | {a['N']} | {a['layout']} | {a['direction']} | "
+              f"{a['floor_us']:.1f} | {lag}, {min(lag // 2, lag - 1)} | "
+              f"{a['predicted_us']:.1f} ({100 * a['floor_us'] / a['predicted_us']:.0f}%) | "
+              f"{e['predicted_us']:.1f} ({100 * e['floor_us'] / e['predicted_us']:.0f}%) | "
+              f"{spin} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--json", help="write the 'after 12a' rows here")
+    ap.add_argument("--json", help="write the 'after 12e' rows here")
     ap.add_argument("--span-reduce", action="store_true",
                     help="print only the rows of issue 12 item 3 (the NCHW span reduce)")
+    ap.add_argument("--fc2-defer", action="store_true",
+                    help="print only the persistent rows before and after issue 12e")
     args = ap.parse_args()
     if args.span_reduce:
         print_span_reduce_rows()
+        return
+    if args.fc2_defer:
+        print_fc2_defer_rows()
         return
     before, after, after12a = rows("before"), rows("after"), rows("12a")
     print("| path | stage | N | layout | dir | MB moved | floor us | in flight KB/SM | "
@@ -306,7 +388,7 @@ def main():
               f"{a['bytes'] / 1e6:.1f} | {a['floor_us']:.1f} | {a['in_flight_kb_per_sm']:.0f} | "
               f"{b['predicted_us']:.1f} ({pb:.0f}%) | {a['predicted_us']:.1f} ({pa:.0f}%) | "
               f"{c['predicted_us']:.1f} ({pc:.0f}%) |")
-    after = after12a
+    after = rows("12e")  # 12a's items with the stage-2 items deferred (issue 12e)
     if args.json:
         # one row per (backend, stage, N, layout, direction): the path `auto` takes on an
         # H200 in bf16 (the cluster forward fits every stage; the backward is persistent)
