@@ -216,9 +216,9 @@ SE_HOST_DEVICE int64_t group_size(int64_t N, int64_t G, int64_t g) { return min6
 // Decoding: blocks come in five runs of equal-sized blocks, b in [0, defer): R FC1;
 // [defer, lag): R FC1 FC2; [lag, ngroups): R FC1 A FC2; [ngroups, ngroups + defer): A FC2;
 // [ngroups + defer, ngroups + lag): A. The runs are laid out as if every group were full
-// ("virtual" tickets, ends v1..v5); the short last group's R (in block ngroups - 1) and A (the
-// very last block) are shorter by `skip` tickets: real tickets from skip_at on are shifted by
-// skip, and virtual tickets from tail_at on are the tail. Computed on the host (make_schedule):
+// ("virtual" tickets; v1..v4 end the first four runs); the short last group's R (in block
+// ngroups - 1) and A (the very last block) are shorter by `skip` tickets: real tickets from
+// skip_at on are shifted by skip, and virtual tickets from tail_at on are the tail. Computed on the host (make_schedule):
 // kernel parameters, read from the constant bank (no registers held across the item loop).
 struct Schedule {
   int64_t N, tiles, G, lag, tail, fc;
@@ -256,8 +256,8 @@ struct Schedule {
     b += k;
     t -= k * size;
     // t is inside block b: R(b) FC1(b) when b < ngroups, A(b - lag) when b >= lag, FC2(b -
-    // defer) when defer <= b < ngroups + defer (the run's block size ends t before it where
-    // that part is absent)
+    // defer) when defer <= b < ngroups + defer (a run without FC2 has blocks that end before
+    // it, so t never reaches the last line there)
     if (b < ngroups) {
       if (t < full) return Item{kItemReduce, b * G + t / T, t % T};
       t -= full;
