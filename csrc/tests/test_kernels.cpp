@@ -674,7 +674,8 @@ int check_group_rows() {
 // The persistent kernels' shared memory fits a block (227 KiB on an H100) for any C and H*W,
 // with default tiles: the backward keeps 3 values per channel of a tile. The forward outside
 // float64 (compiled for two CTAs per SM) fits two CTAs on an SM of sm_80 (164 KiB, 1 KiB
-// reserved per CTA, 16 bytes of static shared memory): a guard for larger FC staging.
+// reserved per CTA, 16 bytes of static shared memory): its FC items stage up to 8 rows of
+// 2048 inputs in the 16-bit types (issue 12e).
 int check_persistent_smem(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, bool nhwc,
                           bool backward) {
   namespace P = se_kernels::cuda_plan;

@@ -228,9 +228,10 @@ struct Schedule {
   int64_t v1, v2, v3, v4;  // virtual tickets: ends of the first four runs of blocks
   int64_t skip_at, skip;   // real tickets >= skip_at are virtual ticket + skip
   int64_t tail_at;         // virtual ticket of the first tail item
+  int64_t ntotal;          // total(), kept (a kernel parameter, not a register)
 
   SE_HOST_DEVICE int64_t groups() const { return ngroups; }
-  SE_HOST_DEVICE int64_t total() const { return 2 * N * tiles + groups() * fc + tail; }
+  SE_HOST_DEVICE int64_t total() const { return ntotal; }
   // Tickets of group g's reduce items (equally, of its apply items).
   SE_HOST_DEVICE int64_t group_items(int64_t g) const { return group_size(N, G, g) * tiles; }
 
@@ -296,6 +297,7 @@ inline Schedule make_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, 
   s.fc1 = fc1;
   s.fc = fc1 + fc2;
   s.defer = clamp64(defer < 0 ? default_defer(s.lag) : defer, 0, s.lag - 1);
+  s.ntotal = 2 * N * tiles + s.ngroups * s.fc + tail;
   const int64_t ng = s.ngroups, d = s.defer, L = s.lag, full = s.G * tiles;
   if (ng == 0) return s;  // no group: every ticket is a tail item (the ends stay 0)
   s.v1 = d * (full + fc1);
@@ -505,11 +507,22 @@ inline int64_t nhwc_tile_scratch(const Tiles& t, int64_t vec) {
   return t.nhwc ? nhwc_scratch_elems2(t.tc, t.C - (t.ncb - 1) * t.tc, vec) : 0;
 }
 
-inline int64_t persistent_forward_smem_elems(const Tiles& t, int64_t G, int64_t vec) {
+// Inputs per row the forward FC items stage at once, as shared memory is sized for them: 2048
+// for the 16-bit types (a conv5_x stage-1 item's whole K; fc.cuh kFcItemChunk uses it for
+// bfloat16, half stages 512 of it), kFcChunk for float and double.
+SE_HOST_DEVICE constexpr int64_t fc_item_chunk(int64_t esize) {
+  return esize == 2 ? 2048 : kFcChunk;
+}
+
+// esize: bytes of an element of x (the FC items' chunk, fc_item_chunk). At G = 8 in bf16 the
+// FC items take 8 x (2048 + 512) x 4 bytes = 80 KiB: two CTAs still fit an SM of sm_80
+// (164 KiB) and sm_90 (228 KiB).
+inline int64_t persistent_forward_smem_elems(const Tiles& t, int64_t G, int64_t vec,
+                                             int64_t esize) {
   int64_t e = t.tc;                              // the gate of an apply tile
   e = max64(e, nhwc_tile_scratch(t, vec));       // the NHWC reduction
   // FC items: input staging (zero-padded rows) and the item's sums (<= kThreads rows)
-  e = max64(e, fc_item_rows(G) * (kFcChunk + kThreads));
+  e = max64(e, fc_item_rows(G) * (fc_item_chunk(esize) + kThreads));
   return e;
 }
 
@@ -555,7 +568,7 @@ inline PersistentShape plan_persistent_shape(int64_t N, int64_t C, int64_t HW, i
   }
   s.tiles = make_tiles(C, HW, nhwc, max64(1, tile_bytes / esize), vec, row_align);
   const int64_t elems = backward ? persistent_backward_smem_elems(s.tiles, s.G, vec)
-                                 : persistent_forward_smem_elems(s.tiles, s.G, vec);
+                                 : persistent_forward_smem_elems(s.tiles, s.G, vec, esize);
   s.smem = round_up(elems * asize, 16);
   const int64_t streams = backward ? (residual ? 3 : 2) : 1;
   if (lag > 0) {
