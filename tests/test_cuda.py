@@ -485,6 +485,30 @@ def test_cuda_persistent_fc2_defer(shape, layout, monkeypatch, poison):
                 assert torch.equal(a, b), f"defer={defer} grid={grid}"
 
 
+# (N, C, H, W, Cr): the forward FC items' staging (issue 12e): bf16 stages up to 2048 inputs
+# a row with 16-byte cp.async copies when the rows are 16-byte aligned (C % 4 == 0), element
+# by element otherwise; half and float keep chunks of 512. C = 2048: one chunk of the whole K
+# (G = 8, short last group); C = 2056: two chunks, the second of 8; C = 2050: two chunks,
+# element loads (odd rows); Cr = 2052 > 2048: the stage-2 items' K over two chunks.
+STAGING_SHAPES = [(9, 2048, 7, 7, 128), (3, 2056, 2, 2, 24), (3, 2050, 2, 2, 24),
+                  (2, 64, 3, 3, 2052)]
+
+
+@pytest.mark.parametrize("shape", STAGING_SHAPES, ids=str)
+@pytest.mark.parametrize("grid", [1, None], ids=lambda g: f"grid{g or '-full'}")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_cuda_persistent_fc_staging(shape, grid, dtype, monkeypatch, poison):
+    """The persistent forward's FC items over the staging paths (whole K, several chunks,
+    cp.async and element copies, the activation of stage 2's inputs) against the float64
+    reference, on one CTA and the full grid, with bias and residual."""
+    n, c, h, w, cr = shape
+    _fc_env(monkeypatch, grid, None)
+    for squeeze, act in (("avg", "silu"), ("max", "gelu")):
+        inp = _make(n, c, h, w, cr, seed=c + cr, dtype=dtype, layout="contiguous", bias=True,
+                    residual=True)
+        check_backend("cuda", inp, squeeze, act, "sigmoid")
+
+
 def test_cuda_fc2_defer_env_checked(monkeypatch):
     monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "persistent")
     monkeypatch.setenv("SE_KERNELS_CUDA_FC2_DEFER", "-1")
