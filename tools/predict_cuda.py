@@ -44,8 +44,9 @@ items of an older one) takes the grid T_BLOCK = its HBM bytes / the streaming ba
 stage-2 item spins max(0, t1 - defer T_BLOCK) instead of t1, and an apply item max(0, t2 -
 (lag - defer) T_BLOCK) (0 at every stage shape). On the critical path, the last group's
 stage-2 items are handed out after `defer` blocks of apply items only (G slabs written each):
-max(t1, defer T_EPI) replaces t1. The forward items' own time is 12a's (the whole-K staging of
-issue 12e item 2 was not kept: docs/perf-notes.md).
+max(t1, defer T_EPI) replaces t1. The forward items' own time (fwd_item_time_12e): bfloat16
+stages up to 2048 inputs a row at once (cp.async, one round), and the weight loop's lanes
+cover the whole chunk.
 """
 
 from __future__ import annotations
@@ -161,13 +162,43 @@ def plan_lag_groups(C, HW, Cr, N, direction):
     return min(max(math.ceil(lag / G), 1), max(groups, 1))
 
 
+FC_ITEM_CHUNK_12E = 2048  # cuda_plan::fc_item_chunk (16-bit types): inputs staged at once
+
+
+def fc_item_lanes_12e(rows, k):
+    """fc.cuh fc_item_lanes after issue 12e: the chunk is fc_item_chunk (2048 in bf16)."""
+    nv = math.ceil(min(k, FC_ITEM_CHUNK_12E) / 8)
+    lanes = lanes_for(nv)
+    while lanes > 1 and rows * (lanes // 2) >= THREADS:
+        lanes //= 2
+    while lanes < 32 and rows * lanes < THREADS and 2 * lanes * 4 <= nv:  # kFcItemUnroll
+        lanes *= 2
+    return lanes
+
+
+def fwd_item_time_12e(rows, k, G):
+    """One forward FC item after issue 12e: chunks of 2048 inputs staged by cp.async (one L2
+    round each, every copy in flight), then per chunk the rounds of 4 16-byte weight loads a
+    lane for the first pass of 2 samples, the further passes from L1."""
+    lanes = fc_item_lanes_12e(rows, k)
+    passes = max(1, math.ceil(max(G, 2) / 2)) if G > 1 else 1
+    t = 0.0
+    for k0 in range(0, k, FC_ITEM_CHUNK_12E):
+        kc = min(FC_ITEM_CHUNK_12E, k - k0)
+        vpl = math.ceil(kc / 8 / lanes)
+        row_rounds = math.ceil(rows / (THREADS // lanes))
+        rounds = row_rounds * math.ceil(vpl / 4)
+        t += L2_LAT + rounds * (L2_LAT + (passes - 1) * L1_LAT)
+    return t + ITEM_FIXED
+
+
 def fc_items_time_12e(C, HW, Cr, N, direction, eff):
     """(critical path of the last group's FC, CTA time of one group's FC items, item count,
     defer, stage-2 spin) with the stage-2 items `defer` blocks after the stage-1 items."""
     n1, n2, b1, b2 = fc_items(C, Cr, direction)
     G = group(C, HW, Cr, N)
     if direction == "fwd":
-        t1, t2 = fwd_item_time(b1, C, G), fwd_item_time(b2, Cr, G)
+        t1, t2 = fwd_item_time_12e(b1, C, G), fwd_item_time_12e(b2, Cr, G)
     else:
         t1, t2 = bwd_item_time(b1, C), bwd_item_time(b2, Cr)
     lag = plan_lag_groups(C, HW, Cr, N, direction)
