@@ -498,6 +498,89 @@ def test_cuda_persistent_fc_items_copy_path_same_bits(dtype, item_bytes, monkeyp
             assert torch.equal(a, b)
 
 
+# ---- issue 12e: where the stage-2 FC items sit in the ticket order --------------------------
+
+# (N, C, H, W, Cr, SE_KERNELS_CUDA_LAG in samples or None). G = 8 at C = 2048, 7 x 7, Cr = 128
+# (N = 1: one group of 1, lag 1, so defer 0 whatever is asked; N = 9 = G + 1: a short last
+# group, lag 1 group (the stage-2 items of the last group right before its apply items) and 2
+# groups (defer 1 puts them in the last, apply-only block)); G = 2 at C = 256, 6 x 6, Cr = 16
+# (N = 7: 4 groups, the last of 1 sample; lag 1, 2 and 4 groups, defers up to 3).
+DEFER_SHAPES = [(1, 2048, 7, 7, 128, None), (9, 2048, 7, 7, 128, 1), (9, 2048, 7, 7, 128, 16),
+                (7, 256, 6, 6, 16, 1), (7, 256, 6, 6, 16, 4), (7, 256, 6, 6, 16, 8)]
+
+
+@pytest.mark.parametrize("shape", DEFER_SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_persistent_fc2_defer(shape, layout, monkeypatch, poison):
+    """The stage-2 FC items of group g sit `defer` groups after its stage-1 items
+    (cuda_plan::Schedule; SE_KERNELS_CUDA_FC2_DEFER, clamped to lag - 1). The persistent
+    forward and backward with the default defer (lag / 2), 0 (the order before issue 12e), 1
+    and 3, each on grids of 1, 2, 3 CTAs and the full grid: every run finishes (an item waits
+    only for smaller tickets, whatever the defer), the first matches the float64 reference,
+    and y and every gradient of every other run are bitwise equal to the first (each output is
+    one item's fixed-order sum, wherever the item sits)."""
+    n, c, h, w, cr, lag = shape
+    monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "persistent")
+    monkeypatch.delenv("SE_KERNELS_CUDA_FC_BYTES", raising=False)
+    if lag is None:
+        monkeypatch.delenv("SE_KERNELS_CUDA_LAG", raising=False)
+    else:
+        monkeypatch.setenv("SE_KERNELS_CUDA_LAG", str(lag))
+    inp = _make(n, c, h, w, cr, seed=n * c + (lag or 0), dtype=torch.bfloat16, layout=layout,
+                bias=True, residual=True)
+    dy = torch.randn(inp.x.shape, device="cuda").to(inp.x.dtype)
+    first = None
+    for defer in (None, 0, 1, 3):
+        for grid in (None, 1, 2, 3):
+            for name, v in (("SE_KERNELS_CUDA_FC2_DEFER", defer), ("SE_KERNELS_CUDA_GRID", grid)):
+                if v is None:
+                    monkeypatch.delenv(name, raising=False)
+                else:
+                    monkeypatch.setenv(name, str(v))
+            if first is None:
+                check_backend("cuda", inp, "avg", "silu", "sigmoid")
+            y = se_kernels.fused_se(*inp.args(), residual=inp.residual, activation="silu",
+                                    backend="cuda")
+            run = (y, *torch.autograd.grad(y, inp.tensors(), dy))
+            if first is None:
+                first = run
+                continue
+            for a, b in zip(first, run):
+                assert torch.equal(a, b), f"defer={defer} grid={grid}"
+
+
+# (N, C, H, W, Cr): the forward FC items' staging (issue 12e): bf16 stages up to 2048 inputs
+# a row with 16-byte cp.async copies when the rows are 16-byte aligned (C % 4 == 0), element
+# by element otherwise; half and float keep chunks of 512. C = 2048: one chunk of the whole K
+# (G = 8, short last group); C = 2056: two chunks, the second of 8; C = 2050: two chunks,
+# element loads (odd rows); Cr = 2052 > 2048: the stage-2 items' K over two chunks.
+STAGING_SHAPES = [(9, 2048, 7, 7, 128), (3, 2056, 2, 2, 24), (3, 2050, 2, 2, 24),
+                  (2, 64, 3, 3, 2052)]
+
+
+@pytest.mark.parametrize("shape", STAGING_SHAPES, ids=str)
+@pytest.mark.parametrize("grid", [1, None], ids=lambda g: f"grid{g or '-full'}")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_cuda_persistent_fc_staging(shape, grid, dtype, monkeypatch, poison):
+    """The persistent forward's FC items over the staging paths (whole K, several chunks,
+    cp.async and element copies, the activation of stage 2's inputs) against the float64
+    reference, on one CTA and the full grid, with bias and residual."""
+    n, c, h, w, cr = shape
+    _fc_env(monkeypatch, grid, None)
+    for squeeze, act in (("avg", "silu"), ("max", "gelu")):
+        inp = _make(n, c, h, w, cr, seed=c + cr, dtype=dtype, layout="contiguous", bias=True,
+                    residual=True)
+        check_backend("cuda", inp, squeeze, act, "sigmoid")
+
+
+def test_cuda_fc2_defer_env_checked(monkeypatch):
+    monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "persistent")
+    monkeypatch.setenv("SE_KERNELS_CUDA_FC2_DEFER", "-1")
+    inp = _make(2, 16, 4, 4, 4, seed=0, dtype=torch.float32, layout="contiguous")
+    with pytest.raises(RuntimeError, match="SE_KERNELS_CUDA_FC2_DEFER"):
+        se_kernels.fused_se(*inp.args(), backend="cuda")
+
+
 def test_cuda_fc_item_env_checked(monkeypatch):
     monkeypatch.setenv("SE_KERNELS_CUDA_PATH", "persistent")
     inp = _make(2, 16, 4, 4, 4, seed=0, dtype=torch.float32, layout="contiguous")

@@ -35,9 +35,22 @@ answered once):
 The last group's squeeze combine and its two stages are on the critical path; every other
 group's items overlap the streaming (their CTA time divided by the grid, as before), where a
 stage-2 item's CTA time includes its spin while stage 1 runs.
-"after 12c" (the rows --json writes) replaces the backward item's time with issue 12c's
+"after 12c" replaces the backward item's time with issue 12c's
 loop (fc.cuh cols_dot_staged: the weight block copied to shared memory by 16-byte cp.async;
 bwd_item_time_staged); bwd_item_time stays as 12a's "before". --bwd-items prints both.
+
+"12e" (fc_items_time_12e): the stage-2 items of group g sit `defer` blocks after its
+stage-1 items in the ticket order (cuda_plan::Schedule; defer = lag // 2 groups, lag from
+plan_lag_groups, the planner's rule). A block (the reduce items of one group and the apply
+items of an older one) takes the grid T_BLOCK = its HBM bytes / the streaming bandwidth
+(forward: x read, y written, 2 G slabs; backward: dy and x read, dx written, 3 G slabs), so a
+stage-2 item spins max(0, t1 - defer T_BLOCK) instead of t1, and an apply item max(0, t2 -
+(lag - defer) T_BLOCK) (0 at every stage shape). On the critical path, the last group's
+stage-2 items are handed out after `defer` blocks of apply items only (G slabs written each):
+max(t1, defer T_EPI) replaces t1. The forward items' own time (fwd_item_time_12e): bfloat16
+stages up to 2048 inputs a row at once (cp.async, one round), and the weight loop's lanes
+cover the whole chunk. On main 12e runs with 12c's backward items, so its backward item
+times are bwd_item_time_staged's; --json writes the "12e" rows.
 """
 
 from __future__ import annotations
@@ -179,6 +192,76 @@ def fc_items_time(C, Cr, G, direction, staged=False):
     return SQUEEZE + t1 + t2, SQUEEZE + n1 * t1 + n2 * (t1 + t2), n1 + n2
 
 
+L2_BYTES = 60 << 20  # H200 (prop.l2CacheSize)
+
+
+def plan_lag_groups(C, HW, Cr, N, direction):
+    """cuda_plan::plan_persistent_shape's lag (no residual), in groups, clamped as
+    make_schedule does: the larger of 40% of L2 over the re-read streams and G + the samples
+    in flight (2 CTAs per SM, default tiles)."""
+    slab = C * HW * ESIZE
+    G = group(C, HW, Cr, N)
+    ctas = 2 * SMS
+    tile = min(max(N * slab // (16 * SMS), 8 << 10), 64 << 10)
+    tile = max(8 << 10, min(tile, (L2_BYTES * 3 // 20) // ctas))
+    streams = 1 if direction == "fwd" else 2
+    lag = max(max(1, (L2_BYTES * 2 // 5) // (slab * streams)), G + math.ceil(ctas * tile / slab))
+    groups = math.ceil(N / G)
+    return min(max(math.ceil(lag / G), 1), max(groups, 1))
+
+
+FC_ITEM_CHUNK_12E = 2048  # cuda_plan::fc_item_chunk (16-bit types): inputs staged at once
+
+
+def fc_item_lanes_12e(rows, k):
+    """fc.cuh fc_item_lanes after issue 12e: the chunk is fc_item_chunk (2048 in bf16)."""
+    nv = math.ceil(min(k, FC_ITEM_CHUNK_12E) / 8)
+    lanes = lanes_for(nv)
+    while lanes > 1 and rows * (lanes // 2) >= THREADS:
+        lanes //= 2
+    while lanes < 32 and rows * lanes < THREADS and 2 * lanes * 4 <= nv:  # kFcItemUnroll
+        lanes *= 2
+    return lanes
+
+
+def fwd_item_time_12e(rows, k, G):
+    """One forward FC item after issue 12e: chunks of 2048 inputs staged by cp.async (one L2
+    round each, every copy in flight), then per chunk the rounds of 4 16-byte weight loads a
+    lane for the first pass of 2 samples, the further passes from L1."""
+    lanes = fc_item_lanes_12e(rows, k)
+    passes = max(1, math.ceil(max(G, 2) / 2)) if G > 1 else 1
+    t = 0.0
+    for k0 in range(0, k, FC_ITEM_CHUNK_12E):
+        kc = min(FC_ITEM_CHUNK_12E, k - k0)
+        vpl = math.ceil(kc / 8 / lanes)
+        row_rounds = math.ceil(rows / (THREADS // lanes))
+        rounds = row_rounds * math.ceil(vpl / 4)
+        t += L2_LAT + rounds * (L2_LAT + (passes - 1) * L1_LAT)
+    return t + ITEM_FIXED
+
+
+def fc_items_time_12e(C, HW, Cr, N, direction, eff):
+    """(critical path of the last group's FC, CTA time of one group's FC items, item count,
+    defer, stage-2 spin) with the stage-2 items `defer` blocks after the stage-1 items."""
+    n1, n2, b1, b2 = fc_items(C, Cr, direction)
+    G = group(C, HW, Cr, N)
+    if direction == "fwd":
+        t1, t2 = fwd_item_time_12e(b1, C, G), fwd_item_time_12e(b2, Cr, G)
+    else:
+        # 12c's items (cols_dot_staged), merged with 12e
+        t1, t2 = bwd_item_time_staged(b1, C, G), bwd_item_time_staged(b2, Cr, G)
+    lag = plan_lag_groups(C, HW, Cr, N, direction)
+    defer = min(lag // 2, lag - 1)
+    slab = C * HW * ESIZE
+    t_block = (2 if direction == "fwd" else 3) * G * slab / (BW * eff)
+    t_epi = G * slab / (BW * eff)
+    spin2 = max(0.0, t1 - defer * t_block)
+    spin_apply = max(0.0, t2 - (lag - defer) * t_block) * G  # per group: G samples' tiles, ~1 each
+    crit = SQUEEZE + max(t1, defer * t_epi) + t2
+    cta = SQUEEZE + n1 * t1 + n2 * (spin2 + t2) + spin_apply
+    return crit, cta, n1 + n2, defer, spin2
+
+
 def group(C, HW, Cr, N):
     w = 2 * C * Cr * ESIZE
     return min(8, max(1, math.ceil(2 * w / (C * HW * ESIZE))), N)
@@ -226,14 +309,14 @@ def stream_inflight_sm(path, direction, layout, HW, version):
         # forward NCHW with HW % 8 != 0 reduces rows with scalar loads (unroll 4 x 2 B) but
         # scales flat (16 B); the reduce reads x from HBM, so it sets the pace
         if not vec:
-            if version in ("after", "12a", "12c"):  # issue 12 item 3: the span reduce
+            if version in ("after", "12a", "12c", "12e"):  # issue 12 item 3: the span reduce
                 return span_reduce_inflight_sm(direction, HW)
             per_thread = 4 * 2
         return 2 * THREADS * per_thread
     # backward reduce: dy, x (and y) per step, unroll 2
     if vec:
         return 2 * THREADS * 2 * 2 * 16
-    if version in ("after", "12a", "12c"):  # issue 12 item 3: the span reduce
+    if version in ("after", "12a", "12c", "12e"):  # issue 12 item 3: the span reduce
         return span_reduce_inflight_sm(direction, HW)
     return 2 * THREADS * 2 * 2 * 2  # scalar 2-byte loads (23a97b5)
 
@@ -271,6 +354,9 @@ def predict(path, stage, N, layout, direction, version):
         fc_bytes = W  # forward: W1 and W2 once per group; backward: the same (dh, dz)
         if version in ("12a", "12c"):  # FC items spread over the grid (critical path, CTA time)
             t_fc, t_fc_cta, nitems = fc_items_time(C, Cr, G, direction, version == "12c")
+        elif version == "12e":  # the items, the stage-2 items deferred (with 12c's backward)
+            t_fc, t_fc_cta, nitems, defer, spin2 = fc_items_time_12e(C, HW, Cr, N, direction,
+                                                                     eff)
         else:  # the group's FC on one CTA
             t_fc = fc_bytes / cta_l2_rate(fc_inflight_cta(version, direction, G, path))
             t_fc_cta = t_fc
@@ -282,7 +368,12 @@ def predict(path, stage, N, layout, direction, version):
         if N == 1:
             t = LAUNCH["persistent"] + 2 * HBM_LAT + t_stream + t_fc
             t += 2e-6 if direction == "bwd" else 0
-        if version in ("12a", "12c"):
+        if version == "12e":
+            note.append(f"G={G}, FC in {nitems} items a group, stage 2 deferred {defer} "
+                        f"groups (spin {spin2 * 1e6:.1f} us an item): last group's FC "
+                        f"{t_fc * 1e6:.1f} us on the critical path, "
+                        f"{t_fc_cta * 1e6:.0f} us CTA time a group")
+        elif version in ("12a", "12c"):
             note.append(f"G={G}, FC in {nitems} items a group: last group's FC "
                         f"{t_fc * 1e6:.1f} us on the critical path, "
                         f"{t_fc_cta * 1e6:.0f} us CTA time a group")
@@ -354,19 +445,44 @@ def print_bwd_item_rows():
                       f"{c['predicted_us']:.1f} ({100 * c['floor_us'] / c['predicted_us']:.0f}%) |")
 
 
+def print_fc2_defer_rows():
+    """The persistent rows before and after issue 12e (the stage-2 FC items deferred):
+    docs/perf-notes.md, "Issue 12: stage-2 placement and forward staging (12e; predictions)"."""
+    print("| stage | N | layout | dir | floor us | lag, defer (groups) | 12a us (% floor) | "
+          "12e us (% floor) | 12e: stage-2 spin an item |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for a, e in zip(rows("12a"), rows("12e")):
+        if a["path"] != "persistent":
+            continue
+        C, HW, Cr = STAGES[a["stage"]]
+        lag = plan_lag_groups(C, HW, Cr, a["N"], a["direction"])
+        spin = e["note"].split("(spin ")[1].split(" an item")[0]
+        print(f"| {a['stage']} | {a['N']} | {a['layout']} | {a['direction']} | "
+              f"{a['floor_us']:.1f} | {lag}, {min(lag // 2, lag - 1)} | "
+              f"{a['predicted_us']:.1f} ({100 * a['floor_us'] / a['predicted_us']:.0f}%) | "
+              f"{e['predicted_us']:.1f} ({100 * e['floor_us'] / e['predicted_us']:.0f}%) | "
+              f"{spin} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--json", help="write the latest rows (12a's forward, 12c's backward) here")
+    ap.add_argument("--json", help="write the latest rows (after 12e, with 12c's backward "
+                    "items) here")
     ap.add_argument("--span-reduce", action="store_true",
                     help="print only the rows of issue 12 item 3 (the NCHW span reduce)")
     ap.add_argument("--bwd-items", action="store_true",
                     help="print only the persistent backward rows, 12a's FC items against 12c's")
+    ap.add_argument("--fc2-defer", action="store_true",
+                    help="print only the persistent rows before and after issue 12e")
     args = ap.parse_args()
     if args.span_reduce:
         print_span_reduce_rows()
         return
     if args.bwd_items:
         print_bwd_item_rows()
+        return
+    if args.fc2_defer:
+        print_fc2_defer_rows()
         return
     before, after, after12a = rows("before"), rows("after"), rows("12a")
     print("| path | stage | N | layout | dir | MB moved | floor us | in flight KB/SM | "
@@ -380,7 +496,7 @@ def main():
               f"{a['bytes'] / 1e6:.1f} | {a['floor_us']:.1f} | {a['in_flight_kb_per_sm']:.0f} | "
               f"{b['predicted_us']:.1f} ({pb:.0f}%) | {a['predicted_us']:.1f} ({pa:.0f}%) | "
               f"{c['predicted_us']:.1f} ({pc:.0f}%) |")
-    after = rows("12c")  # 12c changes only the backward rows
+    after = rows("12e")  # the stage-2 items deferred (12e), 12c's backward items
     if args.json:
         # one row per (backend, stage, N, layout, direction): the path `auto` takes on an
         # H200 in bf16 (the cluster forward fits every stage; the backward is persistent)

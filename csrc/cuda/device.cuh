@@ -147,6 +147,15 @@ __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src)
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
 }
+// The same without the compiler memory clobber, for a run of copies that a
+// cp_async_wait_all() (which has one) and a barrier complete: volatile asm statements keep
+// their order, so the copies stay before that wait, and nothing of the thread's reads or
+// writes of shared memory moves past the wait; a clobber on each copy made the compiler
+// reload and hold values across the loop (the persistent forward spilled; ptxas -v).
+__device__ __forceinline__ void cp_async16_noclobber(void* smem_dst, const void* gmem_src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src));
+}
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 }

@@ -256,13 +256,26 @@ __device__ __forceinline__ void rows_dot_padded(const T* M, int ldm, int R, int 
   }
 }
 
-// Lanes per row in an FC item of R rows of K (<= kFcChunk per pass) elements: enough that
-// the item's rows occupy the CTA (R L >= kThreads where the rows are long enough), at most
+// Inputs staged per row, at once, by the forward FC items (forward_persistent.cu): a conv5_x
+// stage-1 item's whole K = C = 2048 in bfloat16 (issue 12e: one staging round and more
+// weight loads per lane in flight, instead of 4 chunks of 512, each a staging round and a
+// round of weight loads); kFcChunk for the other types: half keeps 12a's staging (the new
+// one made its max-squeeze kernels spill), float and double gain little (element loads of
+// the weights). Shared memory: cuda_plan::persistent_forward_smem_elems (fc_item_chunk,
+// which sizes both 16-bit types for 2048: the host does not tell them apart).
+template <typename T>
+constexpr int kFcItemChunk = std::is_same_v<T, __nv_bfloat16>
+                                 ? int(cuda_plan::fc_item_chunk(int64_t(sizeof(T))))
+                                 : kFcChunk;
+
+// Lanes per row in an FC item of R rows of K (<= kFcItemChunk<T> per pass) elements: enough
+// that the item's rows occupy the CTA (R L >= kThreads where the rows are long enough), at most
 // a warp, and no more than keep kFcItemUnroll 16-byte vectors a lane (lanes_for's ~4
 // vectors a lane when that already fills the CTA).
 template <typename T>
 __host__ __device__ __forceinline__ int fc_item_lanes(int64_t R, int64_t K) {
-  const int64_t nv = cuda_plan::ceil_div(K < kFcChunk ? K : kFcChunk, int64_t(kFcVec<T>));
+  constexpr int64_t KC = kFcItemChunk<T>;
+  const int64_t nv = cuda_plan::ceil_div(K < KC ? K : KC, int64_t(kFcVec<T>));
   int l = cuda_plan::lanes_for(nv);
   while (l > 1 && R * (l / 2) >= kThreads) l /= 2;  // the rows alone fill the CTA
   // more lanes only while each keeps kFcItemUnroll vectors: with fewer, rows_dot_padded's
@@ -476,6 +489,42 @@ __device__ __forceinline__ int fresh_tid() {
   asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
   return t;
 }
+
+// Stages kc inputs of rows g < G of `in` (row g at in + g ld; global, written earlier in this
+// launch by other CTAs: read through L2) into v[g LDV + k], k < kc, and zeros into rows
+// G..GR-1; called by every thread, followed by a barrier before v is read. 16-byte cp.async
+// copies, every one of the CTA in flight at once (no registers held), when in and ld keep
+// every row 16-byte aligned (kc is then a multiple of the vector: K and LDV are); else
+// element by element. Sizes: G <= GR <= kMaxGroup, kc <= LDV.
+template <int LDV, typename A>
+__device__ __forceinline__ void stage_rows_padded(const A* in, int ld, int G, int GR, int kc,
+                                                  A* v) {
+  constexpr int VA = 16 / int(sizeof(A));
+  static_assert(LDV % VA == 0, "staged rows start 16-byte aligned");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if (reinterpret_cast<uintptr_t>(in) % 16 == 0 && ld % VA == 0) {
+    // row by row, not unrolled: a copy holds no register once issued, an unrolled loop's
+    // addresses would; the thread index read afresh (fresh_tid): the kernels are at 64
+    // registers, and values derived from threadIdx.x were hoisted out of the item loop and
+    // spilled (ptxas -v)
+    const int nv = kc / VA;  // kc is a multiple of VA here (K = ld and LDV are)
+#pragma unroll 1
+    for (int g = 0; g < G; ++g)
+#pragma unroll 1
+      for (int q = fresh_tid(); q < nv; q += kThreads)
+        cp_async16_noclobber(v + g * LDV + q * VA, in + g * ld + q * VA);
+    for (int g = G; g < GR; ++g)
+      for (int k = fresh_tid(); k < kc; k += kThreads) v[g * LDV + k] = A(0);
+    cp_async_wait_all();
+    return;
+  }
+#endif
+  // element by element (rows not 16-byte aligned: odd K, or pre-sm_80 code)
+  for (int g = 0; g < GR; ++g)
+    for (int k = fresh_tid(); k < kc; k += kThreads)
+      v[g * LDV + k] = g < G ? load_cg(in + g * ld + k) : A(0);
+}
+
 
 // One kGemmTile x kGemmTile tile (mt, qt) of out (M x Q, row-major, type T):
 //   out[m, q] = sum_{n < N} Am[n, m] * Bm[n, q]

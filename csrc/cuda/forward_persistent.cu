@@ -46,8 +46,9 @@ __device__ void forward_squeeze(const ForwardArgs& a, const PersistentConfig& c,
 //   stage 1 (item < n1): rows [j0, j0 + b1) of hpre = W1 z + b1, from z (global);
 //   stage 2: rows [c0, c0 + b2) of gpre = W2 act(hpre) + b2 and s = gate(gpre), from every
 //       row of hpre (written by the group's stage-1 items).
-// The inputs are staged in shared memory, fc_item_rows(G) rows of kFcChunk (rows G.. zero),
-// in chunks; the sums over the chunks stay in shared memory (at most kThreads rows an item,
+// The inputs are staged in shared memory, fc_item_rows(G) rows of kFcItemChunk<T> (rows G..
+// zero; the whole K up to 2048 in bfloat16, 512 otherwise), in chunks where K is longer; the sums
+// over the chunks stay in shared memory (at most kThreads rows an item,
 // FcItems), then go out with the bias (and the gate). Kept lean in registers: the item code
 // is inlined into the kernel, which is at its 64 registers (ptxas -v: 0 spills).
 template <typename T, bool kMax>
@@ -68,26 +69,39 @@ __device__ __forceinline__ void forward_fc_item(const ForwardArgs& a, const Pers
   A* out = static_cast<A*>(stage1 ? a.hpre : a.gpre);          // G rows of rows_total
   A* s = static_cast<A*>(c.ws) + c.off.s;
   const int L = fc_item_lanes<T>(R, K);
-  A* sums = sm + GR * kFcChunk;  // [GR][kThreads]: the item's outputs (R <= kThreads rows)
-  for (int64_t k0 = 0; k0 < K; k0 += kFcChunk) {
-    const int kc = int(K - k0 < kFcChunk ? K - k0 : kFcChunk);
+  constexpr int KCH = kFcItemChunk<T>;  // inputs staged per row: 2048 (bfloat16) or 512
+  A* sums = sm + GR * KCH;  // [GR][kThreads]: the item's outputs (R <= kThreads rows)
+  for (int64_t k0 = 0; k0 < K; k0 += KCH) {
+    const int kc = int(K - k0 < KCH ? K - k0 : KCH);
     __syncthreads();  // the previous chunk is consumed
-    // column k = threadIdx.x of the chunk (kFcChunk == kThreads): the thread's G loads are
-    // all issued before any store (one at a time, each a dependent L2 round trip, they were
-    // most of a stage-1 item's time); rows G..GR-1 are zeros
-    static_assert(kFcChunk == kThreads, "one staged column per thread");
-    const int k = threadIdx.x;
-    if (k < kc) {
-      A v[cuda_plan::kMaxGroup];
+    // G rows of kc inputs (written by other CTAs in this launch) and GR - G rows of zeros
+    if constexpr (std::is_same_v<T, __half>) {
+      // half keeps 12a's staging (column k = threadIdx.x, its G loads issued before any
+      // store): the cp.async staging made its max-squeeze kernels spill (sm_90a, ptxas -v)
+      static_assert(KCH == kThreads, "one staged column per thread");
+      const int k = threadIdx.x;
+      if (k < kc) {
+        A v[cuda_plan::kMaxGroup];
 #pragma unroll
-      for (int g = 0; g < cuda_plan::kMaxGroup; ++g)  // written by other CTAs in this launch
-        v[g] = g < G ? load_cg(in + (n0 + g) * K + k0 + k) : A(0);
+        for (int g = 0; g < cuda_plan::kMaxGroup; ++g)  // written by other CTAs in this launch
+          v[g] = g < G ? load_cg(in + (n0 + g) * K + k0 + k) : A(0);
 #pragma unroll
-      for (int g = 0; g < cuda_plan::kMaxGroup; ++g)
-        if (g < GR) sm[g * kFcChunk + k] = v[g];
-      if (!stage1) {
+        for (int g = 0; g < cuda_plan::kMaxGroup; ++g)
+          if (g < GR) sm[g * KCH + k] = v[g];
+        if (!stage1) {
 #pragma unroll 1
-        for (int g = 0; g < G; ++g) sm[g * kFcChunk + k] = activation_fwd(a.act, sm[g * kFcChunk + k]);
+          for (int g = 0; g < G; ++g) sm[g * KCH + k] = activation_fwd(a.act, sm[g * KCH + k]);
+        }
+      }
+    } else {
+      // 16-byte cp.async copies, all in flight at once (issue 12e: a conv5_x stage-1 item
+      // in bfloat16 stages its whole K = 2048 in one round, where 4 chunks of 512 took 4)
+      stage_rows_padded<KCH>(in + n0 * K + k0, int(K), G, GR, kc, sm);
+      if (!stage1) {  // act(hpre), in place (rows G.. stay zero)
+        __syncthreads();
+        for (int g = 0; g < G; ++g)
+          for (int k = fresh_tid(); k < kc; k += kThreads)
+            sm[g * KCH + k] = activation_fwd(a.act, sm[g * KCH + k]);
       }
     }
     __syncthreads();
@@ -101,8 +115,7 @@ __device__ __forceinline__ void forward_fc_item(const ForwardArgs& a, const Pers
         A* p = sg + g * kThreads + r;
         *p = first ? v : *p + v;
       };
-      rows_dot_padded<kFcPass, kFcChunk>(M + k0, int(K), R, kc, sm + g0 * kFcChunk, G - g0, L,
-                                         emit);
+      rows_dot_padded<kFcPass, KCH>(M + k0, int(K), R, kc, sm + g0 * KCH, G - g0, L, emit);
     }
   }
   __syncthreads();
@@ -132,8 +145,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   T* y = static_cast<T*>(a.y);
   A* ws = static_cast<A*>(c.ws);
   const Counters cnt{c.counters, c.counter_stride};
-  const int64_t N = a.N, C = a.C, HW = a.HW, G = c.G, tiles = c.tiles.count();
-  const int64_t total = c.sched.total();
+  // tiles and total: Schedule fields computed on the host (kernel parameters, read from the
+  // constant bank where used; computed here, they held 4 registers across the item loop)
+  const int64_t N = a.N, C = a.C, HW = a.HW, G = c.G, tiles = c.sched.tiles;
+  const int64_t total = c.sched.ntotal;
 
   for (;;) {
     if (threadIdx.x == 0) s_ticket = atomicAdd(cnt.ticket(), counter_t(1));

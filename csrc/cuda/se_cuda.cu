@@ -68,14 +68,15 @@ Path forward_path_from_env() {
               v, "'");
 }
 
-// A positive integer from the environment, or `fallback` when unset (0: "use the default").
-int64_t env_int(const char* name, int64_t fallback) {
+// A positive integer from the environment (non-negative with lo = 0), or `fallback` when
+// unset (0: "use the default").
+int64_t env_int(const char* name, int64_t fallback, int64_t lo = 1) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return fallback;
   char* end = nullptr;
   const long long r = std::strtoll(v, &end, 10);
-  TORCH_CHECK(end != v && *end == '\0' && r > 0, "se_kernels: ", name,
-              " must be a positive integer, got '", v, "'");
+  TORCH_CHECK(end != v && *end == '\0' && r >= lo, "se_kernels: ", name, " must be a ",
+              lo > 0 ? "positive" : "non-negative", " integer, got '", v, "'");
   return r;
 }
 
@@ -173,7 +174,10 @@ PersistentConfig plan_persistent(const Problem& p, int64_t esize, int64_t asize,
   const int64_t lag = shape.lag;
   const int64_t tail = backward ? plan::WeightGradItems{p.C, p.Cr}.count() : 0;
   c.fc = plan::make_fc_items(p.C, p.Cr, esize, backward, env_int("SE_KERNELS_CUDA_FC_BYTES", 0));
-  c.sched = plan::make_schedule(p.N, c.tiles.count(), c.G, lag, tail, c.fc.n1, c.fc.n2);
+  // the stage-2 FC items trail the stage-1 items by `defer` groups (cuda_plan::Schedule;
+  // default lag / 2, SE_KERNELS_CUDA_FC2_DEFER=GROUPS for tests: 0 is the order before 12e)
+  c.sched = plan::make_schedule(p.N, c.tiles.count(), c.G, lag, tail, c.fc.n1, c.fc.n2,
+                                env_int("SE_KERNELS_CUDA_FC2_DEFER", -1, 0));
   c.grid = plan::min64(c.sched.total(), sms * blocks);
   // a smaller grid (tests: every item order must finish on 1, 2, 3 CTAs); never larger than
   // what is co-resident (not needed for deadlock freedom, cuda_plan::Schedule: CTAs that wait

@@ -284,29 +284,25 @@ int plan_failure(const std::string& what) {
   return 1;
 }
 
-// The persistent kernels' ticket order (cuda_plan::Schedule), decoded ticket by ticket:
+// The persistent kernels' ticket order (cuda_plan::Schedule), as the list of items the tickets
+// 0, 1, ... decode to:
 //  * every ticket decodes to exactly one item, every item has a ticket (no gap, no repeat;
 //    the counts of reduce, FC, apply and tail items add up to total());
-//  * every item's dependencies have smaller tickets: a stage-1 FC item of group g comes after
-//    every reduce item of g, a stage-2 FC item after every stage-1 item of g, an apply item
-//    of g after every FC item of g, a tail item after every FC item (the kernels'
+//  * (static) every item's dependencies have smaller tickets: a stage-1 FC item of group g
+//    comes after every reduce item of g, a stage-2 FC item after every stage-1 item of g, an
+//    apply item of g after every FC item of g, a tail item after every FC item (the kernels'
 //    deadlock-freedom argument rests on exactly this);
 //  * a simulation of `ctas` CTAs that take tickets one at a time and spin while an item's
 //    dependencies are not done (never holding an unstarted ticket) always finishes: at every
 //    step some CTA can complete its item.
-int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tail, int64_t n1,
-                   int64_t n2) {
+// Returns 0, or 1 after printing the first failure (when `report`).
+int check_order(const std::string& where, int64_t N, int64_t tiles, int64_t G, int64_t tail,
+                int64_t n1, int64_t n2, const std::vector<se_kernels::cuda_plan::Item>& items,
+                bool static_checks, bool report) {
   namespace P = se_kernels::cuda_plan;
-  const P::Schedule s = P::make_schedule(N, tiles, G, lag, tail, n1, n2);
+  auto fail = [&](const std::string& what) { return report ? plan_failure(where + what) : 1; };
   const int64_t groups = (N + G - 1) / G;
-  const std::string where = "schedule N=" + std::to_string(N) + " tiles=" + std::to_string(tiles) +
-                            " G=" + std::to_string(G) + " lag=" + std::to_string(lag) +
-                            " fc=" + std::to_string(n1) + "+" + std::to_string(n2) +
-                            " tail=" + std::to_string(tail);
-  if (s.groups() != groups || s.lag < 1 || s.lag > groups)
-    return plan_failure(where + ": groups or lag");
-  if (s.total() != 2 * N * tiles + groups * (n1 + n2) + tail)
-    return plan_failure(where + ": total");
+  const int64_t total = int64_t(items.size());
   // per group: the last ticket of its reduce / stage-1 / stage-2 items, the first of its
   // stage-1 / stage-2 / apply items
   std::vector<int64_t> last_r(groups, -1), last_f1(groups, -1), last_f2(groups, -1);
@@ -315,23 +311,21 @@ int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tai
   int64_t first_tail = INT64_MAX, last_fc = -1;
   std::set<std::tuple<int, int64_t, int64_t>> seen;
   int64_t counts[4] = {0, 0, 0, 0};
-  std::vector<P::Item> items;
-  for (int64_t t = 0; t < s.total(); ++t) {
-    const P::Item it = s.decode(t);
-    items.push_back(it);
-    if (it.kind < 0 || it.kind > 3) return plan_failure(where + ": kind");
-    if (!seen.insert({it.kind, it.sample, it.index}).second) return plan_failure(where + ": repeat");
+  for (int64_t t = 0; t < total; ++t) {
+    const P::Item& it = items[t];
+    if (it.kind < 0 || it.kind > 3) return fail(": kind");
+    if (!seen.insert({it.kind, it.sample, it.index}).second) return fail(": repeat");
     ++counts[it.kind];
     if (it.kind == P::kItemTail) {
-      if (it.index < 0 || it.index >= tail) return plan_failure(where + ": tail index");
+      if (it.index < 0 || it.index >= tail) return fail(": tail index");
       first_tail = std::min(first_tail, t);
       continue;
     }
-    if (it.sample < 0 || it.sample >= N) return plan_failure(where + ": sample out of range");
+    if (it.sample < 0 || it.sample >= N) return fail(": sample out of range");
     const int64_t g = it.sample / G;
     if (it.kind == P::kItemFc) {
       if (it.sample != g * G || it.index < 0 || it.index >= n1 + n2)
-        return plan_failure(where + ": FC item out of range");
+        return fail(": FC item out of range");
       last_fc = t;
       if (it.index < n1) {
         first_f1[g] = std::min(first_f1[g], t);
@@ -342,7 +336,7 @@ int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tai
       }
       continue;
     }
-    if (it.index < 0 || it.index >= tiles) return plan_failure(where + ": tile out of range");
+    if (it.index < 0 || it.index >= tiles) return fail(": tile out of range");
     if (it.kind == P::kItemReduce) {
       last_r[g] = t;
     } else {
@@ -351,19 +345,20 @@ int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tai
   }
   if (counts[P::kItemReduce] != N * tiles || counts[P::kItemApply] != N * tiles ||
       counts[P::kItemFc] != groups * (n1 + n2) || counts[P::kItemTail] != tail)
-    return plan_failure(where + ": item counts");
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t f1 = n1 > 0 ? first_f1[g] : INT64_MAX, l1 = n1 > 0 ? last_f1[g] : last_r[g];
-    if (f1 != INT64_MAX && f1 < last_r[g]) return plan_failure(where + ": FC1 before its reduce");
-    if (n2 > 0 && first_f2[g] < l1) return plan_failure(where + ": FC2 before its FC1");
-    const int64_t lf = std::max(last_f1[g], last_f2[g]);
-    if (first_a[g] < std::max(lf, last_r[g])) return plan_failure(where + ": apply before its FC");
+    return fail(": item counts");
+  if (static_checks) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t f1 = n1 > 0 ? first_f1[g] : INT64_MAX, l1 = n1 > 0 ? last_f1[g] : last_r[g];
+      if (f1 != INT64_MAX && f1 < last_r[g]) return fail(": FC1 before its reduce");
+      if (n2 > 0 && first_f2[g] < l1) return fail(": FC2 before its FC1");
+      const int64_t lf = std::max(last_f1[g], last_f2[g]);
+      if (first_a[g] < std::max(lf, last_r[g])) return fail(": apply before its FC");
+    }
+    if (tail > 0 && first_tail < last_fc) return fail(": tail before an FC item");
   }
-  if (tail > 0 && first_tail < last_fc) return plan_failure(where + ": tail before an FC item");
 
   // the simulation: item t is done when its CTA completes it; a CTA can complete its item
   // when every item it depends on is done
-  const int64_t total = s.total();
   std::vector<int64_t> done_r(groups, 0), done_f1(groups, 0), done_f2(groups, 0);
   int64_t done_fc2 = 0;
   auto ready = [&](const P::Item& it) {
@@ -389,8 +384,7 @@ int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tai
       std::vector<int64_t> can;
       for (int64_t c = 0; c < ctas; ++c)
         if (held[c] >= 0 && ready(items[held[c]])) can.push_back(c);
-      if (can.empty())
-        return plan_failure(where + ": deadlock with " + std::to_string(ctas) + " CTAs");
+      if (can.empty()) return fail(": deadlock with " + std::to_string(ctas) + " CTAs");
       rng = rng * 6364136223846793005ull + 1442695040888963407ull;
       const int64_t c = can[(rng >> 33) % can.size()];
       const P::Item& it = items[held[c]];
@@ -408,6 +402,106 @@ int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tai
     }
   }
   return 0;
+}
+
+// Moves items[from] to position `to` (the items between shift by one).
+void move_item(std::vector<se_kernels::cuda_plan::Item>& items, int64_t from, int64_t to) {
+  const se_kernels::cuda_plan::Item it = items[size_t(from)];
+  items.erase(items.begin() + from);
+  items.insert(items.begin() + to, it);
+}
+
+// cuda_plan::make_schedule's order (check_order), its layout (the stage-2 items of group g in
+// block g + defer, 0 <= defer < lag), and mutations of it that break a dependency, each of
+// which check_order must reject:
+//  * a stage-1 FC item of the last group moved before the group's last reduce item;
+//  * a stage-2 item of a group moved before the group's first stage-1 item;
+//  * the stage-2 items of a group moved after the group's first apply item (the order that a
+//    `defer` >= lag would give; the simulation alone must find it deadlocks on one CTA);
+//  * an apply item moved before its group's last FC item;
+//  * a tail item moved before the last FC item.
+int check_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tail, int64_t n1,
+                   int64_t n2, int64_t defer) {
+  namespace P = se_kernels::cuda_plan;
+  const P::Schedule s = P::make_schedule(N, tiles, G, lag, tail, n1, n2, defer);
+  const int64_t groups = (N + G - 1) / G;
+  const std::string where = "schedule N=" + std::to_string(N) + " tiles=" + std::to_string(tiles) +
+                            " G=" + std::to_string(G) + " lag=" + std::to_string(lag) +
+                            " fc=" + std::to_string(n1) + "+" + std::to_string(n2) +
+                            " tail=" + std::to_string(tail) + " defer=" + std::to_string(defer);
+  if (s.groups() != groups || s.lag < 1 || s.lag > groups)
+    return plan_failure(where + ": groups or lag");
+  if (s.defer < 0 || s.defer >= s.lag || (defer >= 0 && s.defer != std::min(defer, s.lag - 1)) ||
+      (defer < 0 && s.defer != P::default_defer(s.lag)))
+    return plan_failure(where + ": defer");
+  if (s.total() != 2 * N * tiles + groups * (n1 + n2) + tail)
+    return plan_failure(where + ": total");
+  std::vector<P::Item> items;
+  for (int64_t t = 0; t < s.total(); ++t) items.push_back(s.decode(t));
+  if (check_order(where, N, tiles, G, tail, n1, n2, items, true, true)) return 1;
+  // the layout: FC2(g) right after A(g + defer - lag) (or FC1(g + defer), or the block's
+  // start past the last group), i.e. in block g + defer; count the reduce items before it
+  for (int64_t t = 0, r = 0, a = 0; t < s.total(); ++t) {
+    const P::Item& it = items[size_t(t)];
+    if (it.kind == P::kItemReduce) ++r;
+    if (it.kind == P::kItemApply) ++a;
+    if (it.kind != P::kItemFc || it.index != n1) continue;  // the first stage-2 item of a group
+    const int64_t g = it.sample / G, b = g + s.defer;       // its block
+    const int64_t want_r = std::min(N, std::min(b + 1, groups) * G) * tiles;
+    const int64_t want_a = b >= s.lag ? std::min(N, (b - s.lag + 1) * G) * tiles : 0;
+    if (r != want_r || a != want_a) return plan_failure(where + ": FC2 not in block g + defer");
+  }
+  // the mutations
+  auto index_of = [&](auto pred, bool last) {
+    int64_t found = -1;
+    for (int64_t t = 0; t < int64_t(items.size()); ++t)
+      if (pred(items[size_t(t)])) {
+        found = t;
+        if (!last) break;
+      }
+    return found;
+  };
+  auto is = [&](int kind, int64_t g, int stage) {  // stage: 1, 2 for FC items, else 0
+    return [=](const P::Item& it) {
+      if (it.kind != kind || (kind != P::kItemTail && it.sample / G != g)) return false;
+      return stage == 0 || (stage == 1) == (it.index < n1);
+    };
+  };
+  auto must_fail = [&](const std::vector<P::Item>& m, const char* what, bool static_checks) {
+    if (check_order(where, N, tiles, G, tail, n1, n2, m, static_checks, false) == 0)
+      return plan_failure(where + ": the mutation '" + what + "' passed");
+    return 0;
+  };
+  int f = 0;
+  const int64_t g = groups - 1, g0 = 0;
+  {
+    std::vector<P::Item> m = items;
+    move_item(m, index_of(is(P::kItemFc, g, 1), false), index_of(is(P::kItemReduce, g, 0), true));
+    f += must_fail(m, "FC1 before its reduce", true);
+  }
+  {
+    std::vector<P::Item> m = items;
+    move_item(m, index_of(is(P::kItemFc, g0, 2), false), index_of(is(P::kItemFc, g0, 1), false));
+    f += must_fail(m, "FC2 before its FC1", true);
+  }
+  for (int64_t grp : {g0, g}) {  // FC2(g) after A(g): statically, and by simulation alone
+    std::vector<P::Item> m = items;
+    const int64_t a = index_of(is(P::kItemApply, grp, 0), false);
+    for (int64_t k = 0; k < n2; ++k) move_item(m, index_of(is(P::kItemFc, grp, 2), false), a);
+    f += must_fail(m, "FC2 after its apply items", true);
+    f += must_fail(m, "FC2 after its apply items (simulated)", false);
+  }
+  {
+    std::vector<P::Item> m = items;
+    move_item(m, index_of(is(P::kItemApply, g, 0), false), index_of(is(P::kItemFc, g, 2), true));
+    f += must_fail(m, "apply before its FC", true);
+  }
+  if (tail > 0) {
+    std::vector<P::Item> m = items;
+    move_item(m, index_of(is(P::kItemTail, 0, 0), false), index_of(is(P::kItemFc, g, 2), true));
+    f += must_fail(m, "tail before an FC item", true);
+  }
+  return f;
 }
 
 // Tiles cover the slab exactly once, keep vector alignment and the NHWC width bound.
@@ -578,7 +672,10 @@ int check_group_rows() {
 }
 
 // The persistent kernels' shared memory fits a block (227 KiB on an H100) for any C and H*W,
-// with default tiles: the backward keeps 3 values per channel of a tile.
+// with default tiles: the backward keeps 3 values per channel of a tile. The forward outside
+// float64 (compiled for two CTAs per SM) fits two CTAs on an SM of sm_80 (164 KiB, 1 KiB
+// reserved per CTA, 16 bytes of static shared memory): its FC items stage up to 8 rows of
+// 2048 inputs in the 16-bit types (issue 12e).
 int check_persistent_smem(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t esize, bool nhwc,
                           bool backward) {
   namespace P = se_kernels::cuda_plan;
@@ -586,7 +683,8 @@ int check_persistent_smem(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t 
   const int64_t vec = esize == 8 ? 1 : 16 / esize;
   const P::PersistentShape s = P::plan_persistent_shape(
       N, C, HW, Cr, nhwc, esize, asize, vec, 1, backward, true, 132, 50 << 20, 0, 0);
-  if (s.smem > (227 << 10))
+  const bool two_per_sm = !backward && esize <= 4;
+  if (s.smem > (227 << 10) || (two_per_sm && 2 * (s.smem + 1024 + 16) > (164 << 10)))
     return plan_failure("persistent smem N=" + std::to_string(N) + " C=" + std::to_string(C) +
                         " HW=" + std::to_string(HW) + " esize=" + std::to_string(esize) +
                         (nhwc ? " NHWC" : " NCHW") + (backward ? " backward" : " forward") +
@@ -603,7 +701,9 @@ int check_plans() {
         for (int64_t lag : {1, 2, 4, 9, 40})
           for (const auto& [n1, n2] : std::vector<std::pair<int64_t, int64_t>>{
                    {1, 1}, {1, 3}, {4, 1}, {5, 16}})
-            for (int64_t tail : {0, 5}) f += check_schedule(N, tiles, G, lag, tail, n1, n2);
+            for (int64_t tail : {0, 5})
+              for (int64_t defer : {-1, 0, 1, 3, 100})  // default (lag / 2), fixed, past lag
+                f += check_schedule(N, tiles, G, lag, tail, n1, n2, defer);
   // the FC items of the SE-ResNet-50 stages (bf16, float): a conv2_x FC is one item a stage;
   // conv5_x's 1 MiB of weights spread over tens of items of at most kFcItemBytes each
   for (int64_t esize : {2, 4})
@@ -678,7 +778,8 @@ int check_plans() {
     for (bool nhwc : {false, true})
       for (bool backward : {false, true})
         for (const auto& [C, HW] : std::vector<std::pair<int64_t, int64_t>>{
-                 {32768, 1}, {65536, 1}, {20000, 2}, {4096, 1}, {2048, 49}, {16, 1 << 26}})
+                 {32768, 1}, {65536, 1}, {20000, 2}, {4096, 1}, {2048, 49}, {16, 1 << 26},
+                 {64, 1}, {2048, 1}})
           f += check_persistent_smem(4096, C, HW, std::max<int64_t>(1, C / 16), esize, nhwc,
                                      backward);
   // the 48 KiB default covers static + dynamic shared memory: the persistent backward's plan

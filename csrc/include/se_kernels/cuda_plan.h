@@ -188,84 +188,118 @@ SE_HOST_DEVICE int64_t group_size(int64_t N, int64_t G, int64_t g) { return min6
 // Work items of a persistent kernel, in the order tickets hand them out, by FC group of G
 // samples (group g: samples [g G, g G + G), the last group may be short). Every sample has
 // `tiles` reduce items and `tiles` apply items; every group has fc = fc1 + fc2 FC items (the
-// group's excitation cut into blocks, FcItems: fc1 of stage 1, fc2 of stage 2). Group g's
-// block of tickets is
-//   R(g) FC1(g) A(g - lag) FC2(g)
-// (A(g - lag) only for g >= lag: the apply items of an older group, which do not wait, sit
-// between the stages so that the stage-2 items spin less for stage 1), then the apply items
-// of the last `lag` groups, then `tail` items (the weight gradients of the backward kernel)
-// that need every sample. `lag` counts groups (>= 1). R(g): sample-major, tile-minor; A(g):
-// the same.
+// group's excitation cut into blocks, FcItems: fc1 of stage 1, fc2 of stage 2). The tickets
+// come in blocks b = 0, 1, ..., ngroups + lag - 1; block b is
+//   R(b) FC1(b) A(b - lag) FC2(b - defer)
+// where R(g) are the reduce items of group g, FC1(g) / FC2(g) its stage-1 / stage-2 FC items,
+// A(g) its apply items, and a part whose group is not in [0, ngroups) is empty. Then come
+// `tail` items (the weight gradients of the backward kernel) that need every sample. `lag`
+// counts groups (1 <= lag <= ngroups), `defer` too (0 <= defer < lag). R(g), A(g):
+// sample-major, tile-minor.
+//   * A group's apply items trail its reduce items by `lag` blocks (lag groups of x stay in
+//     L2 for the re-read).
+//   * Its stage-2 items trail its stage-1 items by `defer` blocks (issue 12e): a stage-2 item
+//     waits for every stage-1 item of its group, which take longer than the grid needs to
+//     hand out a block, so stage-2 items handed out right behind them (defer = 0, the order
+//     before 12e) spun for most of a stage-1 item. With defer >= 1 the CTAs take the reduce
+//     and apply items of `defer` blocks meanwhile. defer < lag keeps FC2(g) a whole block
+//     before A(g), so that the apply items do not spin for the stage-2 items either.
+//   * After the last group's R and FC1 (block ngroups - 1), the blocks hold only the apply
+//     items of the last `lag` groups and the stage-2 items of the last `defer` groups.
+// defer = 0 is the order before issue 12e: R(g) FC1(g) A(g - lag) FC2(g).
 //
 // Dependencies (what an item waits for): a stage-1 FC item of group g waits for the reduce
 // items of g (through the "squeezed" flag the last of them raises), a stage-2 item for every
 // stage-1 item of g; an apply item of g waits for every stage-2 item of g; a tail item for
-// every stage-2 item. Each of them has a smaller ticket: R(g), FC1(g), FC2(g) come in that
-// order in block g, and A(g) comes later (block g + lag, or after every block).
+// every stage-2 item. Each of them has a smaller ticket:
+//   * FC1(g) follows R(g) in block g;
+//   * FC2(g) is in block g + defer: after FC1(g) in block g when defer = 0, in a later block
+//     otherwise;
+//   * A(g) is in block g + lag > g + defer (defer < lag): a later block than FC2(g);
+//   * the tail items come after every block.
 // Deadlock-free for any grid: tickets are handed out in order, only running CTAs take them,
 // and a CTA takes its next ticket only when its item is done (it never holds an unstarted
-// ticket while it spins). So the smallest ticket whose item is not done has been handed to a
-// running CTA, and everything it waits for has a smaller ticket, so is done: it completes.
-// By induction every item completes. (Reduce items never wait.) The grid is still capped at
-// what is co-resident: CTAs that wait for a slot would only take tickets late.
+// ticket while it spins; no ticket prefetch). So the smallest ticket whose item is not done
+// has been handed to a running CTA, and everything it waits for has a smaller ticket, so is
+// done: it completes. By induction every item completes. (Reduce items never wait.) The grid
+// is still capped at what is co-resident: CTAs that wait for a slot would only take tickets
+// late. The C++ test program (check_schedule) checks every ticket of small schedules, the
+// order above, and a simulation of 1, 2, 3 and 7 CTAs; orders that break it must fail there.
+//
+// Decoding: blocks come in five runs of equal-sized blocks, b in [0, defer): R FC1;
+// [defer, lag): R FC1 FC2; [lag, ngroups): R FC1 A FC2; [ngroups, ngroups + defer): A FC2;
+// [ngroups + defer, ngroups + lag): A. The runs are laid out as if every group were full
+// ("virtual" tickets; v1..v4 end the first four runs); the short last group's R (in block
+// ngroups - 1) and A (the very last block) are shorter by `skip` tickets: real tickets from
+// skip_at on are shifted by skip, and virtual tickets from tail_at on are the tail. Computed on the host (make_schedule):
+// kernel parameters, read from the constant bank (no registers held across the item loop).
 struct Schedule {
   int64_t N, tiles, G, lag, tail, fc;
   int64_t fc1;      // stage-1 FC items of a group (the first fc1 of the fc)
   int64_t ngroups;  // ceil(N / G), kept (a kernel parameter, not a register)
+  int64_t defer;    // blocks between a group's stage-1 and stage-2 items (0 <= defer < lag)
+  int64_t v1, v2, v3, v4;  // virtual tickets: ends of the first four runs of blocks
+  int64_t skip_at, skip;   // real tickets >= skip_at are virtual ticket + skip
+  int64_t tail_at;         // virtual ticket of the first tail item
+  int64_t ntotal;          // total(), kept (a kernel parameter, not a register)
 
   SE_HOST_DEVICE int64_t groups() const { return ngroups; }
-  SE_HOST_DEVICE int64_t total() const { return 2 * N * tiles + groups() * fc + tail; }
+  SE_HOST_DEVICE int64_t total() const { return ntotal; }
   // Tickets of group g's reduce items (equally, of its apply items).
   SE_HOST_DEVICE int64_t group_items(int64_t g) const { return group_size(N, G, g) * tiles; }
 
   SE_HOST_DEVICE Item decode(int64_t t) const {
-    const int64_t T = tiles, ng = groups();
-    const int64_t full = G * T;  // reduce (or apply) items of a full group
-    // every group but the last is full; the last group's block is decoded apart
-    const int64_t head = min64(lag, ng - 1);     // full blocks R FC1 FC2
-    const int64_t mid = max64(ng - 1 - lag, 0);  // full blocks R FC1 A FC2 (A: a full group)
-    int64_t g;
-    if (t < head * (full + fc)) {
-      g = t / (full + fc);
-      t -= g * (full + fc);
+    const int64_t T = tiles, full = G * T;  // reduce (or apply) items of a full group
+    if (t >= skip_at) t += skip;
+    if (t >= tail_at) return Item{kItemTail, 0, t - tail_at};
+    // the run of blocks that holds t: its first ticket and block, and its block size
+    int64_t start, b, size;
+    if (t < v1) {
+      start = 0, b = 0, size = full + fc1;                        // R FC1
+    } else if (t < v2) {
+      start = v1, b = defer, size = full + fc;                    // R FC1 FC2
+    } else if (t < v3) {
+      start = v2, b = lag, size = 2 * full + fc;                  // R FC1 A FC2
+    } else if (t < v4) {
+      start = v3, b = ngroups, size = full + fc - fc1;            // A FC2
     } else {
-      t -= head * (full + fc);
-      if (t < mid * (2 * full + fc)) {
-        const int64_t b = t / (2 * full + fc);
-        g = head + b;
-        t -= b * (2 * full + fc);
-      } else {
-        t -= mid * (2 * full + fc);
-        g = ng - 1;  // the last block: R(ng - 1) FC1(ng - 1) [A(ng - 1 - lag)] FC2(ng - 1)
-        const int64_t last = group_items(g) + fc + (g >= lag ? full : 0);
-        if (t >= last) {
-          t -= last;
-          // the apply items of the last min(lag, ng) groups
-          const int64_t first = max64(ng - lag, 0);
-          const int64_t rest = (N - first * G) * T;
-          if (t < rest) return Item{kItemApply, first * G + t / T, t % T};
-          return Item{kItemTail, 0, t - rest};
-        }
-      }
+      start = v4, b = ngroups + defer, size = full;               // A
     }
-    // t is inside block g: R(g), FC1(g), A(g - lag) when g >= lag (a full group), FC2(g)
-    const int64_t r = group_items(g);
-    if (t < r) return Item{kItemReduce, g * G + t / T, t % T};
-    t -= r;
-    if (t < fc1) return Item{kItemFc, g * G, t};
-    t -= fc1;
-    if (g >= lag) {
-      if (t < full) return Item{kItemApply, (g - lag) * G + t / T, t % T};
+    t -= start;
+    const int64_t k = t / size;
+    b += k;
+    t -= k * size;
+    // t is inside block b: R(b) FC1(b) when b < ngroups, A(b - lag) when b >= lag, FC2(b -
+    // defer) when defer <= b < ngroups + defer (a run without FC2 has blocks that end before
+    // it, so t never reaches the last line there)
+    if (b < ngroups) {
+      if (t < full) return Item{kItemReduce, b * G + t / T, t % T};
+      t -= full;
+      if (t < fc1) return Item{kItemFc, b * G, t};
+      t -= fc1;
+    }
+    if (b >= lag) {
+      if (t < full) return Item{kItemApply, (b - lag) * G + t / T, t % T};
       t -= full;
     }
-    return Item{kItemFc, g * G, fc1 + t};
+    return Item{kItemFc, (b - defer) * G, fc1 + t};
   }
 };
 
+// The default `defer` (in groups) for a schedule whose lag is `lag` groups: halfway, lag / 2,
+// so that the stage-1 -> stage-2 gap and the stage-2 -> apply gap are both about lag / 2
+// blocks. lag is sized so that lag groups of re-read data fill 40% of L2 (plan_persistent_shape;
+// ~24 MB on an H200): lag blocks read that much from HBM and write as much, ~11 us at 4.3 TB/s,
+// so lag / 2 blocks are ~5 us, about a forward stage-1 item at conv5_x (tools/predict_cuda.py).
+// Shorter where lag is clamped to the groups (small N). At lag = 1 it is 0 (the order before
+// issue 12e).
+SE_HOST_DEVICE int64_t default_defer(int64_t lag) { return lag / 2; }
+
 // lag: in samples (the planner's unit); rounded up to whole groups, at least 1 group and at
-// most every group. fc1, fc2: FC items per group of each stage (FcItems::n1, n2).
+// most every group. fc1, fc2: FC items per group of each stage (FcItems::n1, n2). defer: in
+// groups, clamped to [0, lag - 1]; negative: default_defer.
 inline Schedule make_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, int64_t tail,
-                              int64_t fc1, int64_t fc2) {
+                              int64_t fc1, int64_t fc2, int64_t defer = -1) {
   Schedule s{};
   s.N = N;
   s.tiles = tiles;
@@ -275,6 +309,21 @@ inline Schedule make_schedule(int64_t N, int64_t tiles, int64_t G, int64_t lag, 
   s.tail = tail;
   s.fc1 = fc1;
   s.fc = fc1 + fc2;
+  s.defer = clamp64(defer < 0 ? default_defer(s.lag) : defer, 0, s.lag - 1);
+  s.ntotal = 2 * N * tiles + s.ngroups * s.fc + tail;
+  const int64_t ng = s.ngroups, d = s.defer, L = s.lag, full = s.G * tiles;
+  if (ng == 0) return s;  // no group: every ticket is a tail item (the ends stay 0)
+  s.v1 = d * (full + fc1);
+  s.v2 = s.v1 + (L - d) * (full + s.fc);
+  s.v3 = s.v2 + (ng - L) * (2 * full + s.fc);
+  s.v4 = s.v3 + d * (full + fc2);
+  const int64_t v5 = s.v4 + (L - d) * full;
+  // block ng - 1 is the last of the run [defer, lag) when lag = ng, else of [lag, ng)
+  const int64_t last_block = s.v3 - (ng > L ? 2 * full + s.fc : full + s.fc);
+  const int64_t last = s.group_items(ng - 1);
+  s.skip_at = last_block + last;
+  s.skip = full - last;
+  s.tail_at = v5 - s.skip;
   return s;
 }
 
@@ -471,11 +520,22 @@ inline int64_t nhwc_tile_scratch(const Tiles& t, int64_t vec) {
   return t.nhwc ? nhwc_scratch_elems2(t.tc, t.C - (t.ncb - 1) * t.tc, vec) : 0;
 }
 
-inline int64_t persistent_forward_smem_elems(const Tiles& t, int64_t G, int64_t vec) {
+// Inputs per row the forward FC items stage at once, as shared memory is sized for them: 2048
+// for the 16-bit types (a conv5_x stage-1 item's whole K; fc.cuh kFcItemChunk uses it for
+// bfloat16, half stages 512 of it), kFcChunk for float and double.
+SE_HOST_DEVICE constexpr int64_t fc_item_chunk(int64_t esize) {
+  return esize == 2 ? 2048 : kFcChunk;
+}
+
+// esize: bytes of an element of x (the FC items' chunk, fc_item_chunk). At G = 8 in bf16 the
+// FC items take 8 x (2048 + 512) x 4 bytes = 80 KiB: two CTAs still fit an SM of sm_80
+// (164 KiB) and sm_90 (228 KiB).
+inline int64_t persistent_forward_smem_elems(const Tiles& t, int64_t G, int64_t vec,
+                                             int64_t esize) {
   int64_t e = t.tc;                              // the gate of an apply tile
   e = max64(e, nhwc_tile_scratch(t, vec));       // the NHWC reduction
   // FC items: input staging (zero-padded rows) and the item's sums (<= kThreads rows)
-  e = max64(e, fc_item_rows(G) * (kFcChunk + kThreads));
+  e = max64(e, fc_item_rows(G) * (fc_item_chunk(esize) + kThreads));
   return e;
 }
 
@@ -521,7 +581,7 @@ inline PersistentShape plan_persistent_shape(int64_t N, int64_t C, int64_t HW, i
   }
   s.tiles = make_tiles(C, HW, nhwc, max64(1, tile_bytes / esize), vec, row_align);
   const int64_t elems = backward ? persistent_backward_smem_elems(s.tiles, s.G, vec)
-                                 : persistent_forward_smem_elems(s.tiles, s.G, vec);
+                                 : persistent_forward_smem_elems(s.tiles, s.G, vec, esize);
   s.smem = round_up(elems * asize, 16);
   const int64_t streams = backward ? (residual ? 3 : 2) : 1;
   if (lag > 0) {
