@@ -538,7 +538,8 @@ __device__ __forceinline__ void gemm_tn_tile(const A* Am, const A* Bm, int64_t N
   A* As = smem;
   A* Bs = smem + kGemmK * kGemmTile;
   const int m0 = mt * kGemmTile, q0 = qt * kGemmTile;
-  const int tm = threadIdx.x / 16, tq = threadIdx.x % 16;
+  const int tid = fresh_tid();  // not hoisted out of the persistent kernels' item loop
+  const int tm = tid / 16, tq = tid % 16;
   A acc[2][4];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
