@@ -560,11 +560,13 @@ STAGING_SHAPES = [(9, 2048, 7, 7, 128), (3, 2056, 2, 2, 24), (3, 2050, 2, 2, 24)
 
 @pytest.mark.parametrize("shape", STAGING_SHAPES, ids=str)
 @pytest.mark.parametrize("grid", [1, None], ids=lambda g: f"grid{g or '-full'}")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64],
+                         ids=str)
 def test_cuda_persistent_fc_staging(shape, grid, dtype, monkeypatch, poison):
     """The persistent forward's FC items over the staging paths (whole K, several chunks,
-    cp.async and element copies, the activation of stage 2's inputs) against the float64
-    reference, on one CTA and the full grid, with bias and residual."""
+    cp.async and element copies, the activation of stage 2's inputs; float64 copies 2
+    elements a cp.async) against the float64 reference, on one CTA and the full grid, with
+    bias and residual."""
     n, c, h, w, cr = shape
     _fc_env(monkeypatch, grid, None)
     for squeeze, act in (("avg", "silu"), ("max", "gelu")):

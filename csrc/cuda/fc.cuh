@@ -261,12 +261,9 @@ __device__ __forceinline__ void rows_dot_padded(const T* M, int ldm, int R, int 
 // weight loads per lane in flight, instead of 4 chunks of 512, each a staging round and a
 // round of weight loads); kFcChunk for the other types: half keeps 12a's staging (the new
 // one made its max-squeeze kernels spill), float and double gain little (element loads of
-// the weights). Shared memory: cuda_plan::persistent_forward_smem_elems (fc_item_chunk,
-// which sizes both 16-bit types for 2048: the host does not tell them apart).
+// the weights). Shared memory: cuda_plan::persistent_forward_smem_elems (fc_item_chunk).
 template <typename T>
-constexpr int kFcItemChunk = std::is_same_v<T, __nv_bfloat16>
-                                 ? int(cuda_plan::fc_item_chunk(int64_t(sizeof(T))))
-                                 : kFcChunk;
+constexpr int kFcItemChunk = int(cuda_plan::fc_item_chunk(std::is_same_v<T, __nv_bfloat16>));
 
 // Lanes per row in an FC item of R rows of K (<= kFcItemChunk<T> per pass) elements: enough
 // that the item's rows occupy the CTA (R L >= kThreads where the rows are long enough), at most

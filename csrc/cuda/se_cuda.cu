@@ -152,14 +152,15 @@ template <typename Occupancy>
 // H*W or C is a multiple of the vector width).
 PersistentConfig plan_persistent(const Problem& p, int64_t esize, int64_t asize, int64_t vec,
                                  bool flat_vec, bool backward, bool max_squeeze, bool residual,
-                                 const cudaDeviceProp& prop, Occupancy&& blocks_per_sm) {
+                                 bool bf16, const cudaDeviceProp& prop,
+                                 Occupancy&& blocks_per_sm) {
   const bool nhwc = p.layout == Layout::NHWC;
   const int64_t V = 16 / esize;
   const int64_t row_align = (!nhwc && flat_vec && p.HW % V != 0) ? V : 1;
   const plan::PersistentShape shape = plan::plan_persistent_shape(
       p.N, p.C, p.HW, p.Cr, nhwc, esize, asize, vec, row_align, backward, residual,
       prop.multiProcessorCount, prop.l2CacheSize, env_tile_bytes(),
-      env_int("SE_KERNELS_CUDA_LAG", 0));
+      env_int("SE_KERNELS_CUDA_LAG", 0), bf16);
   PersistentConfig c{};
   c.flat_vec = !nhwc && flat_vec;
   c.G = shape.G;
@@ -438,7 +439,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(
   const bool flat_vec = a.dtype != DType::kDouble && ptrs && (p.HW % V == 0 || p.C % V == 0);
   PersistentConfig c = plan_persistent(
       p, esize, z.element_size(), a.vec ? V : 1, flat_vec, /*backward=*/false, a.max_squeeze,
-      residual.has_value(), prop,
+      residual.has_value(), a.dtype == DType::kBFloat16, prop,
       [&](int64_t smem) { return forward_persistent_blocks_per_sm(a, smem); });
   const PersistentBuffers keep = allocate(c, x, stream);
   launch_forward_persistent(a, c, stream);
@@ -498,7 +499,8 @@ se_backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1
   const bool flat_vec = a.dtype != DType::kDouble && ptrs && (p.HW % V == 0 || p.C % V == 0);
   PersistentConfig c = plan_persistent(
       p, esize, z.element_size(), a.vec ? V : 1, flat_vec, /*backward=*/true, a.max_squeeze,
-      y.has_value(), prop, [&](int64_t smem) { return backward_persistent_blocks_per_sm(a, smem); });
+      y.has_value(), a.dtype == DType::kBFloat16, prop,
+      [&](int64_t smem) { return backward_persistent_blocks_per_sm(a, smem); });
   const PersistentBuffers keep = allocate(c, x, stream);
   launch_backward_persistent(a, c, stream);
   return {dx, dw1, dw2, db1, db2, dres};

@@ -682,9 +682,15 @@ int check_persistent_smem(int64_t N, int64_t C, int64_t HW, int64_t Cr, int64_t 
   const int64_t asize = esize == 8 ? 8 : 4;
   const int64_t vec = esize == 8 ? 1 : 16 / esize;
   const P::PersistentShape s = P::plan_persistent_shape(
-      N, C, HW, Cr, nhwc, esize, asize, vec, 1, backward, true, 132, 50 << 20, 0, 0);
+      N, C, HW, Cr, nhwc, esize, asize, vec, 1, backward, true, 132, 50 << 20, 0, 0,
+      /*bf16=*/esize == 2);
   const bool two_per_sm = !backward && esize <= 4;
-  if (s.smem > (227 << 10) || (two_per_sm && 2 * (s.smem + 1024 + 16) > (164 << 10)))
+  // the FC items of half (no wide staging) take at most 32 KiB, as before 12e: two CTAs of it
+  // fit a 100 KiB SM (sm_86) where the tiles do
+  const bool half_two = P::fc_item_rows(P::kMaxGroup) * (P::fc_item_chunk(false) + 512) * 4 <=
+                        (32 << 10);
+  if (s.smem > (227 << 10) || (two_per_sm && 2 * (s.smem + 1024 + 16) > (164 << 10)) ||
+      !half_two)
     return plan_failure("persistent smem N=" + std::to_string(N) + " C=" + std::to_string(C) +
                         " HW=" + std::to_string(HW) + " esize=" + std::to_string(esize) +
                         (nhwc ? " NHWC" : " NCHW") + (backward ? " backward" : " forward") +

@@ -520,22 +520,22 @@ inline int64_t nhwc_tile_scratch(const Tiles& t, int64_t vec) {
   return t.nhwc ? nhwc_scratch_elems2(t.tc, t.C - (t.ncb - 1) * t.tc, vec) : 0;
 }
 
-// Inputs per row the forward FC items stage at once, as shared memory is sized for them: 2048
-// for the 16-bit types (a conv5_x stage-1 item's whole K; fc.cuh kFcItemChunk uses it for
-// bfloat16, half stages 512 of it), kFcChunk for float and double.
-SE_HOST_DEVICE constexpr int64_t fc_item_chunk(int64_t esize) {
-  return esize == 2 ? 2048 : kFcChunk;
-}
+// Inputs per row the forward FC items stage at once (fc.cuh kFcItemChunk), as shared memory is
+// sized for them: 2048 for bfloat16 (a conv5_x stage-1 item's whole K), kFcChunk for half
+// (its max-squeeze kernels spilled with the wide staging), float and double.
+SE_HOST_DEVICE constexpr int64_t fc_item_chunk(bool bf16) { return bf16 ? 2048 : kFcChunk; }
 
-// esize: bytes of an element of x (the FC items' chunk, fc_item_chunk). At G = 8 in bf16 the
-// FC items take 8 x (2048 + 512) x 4 bytes = 80 KiB: two CTAs still fit an SM of sm_80
-// (164 KiB) and sm_90 (228 KiB).
+// bf16: x is bfloat16 (the FC items' chunk, fc_item_chunk). At G = 8 in bf16 the FC items
+// take 8 x (2048 + 512) x 4 bytes = 80 KiB: two CTAs still fit an SM of sm_80 (164 KiB) and
+// sm_90 (228 KiB), but only one fits the 100 KiB of an sm_86/sm_89 SM (A10, L4, L40, RTX
+// 30/40, which run the sm_80 code): correct, with half the warps in flight there; the other
+// types take 32 KiB at most (review of 12e).
 inline int64_t persistent_forward_smem_elems(const Tiles& t, int64_t G, int64_t vec,
-                                             int64_t esize) {
+                                             bool bf16) {
   int64_t e = t.tc;                              // the gate of an apply tile
   e = max64(e, nhwc_tile_scratch(t, vec));       // the NHWC reduction
   // FC items: input staging (zero-padded rows) and the item's sums (<= kThreads rows)
-  e = max64(e, fc_item_rows(G) * (fc_item_chunk(esize) + kThreads));
+  e = max64(e, fc_item_rows(G) * (fc_item_chunk(bf16) + kThreads));
   return e;
 }
 
@@ -569,7 +569,8 @@ inline PersistentShape plan_persistent_shape(int64_t N, int64_t C, int64_t HW, i
                                              bool nhwc, int64_t esize, int64_t asize,
                                              int64_t vec, int64_t row_align, bool backward,
                                              bool residual, int64_t sms, int64_t l2_bytes,
-                                             int64_t tile_bytes, int64_t lag) {
+                                             int64_t tile_bytes, int64_t lag,
+                                             bool bf16 = false) {
   PersistentShape s{};
   const int64_t slab = max64(C * HW * esize, 1);
   const int64_t weight_bytes = 2 * C * Cr * esize;
@@ -581,7 +582,7 @@ inline PersistentShape plan_persistent_shape(int64_t N, int64_t C, int64_t HW, i
   }
   s.tiles = make_tiles(C, HW, nhwc, max64(1, tile_bytes / esize), vec, row_align);
   const int64_t elems = backward ? persistent_backward_smem_elems(s.tiles, s.G, vec)
-                                 : persistent_forward_smem_elems(s.tiles, s.G, vec, esize);
+                                 : persistent_forward_smem_elems(s.tiles, s.G, vec, bf16);
   s.smem = round_up(elems * asize, 16);
   const int64_t streams = backward ? (residual ? 3 : 2) : 1;
   if (lag > 0) {
