@@ -105,10 +105,12 @@ LEGACY_STREAM = False  # --legacy-stream: the streaming loops 3 deep, before 13e
 def stream_ahead(p, streams, trips):
     """Tiles ahead of one streaming loop (num_stages - 1, at most trips - 1, at least 1):
     kernels._stream_stages from the bf16 tile (BC x BHW elements, the pipeline buffer) and
-    the loop's streamed tensors (13e; _STAGES = 3 for all of them before, --legacy-stream)."""
+    the loop's streamed tensors (13e; _STAGES = 3 for all of them before, --legacy-stream;
+    the fused kernel keeps 3)."""
     from se_kernels.triton.kernels import _STAGES, _stream_stages
 
-    depth = int(_STAGES) if LEGACY_STREAM else _stream_stages(p.BC * p.BHW, 16, streams)
+    legacy = LEGACY_STREAM or not p.split
+    depth = int(_STAGES) if legacy else _stream_stages(p.BC * p.BHW, 16, streams)
     return max(1, min(depth - 1, trips - 1)), depth
 
 

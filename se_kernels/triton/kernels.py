@@ -317,16 +317,18 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
                 sp, S, hw_lo, hw_hi,
                 G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
                 BJ: tl.constexpr, BK: tl.constexpr, SQUEEZE: tl.constexpr,
-                CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr):
+                CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr, FUSED: tl.constexpr):
     """z[n, c] for the group's samples and the chunk's channels, then the chunk's share of FC1:
     part[n, p, :] = sum_{c in chunk} W1[:, c] z[n, c]. With pixel splits (S > 1, mean only)
     the program pools pixels [hw_lo, hw_hi): z_ptr is then the (N, S, C) scratch of partial
     means, this program's rows n*S + sp, and p its share index (chunk, split): FC1 is linear
     in z, so the shares of the partial means add up to W1 z."""
     ACC = z_ptr.dtype.element_ty
-    # the streaming loops' depth (_stream_stages), from the tile's bytes
-    STAGES: tl.constexpr = _stream_stages(BC * BHW, x_ptr.dtype.element_ty.primitive_bitwidth,
-                                          1)
+    # the streaming loops' depth (_stream_stages), from the tile's bytes; 3 in the fused
+    # kernel, which config picks for many programs per SM (deeper doubled its registers:
+    # review of 13e)
+    STAGES: tl.constexpr = 3 if FUSED else _stream_stages(
+        BC * BHW, x_ptr.dtype.element_ty.primitive_bitwidth, 1)
     if CHANNELS_LAST:  # tile offsets: c * SC + hw * SH
         SC = 1
         SH = C
@@ -404,7 +406,7 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
                   BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
                   SB: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
                   HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_RES: tl.constexpr,
-                  CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr):
+                  CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr, FUSED: tl.constexpr):
     """hpre (stored by the chunk-0 program), gpre for the chunk, and y for the chunk's
     channels of the group's samples. Three steps, each once per program: (a) act(hpre) for
     the group from [G_PAD, P_PAD, BJH] tiles of part, into this program's rows of hs
@@ -416,9 +418,10 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
     its own rows n*S + sp of gq (N, S, C), so no two programs write the same address
     (S = 1: gq is gpre, zp and z are z)."""
     ACC = hpre_ptr.dtype.element_ty
-    # the streaming loops' depth (_stream_stages), from the tile's bytes
-    STAGES: tl.constexpr = _stream_stages(BC * BHW, x_ptr.dtype.element_ty.primitive_bitwidth,
-                                          1 + HAS_RES)
+    # the streaming loops' depth (_stream_stages), from the tile's bytes; 3 in the fused
+    # kernel (as _pool_phase)
+    STAGES: tl.constexpr = 3 if FUSED else _stream_stages(
+        BC * BHW, x_ptr.dtype.element_ty.primitive_bitwidth, 1 + HAS_RES)
     if CHANNELS_LAST:
         SC = 1
         SH = C
@@ -876,12 +879,12 @@ def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z
     hs_ptr = scr_ptr + HS_OFF
     n0 = tl.program_id(0) * G
     _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, 0, 0, C, N, C, HW, CR, 1, 0, 1, 0, HW,
-                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT)
+                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT, True)
     tl.debug_barrier()  # part is read back by other threads
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
                   hs_ptr, z_ptr, z_ptr, gpre_ptr, n0, 0, 0, C, N, C, HW, CR, 1, 0, 1, 0, HW,
                   G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2, 1,
-                  ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT)
+                  ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT, True)
 
 
 @triton.jit
@@ -905,7 +908,7 @@ def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, scr_ptr, N, C, HW, CR, CHUNK, S, HW
     hw_lo = sp * HWC
     _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, q, c_lo, tl.minimum(c_lo + CHUNK, C),
                 N, C, HW, CR, tl.num_programs(1), sp, S, hw_lo, hw_lo + tl.minimum(HWC, HW - hw_lo),
-                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT)
+                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT, False)
 
 
 @triton.jit
@@ -938,7 +941,7 @@ def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr
                   hs_ptr, zp_ptr, z_ptr, gq_ptr, n0, q, c_lo, tl.minimum(c_lo + CHUNK, C), N,
                   C, HW, CR, tl.num_programs(1), sp, S, hw_lo, hw_lo + tl.minimum(HWC, HW - hw_lo),
                   G, G_PAD, P_PAD, BC, BHW, BJH, BJ2, BC2, SB, ACT, GATE,
-                  HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT)
+                  HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT, False)
 
 
 @triton.jit
