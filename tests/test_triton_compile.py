@@ -64,6 +64,7 @@ def test_kernels_compile_for_sm90(tmp_path):
     _assert_pipelined(hot)
     _assert_flat_pipelined(results, 12)
     _assert_fc_steps_pipelined(results)
+    _assert_stream_depth(results)
     # the flat NCHW conv4_x / conv5_x kernels, heaviest options (max squeeze, residual), fit
     # two 8-warp programs per SM (<= 128 registers; the flat stores freed the [BC, BHW]
     # store offsets and gathers: conv5_x N = 256 reduce 161 -> 110, finish 155 -> 127)
@@ -165,6 +166,35 @@ def _assert_fc_steps_pipelined(results):
         assert r["constexprs"]["G"] == 8, what
         assert depth in r["loop_stages"], what
         assert sum(n for b, n in r["cp_async_bytes"].items() if int(b) < 16) >= 2 * depth, what
+
+
+def _assert_stream_depth(results):
+    """The streaming loops' depth follows the tile's bytes and the loop's streamed tensors
+    (kernels._stream_stages: as many 8 KB bf16 tiles ahead as fit 48 KB of buffers, 3 to 5
+    stages; 3 everywhere before 13e). conv4_x / conv5_x bf16 heuristic plans, both layouts
+    (flat loops in NCHW, pixel loops in NHWC), heaviest options (max squeeze, residual): the
+    pool streams x (5 deep), the excite x and the residual (4), the reduce x, dy, y and the
+    dx phase dy, x, y (3, as before); the pool's 16-byte copies (two per thread and tile)
+    are issued once per stage. The fp32 pool's 16 KB tiles: 4 deep."""
+    depth = {"se_fwd_pool_kernel": 5, "se_fwd_excite_kernel": 4, "se_bwd_reduce_kernel": 3,
+             "se_bwd_finish_kernel": 3}
+    rows = [r for r in results if r["case"][1] in (1024, 2048) and r["case"][5] == "bf16"
+            and not r["case"][8] and r["kernel"] in depth
+            and (r["kernel"] != "se_bwd_finish_kernel" or r["constexprs"].get("WRITE_DX"))]
+    assert {r["kernel"] for r in rows} == set(depth) and len(rows) >= 24, [
+        (r["kernel"], r["case"][:7]) for r in rows]
+    for r in rows:
+        what = (f"{r['kernel']} {r['case'][:7]}: loop stages {r['loop_stages']}, "
+                f"cp.async {r['cp_async_bytes']}")
+        assert r["constexprs"]["BC"] * r["constexprs"]["BHW"] == 4096, what
+        assert depth[r["kernel"]] in r["loop_stages"], what
+        assert max(r["loop_stages"]) <= 8 and r["spill_stores"] == 0, what
+        if r["kernel"] == "se_fwd_pool_kernel":
+            assert r["cp_async_bytes"].get("16", 0) >= 2 * depth[r["kernel"]], what
+    fp32 = [r for r in results if r["case"][:6] == [256, 256, 56, 56, 16, "fp32"]
+            and r["kernel"] == "se_fwd_pool_kernel"]
+    assert fp32 and all(4 in r["loop_stages"] for r in fp32), [
+        (r["case"][:7], r["loop_stages"]) for r in fp32]
 
 
 @pytest.mark.skipif(_why_not() is not None, reason=f"cannot compile for a GPU: {_why_not()}")

@@ -6,7 +6,7 @@ NCHW and NHWC; forward and backward), written before any GPU measures them (issu
 
 The model follows ../shared/DESIGN.md (4.3 TB/s copy bandwidth, ~0.7 us HBM latency,
 132 SMs) and uses the plan config.make_plan really makes for each row (sample groups G,
-channel chunks P, the activation tile, the pipeline depth kernels._STAGES):
+channel chunks P, the activation tile, the streaming depth kernels._stream_stages):
 
 * bytes: what the kernels move to and from HBM (avg squeeze, no fused residual, biases):
   forward 3|x| + |W| (x read by the pool phase and again by the rescale, y written) when
@@ -14,7 +14,7 @@ channel chunks P, the activation tile, the pipeline depth kernels._STAGES):
   4|x| + 2|W| (x and dy read by the reduce phase, dy re-read, dx written; W read, dW
   written), 3|x| + 2|W| when dy stays in L2. This backend's own bytes bound is the same
   count (issue 13's definition), so floor_us = bytes / 4.3 TB/s.
-* bandwidth: Little's law. A program keeps min(STAGES - 1, trips - 1) tiles of each
+* bandwidth: Little's law. A program keeps min(depth - 1, trips - 1) tiles of each
   streamed tensor in flight (1 when its loop has a single trip): trips = the pixel tiles of
   a channel block, or, with flat NCHW tiles (config rule 6: one tile covers HW), the
   program's G x cdiv(chunk, BC) (sample, channel block) pairs, each tile then BC x HW
@@ -99,6 +99,21 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
+LEGACY_STREAM = False  # --legacy-stream: the streaming loops 3 deep, before 13e's depths
+
+
+def stream_ahead(p, streams, trips):
+    """Tiles ahead of one streaming loop (num_stages - 1, at most trips - 1, at least 1):
+    kernels._stream_stages from the bf16 tile (BC x BHW elements, the pipeline buffer) and
+    the loop's streamed tensors (13e; _STAGES = 3 for all of them before, --legacy-stream;
+    the fused kernel keeps 3)."""
+    from se_kernels.triton.kernels import _STAGES, _stream_stages
+
+    legacy = LEGACY_STREAM or not p.split
+    depth = int(_STAGES) if legacy else _stream_stages(p.BC * p.BHW, 16, streams)
+    return max(1, min(depth - 1, trips - 1)), depth
+
+
 def fc_steps_us(p, cr, chunk, legacy=False, bias=False):
     """Serial FC steps per program, in us (one L2 round trip, L2_ROUND_US, per step that is
     not in flight): the partial-sum reduction (cdiv(Cr, BJH) steps, not pipelined), the FC2
@@ -139,7 +154,6 @@ def _row(p, stage, n, channels_last, direction, nbytes, t, inflight, note):
 
 def predict(stage, c, hw, cr, n, channels_last, direction):
     from se_kernels.triton import config
-    from se_kernels.triton.kernels import _STAGES
 
     dev = config.gpu_device(SMS)
     p = config.make_plan(n, c, hw, cr, 2, channels_last, dev)
@@ -161,14 +175,16 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
     else:        # the pipelined loop walks the pixel tiles of one channel block
         trips = _cdiv(hw, p.BHW)
         tile_bytes = p.BC * p.BHW * 2
-    ahead = max(1, min(int(_STAGES) - 1, trips - 1))
     res, why = resident(n, c, hw, channels_last, direction)
     per_sm = min(res, programs / SMS) if programs < SMS * res else res
     busy = min(SMS, programs)
     # the two streaming phases, each moving about half the activation bytes
     t = 0.0
     inflight = []
+    depths = []
     for k, s in enumerate(streams):
+        ahead, depth = stream_ahead(p, s, trips)
+        depths.append(depth)
         fl = tile_bytes * s * ahead * max(1.0, per_sm)
         inflight.append(fl)
         bw = min(BW, busy * fl / LAT)
@@ -183,7 +199,8 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
     t += fc2
     note = [f"plan: {'split' if p.split else 'fused'} G={p.G} P={p.P} BC={p.BC} BHW={p.BHW} "
             f"{'flat ' if p.flat else ''}"
-            f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, {programs} programs, {res}/SM ({why})"]
+            f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, {programs} programs, {res}/SM ({why})",
+            f"streaming loops {'/'.join(map(str, depths))} stages over {trips} trips"]
     if direction == "bwd":
         ws, wsn = p.wslices(n)
         wgrad = _cdiv(wsn, p.BN) * L2_ROUND_US * 1e-6
@@ -224,7 +241,6 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
     two passes. The note adds the host time per call, which at N = 1 exceeds the GPU time:
     back-to-back calls run at the host's pace unless captured in a CUDA graph."""
     from se_kernels.triton import config
-    from se_kernels.triton.kernels import _STAGES
 
     dev = config.gpu_device(SMS)
     p = config.make_plan(n, c, hw, cr, 2, channels_last, dev, hw_split=True)
@@ -248,13 +264,15 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
     else:        # the pixel tiles of one channel block within the program's split
         trips = _cdiv(hwc, p.BHW)
         tile_bytes = p.BC * p.BHW * 2
-    ahead = max(1, min(int(_STAGES) - 1, trips - 1))
     res, why = resident(n, c, hw, channels_last, direction)
     per_sm = min(res, programs / SMS)
     busy = min(SMS, programs)
     t = 0.0
     inflight = []
+    depths = []
     for s in streams:
+        ahead, depth = stream_ahead(p, s, trips)
+        depths.append(depth)
         fl = tile_bytes * s * ahead * max(1.0, per_sm)
         inflight.append(fl)
         bw = min(BW, busy * fl / LAT)
@@ -274,6 +292,7 @@ def predict_small_n(stage, c, hw, cr, n, channels_last, direction):
             f"HWC={hwc} SB={p.SB} BC={p.BC} BHW={p.BHW} {'flat ' if p.flat else ''}"
             f"BJH={p.BJH} BJ2={p.BJ2} BC2={p.BC2}, "
             f"{programs} programs, {res}/SM ({why})",
+            f"streaming loops {'/'.join(map(str, depths))} stages over {trips} trips",
             f"partial sums + FC steps ~{fc * 1e6:.1f} us (FC2 loop {depth2} stages, FC1 "
             f"loop {depth1}), split sums ~{split_sum * 1e6:.1f} us per program",
             f"host ~{host:.0f} us per call (body {HOST_BODY_US[direction]:.0f} + dispatch "
@@ -301,9 +320,12 @@ def main():
     ap.add_argument("--legacy-fc", action="store_true",
                     help="model the FC step loops as before their pipelining (FC2 3 stages, "
                     "FC1 not pipelined): the 'before' column of the perf notes")
+    ap.add_argument("--legacy-stream", action="store_true",
+                    help="model the streaming loops 3 deep, as before 13e's depths")
     a = ap.parse_args()
-    global LEGACY_FC
+    global LEGACY_FC, LEGACY_STREAM
     LEGACY_FC = a.legacy_fc
+    LEGACY_STREAM = a.legacy_stream
     rs = rows()
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -38,10 +38,11 @@ The choices, in order (each a function of N, C, H*W, Cr, the layout and the elem
    int64 in the kernels. The compiled loops count pixels and channels in int32 (i64 only
    once H*W or C reaches 2^31), and the pipeliner adds up to 2 tiles to the counter, so the
    tile is also shrunk where H*W or C comes within two tiles of 2^31.
-5. Shared memory (GPU plans, forced ones included): the pipelined pixel loops keep
-   num_stages - 1 = 2 tiles of each streamed tensor in shared memory (x, dy, y in the
-   backward's reduce: 3 tensors), so a tile is capped at 16 KB (4096 bf16/fp32 elements,
-   2048 fp64): 3 x 2 x 16 KB = 96 KB, inside an A100's 163 KB as well as an H100's 227 KB.
+5. Shared memory (GPU plans, forced ones included): the pipelined streaming loops keep
+   num_stages - 1 tiles of each streamed tensor in shared memory, at least 2 (x, dy, y in
+   the backward's reduce: 3 tensors), more where they fit 48 KB (kernels._stream_stages),
+   so a tile is capped at 16 KB (4096 bf16/fp32 elements, 1024 fp64): at most
+   max(48 KB, 3 x 2 x 16 KB) = 96 KB, inside an A100's 163 KB as well as an H100's 227 KB.
 6. Flat tiles (``Plan.flat``): in NCHW where one pixel tile covers H*W (HW <= BHW: conv4_x,
    conv5_x, any small map), the pixel loop would have a single trip, so nothing would be
    pipelined, and rows of HW = 196 or 49 pixels start at addresses that only allow 2-byte

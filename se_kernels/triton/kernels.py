@@ -72,6 +72,28 @@ _STAGES = tl.constexpr(3)
 # on it.
 
 
+# The streaming loops (the pixel loops and the flat (sample, channel block) loops) keep
+# num_stages - 1 tiles of each streamed tensor in flight, in shared memory (cp.async on
+# sm_80+). At 3 stages (2 ahead; 13e: every streaming loop before) the conv4_x / conv5_x
+# NCHW flat loops kept ~24 KB per SM in flight (two programs, 6.3 KB spans), below the
+# ~32 KB that 4.3 TB/s x ~1 us of loaded HBM latency needs per SM. _stream_stages: as many
+# tiles ahead as fit `budget` bytes of pipeline buffers for the loop's streamed tensors
+# (48 KB: what the bf16 residual reduce, 3 tensors x 2 x 8 KB, had at 3 stages), 3 to 5
+# stages: with bf16 8 KB tiles a loop streaming one tensor is 5 deep, two (x and dy, x and
+# the residual) 4, three 3 as before; fp32 16 KB tiles 4 / 3. So two programs' buffers
+# stay inside an A100's 164 KB of shared memory. The order of additions is the loop's
+# whatever the depth, so the results do not depend on it.
+
+
+@triton.constexpr_function
+def _stream_stages(tile_elems, elem_bits, streams):
+    """num_stages of a streaming loop over tiles of tile_elems elements of elem_bits bits in
+    `streams` tensors. Constants written here (Triton's kernel cache keys on this source)."""
+    budget, floor, most = 49152, 3, 5
+    tile = max(1, int(tile_elems) * int(elem_bits) // 8)
+    return max(floor, min(most, 1 + budget // (tile * max(1, int(streams)))))
+
+
 @triton.constexpr_function
 def _fc_stages(step_elems, floor, deep=True, most=8):
     """num_stages of an FC step loop whose weight tile has step_elems elements. The
@@ -295,13 +317,18 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
                 sp, S, hw_lo, hw_hi,
                 G: tl.constexpr, G_PAD: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
                 BJ: tl.constexpr, BK: tl.constexpr, SQUEEZE: tl.constexpr,
-                CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr):
+                CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr, FUSED: tl.constexpr):
     """z[n, c] for the group's samples and the chunk's channels, then the chunk's share of FC1:
     part[n, p, :] = sum_{c in chunk} W1[:, c] z[n, c]. With pixel splits (S > 1, mean only)
     the program pools pixels [hw_lo, hw_hi): z_ptr is then the (N, S, C) scratch of partial
     means, this program's rows n*S + sp, and p its share index (chunk, split): FC1 is linear
     in z, so the shares of the partial means add up to W1 z."""
     ACC = z_ptr.dtype.element_ty
+    # the streaming loops' depth (_stream_stages), from the tile's bytes; 3 in the fused
+    # kernel, which config picks for many programs per SM (deeper doubled its registers:
+    # review of 13e)
+    STAGES: tl.constexpr = 3 if FUSED else _stream_stages(
+        BC * BHW, x_ptr.dtype.element_ty.primitive_bitwidth, 1)
     if CHANNELS_LAST:  # tile offsets: c * SC + hw * SH
         SC = 1
         SH = C
@@ -316,7 +343,7 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
         # the pipelined one, each tile a contiguous span of whole channels
         cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
         nb = tl.cdiv(c_hi - c_lo, BC)
-        for it in tl.range(0, g_count * nb, num_stages=_STAGES):
+        for it in tl.range(0, g_count * nb, num_stages=STAGES):
             g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             if SQUEEZE == 1:  # max that propagates NaN, as torch.amax does
                 v = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, float("-inf")).to(ACC)
@@ -336,7 +363,7 @@ def _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, p, c_lo, c_hi, N, C, HW, CR,
                     acc = tl.full([BC, BHW], float("-inf"), ACC)
                 else:
                     acc = tl.zeros([BC, BHW], ACC)
-                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=_STAGES):
+                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=STAGES):
                     m = cm[:, None] & (hw0 + tl.arange(0, BHW) < hw_hi)[None, :]
                     off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                     if SQUEEZE == 1:  # max that propagates NaN, as torch.amax does
@@ -379,7 +406,7 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
                   BHW: tl.constexpr, BJH: tl.constexpr, BJ2: tl.constexpr, BC2: tl.constexpr,
                   SB: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
                   HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_RES: tl.constexpr,
-                  CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr):
+                  CHANNELS_LAST: tl.constexpr, FLAT: tl.constexpr, FUSED: tl.constexpr):
     """hpre (stored by the chunk-0 program), gpre for the chunk, and y for the chunk's
     channels of the group's samples. Three steps, each once per program: (a) act(hpre) for
     the group from [G_PAD, P_PAD, BJH] tiles of part, into this program's rows of hs
@@ -391,6 +418,10 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
     its own rows n*S + sp of gq (N, S, C), so no two programs write the same address
     (S = 1: gq is gpre, zp and z are z)."""
     ACC = hpre_ptr.dtype.element_ty
+    # the streaming loops' depth (_stream_stages), from the tile's bytes; 3 in the fused
+    # kernel (as _pool_phase)
+    STAGES: tl.constexpr = 3 if FUSED else _stream_stages(
+        BC * BHW, x_ptr.dtype.element_ty.primitive_bitwidth, 1 + HAS_RES)
     if CHANNELS_LAST:
         SC = 1
         SH = C
@@ -460,7 +491,7 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
         cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
         fch = tl.minimum(fi // HW, BC - 1)    # lanes past the span: masked, any channel
         nb = tl.cdiv(c_hi - c_lo, BC)
-        for it in tl.range(0, g_count * nb, num_stages=_STAGES):
+        for it in tl.range(0, g_count * nb, num_stages=STAGES):
             g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             s = _gate_fwd(tl.load(gq_ptr + qrow0 + g * QR + cs, mask=cm, other=0.0),
                           GATE)                                                    # [BC]
@@ -480,7 +511,7 @@ def _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_
                 # row g of s (a select, so that other rows' NaNs stay out)
                 s_g = tl.sum(tl.where(gs[:, None] == g, s, 0.0), axis=0)[:, None]
                 t = _tile_base(n0 + g, c0, hw_lo, C, HW, CHANNELS_LAST)    # int64 tile base
-                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=_STAGES):
+                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=STAGES):
                     m = cm[:, None] & (hw0 + tl.arange(0, BHW) < hw_hi)[None, :]
                     off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                     v = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC) * s_g
@@ -511,6 +542,9 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
     does not depend on it), so the shares of the partial dpre add up to the FC2 backward;
     the weight gradients and the dx phase sum the S partial rows in split order."""
     ACC = z_ptr.dtype.element_ty
+    # the streaming loops' depth (_stream_stages), from the tile's bytes
+    STAGES: tl.constexpr = _stream_stages(BC * BHW, x_ptr.dtype.element_ty.primitive_bitwidth,
+                                          2 + HAS_RES)
     if CHANNELS_LAST:
         SC = 1
         SH = C
@@ -532,7 +566,7 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
         # the pipelined one, each tile a contiguous span of whole channels
         cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
         nb = tl.cdiv(c_hi - c_lo, BC)
-        for it in tl.range(0, g_count * nb, num_stages=_STAGES):
+        for it in tl.range(0, g_count * nb, num_stages=STAGES):
             g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             xv = _flat_tile(x_ptr, t, span, fi, gidx, BC, BHW, 0.0).to(ACC)
             if HAS_RES:  # the fused relu's mask: 0 where y <= 0 (NaN y passing), applied
@@ -563,7 +597,7 @@ def _reduce_phase(dy_ptr, x_ptr, y_ptr, w2_ptr, z_ptr, gpre_ptr, dpre_ptr, cnt_p
                 if SQUEEZE == 1:
                     zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
                 t = _tile_base(n0 + g, c0, hw_lo, C, HW, CHANNELS_LAST)    # int64 tile base
-                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=_STAGES):
+                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=STAGES):
                     m = cm[:, None] & (hw0 + tl.arange(0, BHW) < hw_hi)[None, :]
                     off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                     xv = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC)
@@ -620,6 +654,9 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
     are the sum of the S partial rows of cnt (N, S, C), and dzs (N, S, C) has a row per
     split, n*S + sp, so no two programs write the same address."""
     ACC = z_ptr.dtype.element_ty
+    # the streaming loops' depth (_stream_stages), from the tile's bytes
+    STAGES: tl.constexpr = _stream_stages(BC * BHW, x_ptr.dtype.element_ty.primitive_bitwidth,
+                                          1 + (SQUEEZE == 1) + HAS_RES)
     if CHANNELS_LAST:
         SC = 1
         SH = C
@@ -682,7 +719,7 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
         cc, hv, offs, gidx, fi = _flat_index(HW, BC, BHW)
         fch = tl.minimum(fi // HW, BC - 1)    # lanes past the span: masked, any channel
         nb = tl.cdiv(c_hi - c_lo, BC)
-        for it in tl.range(0, g_count * nb, num_stages=_STAGES):
+        for it in tl.range(0, g_count * nb, num_stages=STAGES):
             g, cs, cm, m, span, t = _flat_step(it, nb, n0, c_lo, c_hi, C, HW, cc, hv, BC, FLAT)
             rows = row0 + g * C + cs
             fm = fi < span
@@ -717,7 +754,7 @@ def _write_phase(dy_ptr, x_ptr, y_ptr, w1_ptr, z_ptr, hpre_ptr, gpre_ptr, cnt_pt
                 if SQUEEZE == 1:
                     zc = tl.load(z_ptr + row0 + g * C + cs, mask=cm, other=0.0)[:, None]
                 t = _tile_base(n0 + g, c0, hw_lo, C, HW, CHANNELS_LAST)    # int64 tile base
-                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=_STAGES):
+                for hw0 in tl.range(hw_lo, hw_hi, BHW, num_stages=STAGES):
                     m = cm[:, None] & (hw0 + tl.arange(0, BHW) < hw_hi)[None, :]
                     off = t + (tl.arange(0, BC)[:, None] * SC + tl.arange(0, BHW)[None, :] * SH)
                     if HAS_RES and dres_ptr.dtype == dy_ptr.dtype:
@@ -842,12 +879,12 @@ def se_fwd_fused_kernel(x_ptr, w1_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, z
     hs_ptr = scr_ptr + HS_OFF
     n0 = tl.program_id(0) * G
     _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, 0, 0, C, N, C, HW, CR, 1, 0, 1, 0, HW,
-                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT)
+                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT, True)
     tl.debug_barrier()  # part is read back by other threads
     _excite_phase(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr, gpre_ptr, part_ptr,
                   hs_ptr, z_ptr, z_ptr, gpre_ptr, n0, 0, 0, C, N, C, HW, CR, 1, 0, 1, 0, HW,
                   G, G_PAD, 1, BC, BHW, BJH, BJ2, BC2, 1,
-                  ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT)
+                  ACT, GATE, HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT, True)
 
 
 @triton.jit
@@ -871,7 +908,7 @@ def se_fwd_pool_kernel(x_ptr, w1_ptr, z_ptr, scr_ptr, N, C, HW, CR, CHUNK, S, HW
     hw_lo = sp * HWC
     _pool_phase(x_ptr, w1_ptr, z_ptr, part_ptr, n0, q, c_lo, tl.minimum(c_lo + CHUNK, C),
                 N, C, HW, CR, tl.num_programs(1), sp, S, hw_lo, hw_lo + tl.minimum(HWC, HW - hw_lo),
-                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT)
+                G, G_PAD, BC, BHW, BJ, BK, SQUEEZE, CHANNELS_LAST, FLAT, False)
 
 
 @triton.jit
@@ -904,7 +941,7 @@ def se_fwd_excite_kernel(x_ptr, w2_ptr, b1_ptr, b2_ptr, res_ptr, y_ptr, hpre_ptr
                   hs_ptr, zp_ptr, z_ptr, gq_ptr, n0, q, c_lo, tl.minimum(c_lo + CHUNK, C), N,
                   C, HW, CR, tl.num_programs(1), sp, S, hw_lo, hw_lo + tl.minimum(HWC, HW - hw_lo),
                   G, G_PAD, P_PAD, BC, BHW, BJH, BJ2, BC2, SB, ACT, GATE,
-                  HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT)
+                  HAS_B1, HAS_B2, HAS_RES, CHANNELS_LAST, FLAT, False)
 
 
 @triton.jit
