@@ -32,6 +32,19 @@ def sass(func: str, loads: list[str]) -> str:
     return f"\n\tcode for sm_90a\n\t\tFunction : {func}\n{body}"
 
 
+def run_check(cs, text, tmp_path, monkeypatch, capsys):
+    """check_sass.main() on a fake cuobjdump that prints `text`: (exit code, stdout)."""
+    dump = tmp_path / "sass.txt"
+    dump.write_text(text)
+    fake = tmp_path / "cuobjdump"
+    fake.write_text(f"#!/bin/sh\ncat {dump}\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(cs, "find_cuobjdump", lambda: str(fake))
+    monkeypatch.setattr("sys.argv", ["check_sass.py", str(tmp_path / "lib.so")])
+    rc = cs.main()
+    return rc, capsys.readouterr().out
+
+
 def test_parse_counts_read_only_vectors(cs):
     f = cs.parse_sass(sass("k", ["LDG.E.128", "LDG.E.128.CONSTANT", "LDG.E.U16.CONSTANT",
                                  "LDG.E.U16", "LDGSTS.E.BYPASS.128"]))["k"]
@@ -45,15 +58,7 @@ def test_nchw_span_reduce_must_be_vectorised(cs, ro, tmp_path, monkeypatch, caps
                 (["LDG.E.128.CONSTANT"] if ro else []))
     # NHWC: no span reduce, no requirement
     text += sass(BWD_HALF_NHWC, ["LDG.E.128", "LDGSTS.E.BYPASS.128"])
-    dump = tmp_path / "sass.txt"
-    dump.write_text(text)
-    fake = tmp_path / "cuobjdump"
-    fake.write_text(f"#!/bin/sh\ncat {dump}\n")
-    fake.chmod(0o755)
-    monkeypatch.setattr(cs, "find_cuobjdump", lambda: str(fake))
-    monkeypatch.setattr("sys.argv", ["check_sass.py", str(tmp_path / "lib.so")])
-    rc = cs.main()
-    out = capsys.readouterr().out
+    rc, out = run_check(cs, text, tmp_path, monkeypatch, capsys)
     assert rc == (0 if ro else 1), out
     assert ("span reduce is not 16-byte" in out) == (not ro)
 
@@ -69,14 +74,6 @@ def test_backward_fc_items_must_use_cp_async(cs, func, cp_async, tmp_path, monke
     """Issue 12c: a backward persistent kernel (any element type) without a 16-byte cp.async
     (LDGSTS.128: fc.cuh cols_dot_staged's weight copies) fails the check."""
     text = sass(func, ["LDG.E.128", "LDG.E.64"] + (["LDGSTS.E.BYPASS.128"] if cp_async else []))
-    dump = tmp_path / "sass.txt"
-    dump.write_text(text)
-    fake = tmp_path / "cuobjdump"
-    fake.write_text(f"#!/bin/sh\ncat {dump}\n")
-    fake.chmod(0o755)
-    monkeypatch.setattr(cs, "find_cuobjdump", lambda: str(fake))
-    monkeypatch.setattr("sys.argv", ["check_sass.py", str(tmp_path / "lib.so")])
-    rc = cs.main()
-    out = capsys.readouterr().out
+    rc, out = run_check(cs, text, tmp_path, monkeypatch, capsys)
     assert rc == (0 if cp_async else 1), out
     assert ("weight copies are not 16-byte cp.async" in out) == (not cp_async)

@@ -93,9 +93,9 @@ def fc_block(outputs, k, align):
     return min(b, THREADS, max(outputs, 1))
 
 
-def fc_item_lanes(rows, k):
-    """fc.cuh fc_item_lanes (bf16: 8 elements a vector)."""
-    nv = math.ceil(min(k, FC_CHUNK) / 8)
+def fc_item_lanes(rows, k, chunk=FC_CHUNK):
+    """fc.cuh fc_item_lanes (bf16: 8 elements a vector; chunk: inputs staged at once)."""
+    nv = math.ceil(min(k, chunk) / 8)
     lanes = lanes_for(nv)
     while lanes > 1 and rows * (lanes // 2) >= THREADS:
         lanes //= 2
@@ -215,13 +215,7 @@ FC_ITEM_CHUNK_12E = 2048  # cuda_plan::fc_item_chunk (16-bit types): inputs stag
 
 def fc_item_lanes_12e(rows, k):
     """fc.cuh fc_item_lanes after issue 12e: the chunk is fc_item_chunk (2048 in bf16)."""
-    nv = math.ceil(min(k, FC_ITEM_CHUNK_12E) / 8)
-    lanes = lanes_for(nv)
-    while lanes > 1 and rows * (lanes // 2) >= THREADS:
-        lanes //= 2
-    while lanes < 32 and rows * lanes < THREADS and 2 * lanes * 4 <= nv:  # kFcItemUnroll
-        lanes *= 2
-    return lanes
+    return fc_item_lanes(rows, k, FC_ITEM_CHUNK_12E)
 
 
 def fwd_item_time_12e(rows, k, G):
