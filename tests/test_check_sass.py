@@ -77,3 +77,19 @@ def test_backward_fc_items_must_use_cp_async(cs, func, cp_async, tmp_path, monke
     rc, out = run_check(cs, text, tmp_path, monkeypatch, capsys)
     assert rc == (0 if cp_async else 1), out
     assert ("weight copies are not 16-byte cp.async" in out) == (not cp_async)
+
+
+FWD_FLOAT_NHWC = ("_ZN10se_kernels4cuda6detail24se_fwd_persistent_kernelIfLb1ELb0ELb0EEEv"
+                  "NS0_11ForwardArgsENS0_16PersistentConfigE")
+
+
+@pytest.mark.skipif(shutil.which("c++filt") is None, reason="needs c++filt (binutils)")
+@pytest.mark.parametrize("cp_async", [False, True])
+def test_forward_fc_staging_must_use_cp_async(cs, cp_async, tmp_path, monkeypatch, capsys):
+    """Issue 12e: a float (or bfloat16, double) persistent forward kernel without a 16-byte
+    cp.async (LDGSTS.128: fc.cuh stage_rows_padded's input staging) fails the check."""
+    text = sass(FWD_FLOAT_NHWC, ["LDG.E.128", "LDG.E"] + (["LDGSTS.E.BYPASS.128"] if cp_async
+                                                           else []))
+    rc, out = run_check(cs, text, tmp_path, monkeypatch, capsys)
+    assert rc == (0 if cp_async else 1), out
+    assert ("input staging is not 16-byte cp.async" in out) == (not cp_async)

@@ -31,8 +31,10 @@ must use:
     skipped, with a note.
   * se_bwd_persistent_kernel, every element type (float64 included): at least one LDGSTS.128
     (16-byte cp.async): the FC items' weight-block copies (fc.cuh cols_dot_staged, issue
-    12c), the only cp.async of the persistent kernels. Without it the items' weights would
-    reach shared memory element by element (the fallback for unaligned weights only).
+    12c). Without it the items' weights would reach shared memory element by element (the
+    fallback for unaligned weights only).
+  * se_fwd_persistent_kernel for bfloat16, float and double: at least one LDGSTS.128, the FC
+    items' input staging (fc.cuh stage_rows_padded, issue 12e; half keeps element staging).
 A count is static (instructions in the binary, not executions): it proves that the vector
 path exists in the machine code, not how often it runs; docs/perf-notes.md predicts that.
 
@@ -234,6 +236,9 @@ def main() -> int:
         if kern == "se_bwd_persistent_kernel" and cnt["LDGSTS128"] == 0:
             failures.append(f"{kern}<{targs}>: the FC items' weight copies are not 16-byte "
                             "cp.async (no LDGSTS.128, fc.cuh cols_dot_staged)")
+        if kern == "se_fwd_persistent_kernel" and dtype != "half" and cnt["LDGSTS128"] == 0:
+            failures.append(f"{kern}<{targs}>: the FC items' input staging is not 16-byte "
+                            "cp.async (no LDGSTS.128, fc.cuh stage_rows_padded)")
         if dtype == "double":
             continue  # no vector path in the tile passes by design (device.cuh kHasVecPath)
         if kern == "se_fwd_cluster_kernel":

@@ -192,8 +192,6 @@ def predict(stage, c, hw, cr, n, channels_last, direction):
         t += share / bw
     t += (w if direction == "fwd" else 2 * w) / BW
     # serial FC costs per program (the longest program)
-    chunk_blocks = _cdiv(p.chunk, p.BC)
-    del chunk_blocks
     fc_us, depth2, depth1 = fc_steps_us(p, cr, p.chunk, LEGACY_FC, direction == "fwd")
     fc2 = fc_us * 1e-6
     t += fc2

@@ -356,7 +356,7 @@ def _make_plan(n: int, c: int, hw: int, cr: int, elem: int, channels_last: bool,
     return plan
 
 
-def _pixel_splits(plan: Plan, hw: int, fc_tile: int, elem: int = 4) -> Plan:
+def _pixel_splits(plan: Plan, hw: int, fc_tile: int, elem: int) -> Plan:
     """The final pixel split, after the tile is settled: HWC pixels per split, a whole
     number of BHW tiles (so the pipelined tiles never straddle two programs), and S =
     cdiv(HW, HWC) <= the S asked for (P_PAD and the tile caps made from it stay valid).

@@ -50,7 +50,8 @@ import torch
 from torch.library import triton_op
 
 from se_kernels._options import acc_dtype
-from se_kernels.triton.config import _CACHES, _FORCED_STATE, device_of, make_plan
+from se_kernels.triton.config import (_CACHES, _FORCED_STATE, INT32_MAX, device_of,
+                                      make_plan)
 from se_kernels.triton.kernels import (se_bwd_finish_kernel, se_bwd_reduce_kernel,
                                        se_bwd_wsum_kernel, se_fwd_excite_kernel,
                                        se_fwd_fused_kernel, se_fwd_pool_kernel)
@@ -121,10 +122,6 @@ def _regions(*sizes: int) -> tuple[int, tuple[int, ...]]:
         offs.append(total if size else 0)
         total += -(-size // 16) * 16
     return max(total, 1), tuple(offs)
-
-
-
-INT32_MAX = 2**31 - 1
 
 
 def _check_weight_size(c, cr) -> None:

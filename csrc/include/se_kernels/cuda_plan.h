@@ -48,15 +48,9 @@ SE_HOST_DEVICE bool smem_needs_opt_in(int64_t static_bytes, int64_t dynamic_byte
   return dynamic_bytes > 0 && static_bytes + dynamic_bytes > kDefaultBlockSmem;
 }
 
-// Rows of the FC input staging for a group of G samples: G rounded up to 1, 2, 4 or 8 (the
-// compile-time sample counts of the FC loops, fc.cuh); rows G.. are zero-filled padding.
-SE_HOST_DEVICE int64_t group_rows(int64_t G) {
-  return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : kMaxGroup;
-}
-
 // Samples per pass of the FC loop in the persistent kernels' FC items (fc.cuh), and the rows
 // those items stage: G rounded up to whole passes (rows G.. zero-filled; G = 5 stages 6 rows
-// in 3 passes, not group_rows' 8 in 4).
+// in 3 passes, not 8 in 4).
 constexpr int kFcPass = 2;
 SE_HOST_DEVICE int64_t fc_item_rows(int64_t G) { return round_up(G < 1 ? 1 : G, kFcPass); }
 
@@ -569,8 +563,7 @@ inline PersistentShape plan_persistent_shape(int64_t N, int64_t C, int64_t HW, i
                                              bool nhwc, int64_t esize, int64_t asize,
                                              int64_t vec, int64_t row_align, bool backward,
                                              bool residual, int64_t sms, int64_t l2_bytes,
-                                             int64_t tile_bytes, int64_t lag,
-                                             bool bf16 = false) {
+                                             int64_t tile_bytes, int64_t lag, bool bf16) {
   PersistentShape s{};
   const int64_t slab = max64(C * HW * esize, 1);
   const int64_t weight_bytes = 2 * C * Cr * esize;
